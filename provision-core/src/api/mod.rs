@@ -1,0 +1,127 @@
+//! The HTTP contract: one handler over `http::Request` / `http::Response` that every host
+//! (Lambda, the Azure custom handler, Cloud Run) calls as it is.
+
+pub mod ids;
+pub mod request;
+
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::json;
+
+use crate::auth::{self, AuthPolicy};
+use crate::error::ProvisionError;
+use crate::flow::{Outcome, Provisioner};
+use request::{Route, route};
+
+/// A request id a host already has (the Lambda request id, the Functions invocation id); put
+/// it in the request's extensions and the answer and logs use it.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// The whole function: validation, authentication, provisioning, and the JSON answer.
+pub struct Service {
+    provisioner: Provisioner,
+    auth: AuthPolicy,
+}
+
+impl Service {
+    pub fn new(provisioner: Provisioner, auth: AuthPolicy) -> Self {
+        Service { provisioner, auth }
+    }
+
+    pub fn cloud(&self) -> &'static str {
+        self.provisioner.registry().cloud().as_str()
+    }
+
+    /// Answers one request. Never fails and never panics outward: every failure, a panic
+    /// included, becomes a JSON error answer.
+    pub async fn handle(&self, request: http::Request<Bytes>) -> Response<Bytes> {
+        let started = Instant::now();
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let method = request.method().clone();
+        if route(request.uri().path()) == Route::Health {
+            return json_response(StatusCode::OK, &json!({"status": "ok"}), None);
+        }
+        let served = AssertUnwindSafe(self.serve(request, &request_id)).catch_unwind().await;
+        let (response, outcome_text) = match served {
+            Ok(Ok((uuid, outcome))) => {
+                let text = outcome.status.as_str();
+                (self.success(&uuid, outcome, &request_id), text.to_string())
+            }
+            Ok(Err(error)) => {
+                let text = error.code().to_string();
+                (error_response(&error, &request_id), text)
+            }
+            Err(_) => {
+                tracing::error!(request_id = %request_id, "a bug: the request handler panicked");
+                let error = ProvisionError::Internal("unexpected failure; it has been logged".into());
+                (error_response(&error, &request_id), error.code().to_string())
+            }
+        };
+        tracing::info!(
+            request_id = %request_id,
+            method = %method,
+            status = response.status().as_u16(),
+            outcome = %outcome_text,
+            ms = started.elapsed().as_millis() as u64,
+            "answered"
+        );
+        response
+    }
+
+    async fn serve(&self, request: http::Request<Bytes>, request_id: &str) -> Result<(String, Outcome), ProvisionError> {
+        let (parts, body) = request.into_parts();
+        let parsed = request::parse(&parts.method, &parts.headers, parts.uri.query(), &body)?;
+        let caller = auth::identify(&parts.headers, &self.auth)?;
+        let uuid = parsed.uuid.to_string();
+        tracing::debug!(request_id, uuid = %uuid, operation = ?parsed.operation, "request accepted");
+        let outcome = self.provisioner.run(parsed, caller, request_id).await?;
+        Ok((uuid, outcome))
+    }
+
+    fn success(&self, uuid: &str, outcome: Outcome, request_id: &str) -> Response<Bytes> {
+        let mut body = json!({
+            "status": outcome.status.as_str(),
+            "uuid": uuid,
+            "cloud": self.cloud(),
+            "device_id": outcome.device_id,
+            "variables": outcome.variables,
+            "request_id": request_id,
+        });
+        if let Some(details) = outcome.details {
+            body["details"] = details;
+        }
+        json_response(outcome.status.http_status(), &body, None)
+    }
+}
+
+pub fn error_response(error: &ProvisionError, request_id: &str) -> Response<Bytes> {
+    let status = error.status();
+    if status.is_server_error() {
+        tracing::warn!(request_id, code = error.code(), "{error}");
+    }
+    let body = json!({"error": {"code": error.code(), "message": error.to_string()}, "request_id": request_id});
+    let mut response = json_response(status, &body, error.retry_after());
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+    }
+    response
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value, retry_after: Option<u64>) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}

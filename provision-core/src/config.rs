@@ -1,0 +1,140 @@
+//! Settings from the environment, checked once at start-up: a bad setting stops the function
+//! with one line naming the variable, before any request is served.
+
+use std::time::Duration;
+
+use crate::auth::AuthPolicy;
+use crate::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {variable} {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(variable: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError { variable, problem: problem.into() }
+    }
+}
+
+/// What every cloud's function needs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub balena_api_key: Secret,
+    pub balena_api_url: String,
+    pub auth: AuthPolicy,
+    /// How long one request may take, upstream retries included.
+    pub request_budget: Duration,
+}
+
+pub const DEFAULT_BALENA_API_URL: &str = "https://api.balena-cloud.com";
+const MIN_OPERATOR_TOKEN: usize = 16;
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let balena_api_key = required(&lookup, "BALENA_API_KEY")?;
+        let balena_api_url = lookup("BALENA_API_URL").filter(|v| !v.is_empty()).unwrap_or_else(|| DEFAULT_BALENA_API_URL.into());
+        url_setting("BALENA_API_URL", &balena_api_url)?;
+        let operator_token = match lookup("PROVISION_OPERATOR_TOKEN").filter(|v| !v.is_empty()) {
+            None => None,
+            Some(token) if token.len() < MIN_OPERATOR_TOKEN => {
+                return Err(ConfigError::new(
+                    "PROVISION_OPERATOR_TOKEN",
+                    format!("is too short to be a secret: use at least {MIN_OPERATOR_TOKEN} characters (e.g. `openssl rand -hex 32`)"),
+                ));
+            }
+            Some(token) if !token.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Err(ConfigError::new("PROVISION_OPERATOR_TOKEN", "must be visible ASCII without spaces"));
+            }
+            Some(token) => Some(Secret::new(token)),
+        };
+        let allow_unauthenticated = bool_setting(&lookup, "PROVISION_ALLOW_UNAUTHENTICATED", false)?;
+        let request_budget = match lookup("PROVISION_REQUEST_BUDGET_MS").filter(|v| !v.is_empty()) {
+            None => Duration::from_secs(25),
+            Some(v) => match v.parse::<u64>() {
+                Ok(ms) if (100..=900_000).contains(&ms) => Duration::from_millis(ms),
+                _ => return Err(ConfigError::new("PROVISION_REQUEST_BUDGET_MS", "must be a whole number of milliseconds from 100 to 900000")),
+            },
+        };
+        Ok(Settings {
+            balena_api_key,
+            balena_api_url,
+            auth: AuthPolicy { operator_token, allow_unauthenticated },
+            request_budget,
+        })
+    }
+}
+
+pub fn required(lookup: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<Secret, ConfigError> {
+    match lookup(name) {
+        Some(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+        _ => Err(ConfigError::new(name, "is required and not set")),
+    }
+}
+
+pub fn bool_setting(lookup: &impl Fn(&str) -> Option<String>, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match lookup(name).as_deref().map(str::trim) {
+        None | Some("") => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(_) => Err(ConfigError::new(name, "must be 'true' or 'false'")),
+    }
+}
+
+pub fn url_setting(name: &'static str, value: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(()),
+        _ => Err(ConfigError::new(name, "must be an http(s) URL such as https://api.balena-cloud.com")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn key_is_required() {
+        assert_eq!(settings(&[]).unwrap_err().variable, "BALENA_API_KEY");
+    }
+
+    #[test]
+    fn defaults() {
+        let s = settings(&[("BALENA_API_KEY", "k")]).unwrap();
+        assert_eq!(s.balena_api_url, DEFAULT_BALENA_API_URL);
+        assert!(!s.auth.allow_unauthenticated);
+        assert!(s.auth.operator_token.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (pairs, var) in [
+            (vec![("BALENA_API_KEY", "k"), ("PROVISION_ALLOW_UNAUTHENTICATED", "yes")], "PROVISION_ALLOW_UNAUTHENTICATED"),
+            (vec![("BALENA_API_KEY", "k"), ("PROVISION_OPERATOR_TOKEN", "short")], "PROVISION_OPERATOR_TOKEN"),
+            (vec![("BALENA_API_KEY", "k"), ("BALENA_API_URL", "ftp://x")], "BALENA_API_URL"),
+            (vec![("BALENA_API_KEY", "k"), ("PROVISION_REQUEST_BUDGET_MS", "-1")], "PROVISION_REQUEST_BUDGET_MS"),
+        ] {
+            let err = settings(&pairs).unwrap_err();
+            assert_eq!(err.variable, var);
+            assert!(!err.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn error_never_shows_the_token() {
+        let err = settings(&[("BALENA_API_KEY", "k"), ("PROVISION_OPERATOR_TOKEN", "abc")]).unwrap_err();
+        assert!(!err.to_string().contains("abc"));
+    }
+}

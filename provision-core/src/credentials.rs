@@ -1,0 +1,254 @@
+//! Key pairs, certificate signing requests and certificates: made in-process with `rcgen`
+//! (EC P-256 by default: a key in well under a millisecond, no `openssl` processes), and parsed
+//! and checked with `x509-parser`.
+
+use base64::Engine;
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData};
+use x509_parser::prelude::*;
+
+use crate::api::ids::DeviceUuid;
+use crate::secret::Secret;
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+pub fn base64_encode(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+pub fn base64_decode(data: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(data.trim()).ok()
+}
+
+/// The bits that identify a public key (the subjectPublicKey of an SPKI: the EC point, or the
+/// RSA modulus and exponent). Two credentials are "the same key" when these are equal.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PublicKeyId(Vec<u8>);
+
+impl PublicKeyId {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// A short fingerprint for logs and status reports (not secret).
+    pub fn fingerprint(&self) -> String {
+        sha256(&self.0)[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for PublicKeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKeyId({})", self.fingerprint())
+    }
+}
+
+/// A key pair made for one device. The private half is only ever a [`Secret`].
+pub struct DeviceKey {
+    key: KeyPair,
+    private_pem: Secret,
+}
+
+impl DeviceKey {
+    /// A fresh EC P-256 key pair.
+    pub fn generate() -> Result<Self, String> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| format!("key generation failed: {e}"))?;
+        let private_pem = Secret::new(key.serialize_pem());
+        Ok(DeviceKey { key, private_pem })
+    }
+
+    pub fn private_pem(&self) -> &Secret {
+        &self.private_pem
+    }
+
+    pub fn public_key(&self) -> PublicKeyId {
+        PublicKeyId(self.key.der_bytes().to_vec())
+    }
+
+    /// A PKCS#10 request for this key with the device UUID as its common name.
+    pub fn csr_pem(&self, uuid: &DeviceUuid) -> Result<String, String> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+        params.distinguished_name = device_name(uuid);
+        params
+            .serialize_request(&self.key)
+            .and_then(|csr| csr.pem())
+            .map_err(|e| format!("CSR serialisation failed: {e}"))
+    }
+
+    /// A self-signed certificate for this key, valid for `days` (IoT Hub registers these by
+    /// thumbprint).
+    pub fn self_signed_pem(&self, uuid: &DeviceUuid, days: i64) -> Result<String, String> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+        params.distinguished_name = device_name(uuid);
+        let now = time_now();
+        params.not_before = now - std::time::Duration::from_secs(300);
+        params.not_after = now + std::time::Duration::from_secs(days as u64 * 86_400);
+        params.self_signed(&self.key).map(|c| c.pem()).map_err(|e| format!("certificate signing failed: {e}"))
+    }
+}
+
+fn time_now() -> ::time::OffsetDateTime {
+    ::time::OffsetDateTime::now_utc()
+}
+
+fn device_name(uuid: &DeviceUuid) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, uuid.as_str());
+    dn
+}
+
+/// A certificate signing request a device sent so it can keep its private key.
+#[derive(Clone, Debug)]
+pub struct DeviceCsr {
+    pem: String,
+    public_key: PublicKeyId,
+}
+
+impl DeviceCsr {
+    /// Accepts a PEM PKCS#10 request whose signature verifies, whose key is EC P-256 or RSA of
+    /// at least 2048 bits, and whose subject common name is this device's UUID. The error reads
+    /// as the rest of a sentence that starts with the field name.
+    pub fn parse(pem: &str, uuid: &DeviceUuid) -> Result<Self, String> {
+        let der = pem_block(pem, "CERTIFICATE REQUEST").ok_or("is not a PEM 'CERTIFICATE REQUEST' block")?;
+        let (rest, csr) = X509CertificationRequest::from_der(&der).map_err(|_| "is not a valid PKCS#10 request")?;
+        if !rest.is_empty() {
+            return Err("has trailing data after the request".into());
+        }
+        csr.verify_signature().map_err(|_| "has a signature that does not verify")?;
+        let info = &csr.certification_request_info;
+        check_key_type(&info.subject_pki)?;
+        let cn = info
+            .subject
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .ok_or("has no subject common name; it must be the device UUID")?;
+        if cn != uuid.as_str() {
+            return Err("is for another device: its subject common name is not the device UUID".into());
+        }
+        Ok(DeviceCsr {
+            pem: pem.trim().to_owned() + "\n",
+            public_key: PublicKeyId(info.subject_pki.subject_public_key.data.to_vec()),
+        })
+    }
+
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    pub fn public_key(&self) -> &PublicKeyId {
+        &self.public_key
+    }
+}
+
+fn check_key_type(spki: &SubjectPublicKeyInfo<'_>) -> Result<(), String> {
+    match spki.parsed() {
+        Ok(x509_parser::public_key::PublicKey::EC(point)) => {
+            let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+            if curve == Some(x509_parser::oid_registry::OID_EC_P256) && point.key_size() == 256 {
+                Ok(())
+            } else {
+                Err("has an EC key on a curve other than P-256".into())
+            }
+        }
+        Ok(x509_parser::public_key::PublicKey::RSA(rsa)) if rsa.key_size() >= 2048 => Ok(()),
+        Ok(x509_parser::public_key::PublicKey::RSA(_)) => Err("has an RSA key shorter than 2048 bits".into()),
+        _ => Err("has a key that is neither EC P-256 nor RSA".into()),
+    }
+}
+
+/// The DER of the first PEM block with this label, if the text is one.
+pub fn pem_block(text: &str, label: &str) -> Option<Vec<u8>> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(text.trim_start().as_bytes()).ok()?;
+    (pem.label == label).then_some(pem.contents)
+}
+
+/// What a certificate says about itself, for matching against stored variables.
+#[derive(Clone, Debug)]
+pub struct CertificateFacts {
+    pub public_key: PublicKeyId,
+    pub sha1_thumbprint: String,
+    pub sha256_thumbprint: String,
+    pub not_after_unix: i64,
+}
+
+pub fn certificate_facts(pem: &str) -> Result<CertificateFacts, String> {
+    let der = pem_block(pem, "CERTIFICATE").ok_or("not a PEM certificate")?;
+    let (_, cert) = X509Certificate::from_der(&der).map_err(|_| "not a valid X.509 certificate")?;
+    let sha1 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &der);
+    Ok(CertificateFacts {
+        public_key: PublicKeyId(cert.public_key().subject_public_key.data.to_vec()),
+        sha1_thumbprint: hex_upper(sha1.as_ref()),
+        sha256_thumbprint: hex_upper(&sha256(&der)),
+        not_after_unix: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// The public key of a PEM private key (PKCS#8, or SEC1/PKCS#1 as `rcgen` reads them).
+pub fn public_key_of_private_pem(pem: &Secret) -> Result<PublicKeyId, String> {
+    let key = KeyPair::from_pem(pem.expose()).map_err(|_| "not a usable private key".to_string())?;
+    Ok(PublicKeyId(key.der_bytes().to_vec()))
+}
+
+fn hex_upper(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uuid() -> DeviceUuid {
+        DeviceUuid::parse("7cf02a69e4d34c9da573914963cf54fd").unwrap()
+    }
+
+    #[test]
+    fn generated_csr_parses_and_names_the_key() {
+        let key = DeviceKey::generate().unwrap();
+        let csr = DeviceCsr::parse(&key.csr_pem(&uuid()).unwrap(), &uuid()).unwrap();
+        assert_eq!(csr.public_key(), &key.public_key());
+        assert_eq!(public_key_of_private_pem(key.private_pem()).unwrap(), key.public_key());
+    }
+
+    #[test]
+    fn csr_for_another_device_is_refused() {
+        let key = DeviceKey::generate().unwrap();
+        let other = DeviceUuid::parse("00000000000000000000000000000000").unwrap();
+        let err = DeviceCsr::parse(&key.csr_pem(&other).unwrap(), &uuid()).unwrap_err();
+        assert!(err.contains("another device"), "{err}");
+    }
+
+    #[test]
+    fn garbage_csr_is_refused() {
+        for bad in ["", "hello", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"] {
+            assert!(DeviceCsr::parse(bad, &uuid()).is_err());
+        }
+    }
+
+    #[test]
+    fn tampered_csr_signature_is_refused() {
+        let key = DeviceKey::generate().unwrap();
+        let pem = key.csr_pem(&uuid()).unwrap();
+        let mut der = pem_block(&pem, "CERTIFICATE REQUEST").unwrap();
+        let last = der.len() - 1;
+        der[last] ^= 0x01;
+        let tampered = format!(
+            "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+            base64_encode(&der)
+        );
+        assert!(DeviceCsr::parse(&tampered, &uuid()).is_err());
+    }
+
+    #[test]
+    fn self_signed_certificate_facts() {
+        let key = DeviceKey::generate().unwrap();
+        let pem = key.self_signed_pem(&uuid(), 365).unwrap();
+        let facts = certificate_facts(&pem).unwrap();
+        assert_eq!(facts.public_key, key.public_key());
+        assert_eq!(facts.sha1_thumbprint.len(), 40);
+        assert_eq!(facts.sha256_thumbprint.len(), 64);
+    }
+}

@@ -1,0 +1,618 @@
+//! The provisioning state machine: read everything at once, decide, change only what must
+//! change, and undo this request's changes when a later step fails.
+//!
+//! Changes to one device are serialised by a lease (a balenaCloud device tag that only one
+//! request can create). A device with nothing provisioned takes the fast path: the lease, the
+//! registry entry and the credential are made together, then the credential is activated while
+//! its variables are stored; variables are created, never overwritten, so a snapshot that went
+//! stale before the lease was taken shows up as a conflict instead of a lost write.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::api::ids::DeviceUuid;
+use crate::api::request::{Operation, ProvisionRequest};
+use crate::auth::Caller;
+use crate::balena::{BalenaClient, DeviceRecord, StoredVar, VarTarget, Visibility};
+use crate::credentials::{DeviceCsr, DeviceKey, base64_decode, public_key_of_private_pem};
+use crate::error::{ProvisionError, UpstreamFailure, codes};
+use crate::registry::{Material, RegisteredCredential, Registration, Registry, RegistryState};
+use crate::retry::Deadline;
+use crate::secret::Secret;
+
+/// What a request came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    AlreadyProvisioned,
+    Rotated,
+    Repaired,
+    Deleted,
+    NotProvisioned,
+    Provisioned,
+    Partial,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::AlreadyProvisioned => "already-provisioned",
+            Status::Rotated => "rotated",
+            Status::Repaired => "repaired",
+            Status::Deleted => "deleted",
+            Status::NotProvisioned => "not-provisioned",
+            Status::Provisioned => "provisioned",
+            Status::Partial => "partial",
+        }
+    }
+
+    pub fn http_status(self) -> http::StatusCode {
+        if self == Status::Created { http::StatusCode::CREATED } else { http::StatusCode::OK }
+    }
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: Status,
+    pub device_id: String,
+    pub variables: Vec<String>,
+    pub details: Option<Value>,
+}
+
+/// Everything known about one device at one moment.
+struct Snapshot {
+    record: DeviceRecord,
+    target: VarTarget,
+    state: RegistryState,
+}
+
+impl Snapshot {
+    fn vars(&self) -> BTreeMap<String, Secret> {
+        self.record.vars.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect()
+    }
+
+    /// Nothing of ours anywhere: no variables, no credentials (an empty entry may exist).
+    fn is_fresh(&self) -> bool {
+        self.record.vars.is_empty() && self.state.credentials.is_empty()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.is_fresh() && !self.state.entry
+    }
+}
+
+/// Which private-key arrangement a request expects.
+#[derive(Clone, Copy)]
+enum KeyMode<'a> {
+    /// The function makes the key and stores it.
+    Generated,
+    /// The device keeps its key; the stored certificate must be for this CSR's key.
+    Csr(&'a DeviceCsr),
+    /// Either (GET reports on what is there).
+    Either,
+}
+
+/// How the stored variables and the registry relate.
+struct Assessment {
+    /// The stored variables name an active, complete credential, consistently.
+    usable: Option<RegisteredCredential>,
+    /// Credentials other than the usable one.
+    extras: Vec<RegisteredCredential>,
+}
+
+impl Assessment {
+    fn healthy(&self) -> bool {
+        self.usable.is_some() && self.extras.is_empty()
+    }
+}
+
+pub struct Provisioner {
+    balena: BalenaClient,
+    registry: Arc<dyn Registry>,
+    budget: Duration,
+}
+
+impl Provisioner {
+    pub fn new(balena: BalenaClient, registry: Arc<dyn Registry>, budget: Duration) -> Self {
+        Provisioner { balena, registry, budget }
+    }
+
+    pub fn registry(&self) -> &dyn Registry {
+        self.registry.as_ref()
+    }
+
+    pub async fn run(&self, request: ProvisionRequest, caller: Caller, request_id: &str) -> Result<Outcome, ProvisionError> {
+        let deadline = Deadline::after(self.budget);
+        // The caller's proof, balenaCloud's state and the registry's state do not depend on each
+        // other: one round trip for all three. Nothing is changed before the proof is checked.
+        let (proof, snapshot) = tokio::join!(self.check_caller(deadline, &caller, &request.uuid), self.read(deadline, &request));
+        proof?;
+        let snapshot = match snapshot {
+            Err(ProvisionError::DeviceNotFound(_)) if matches!(caller, Caller::BalenaKey(_)) => {
+                return Err(ProvisionError::balena(
+                    "reading the device",
+                    UpstreamFailure::Refused { status: 403, detail: "the function's own BALENA_API_KEY cannot see this device".into() },
+                ));
+            }
+            other => other?,
+        };
+        let device_id = self.registry.device_id(&request.uuid);
+        match &request.operation {
+            Operation::Status => Ok(self.report(&request.uuid, device_id, &snapshot)),
+            Operation::Provision { rotate, csr } => {
+                let mode = csr.as_ref().map_or(KeyMode::Generated, KeyMode::Csr);
+                self.provision(deadline, &request, device_id, snapshot, *rotate, mode, request_id).await
+            }
+            Operation::Deprovision => self.deprovision(deadline, &request, device_id, snapshot, request_id).await,
+        }
+    }
+
+    async fn check_caller(&self, deadline: Deadline, caller: &Caller, uuid: &DeviceUuid) -> Result<(), ProvisionError> {
+        let Caller::BalenaKey(key) = caller else { return Ok(()) };
+        match self.balena.visibility(deadline, key, uuid).await {
+            Ok(Visibility::Visible) => Ok(()),
+            Ok(Visibility::Invisible) => Err(ProvisionError::Forbidden(uuid.to_string())),
+            Ok(Visibility::KeyRejected) => Err(ProvisionError::AuthInvalid("balenaCloud does not accept this key".into())),
+            Err(f) => Err(ProvisionError::balena("checking the caller's key", f)),
+        }
+    }
+
+    /// balenaCloud's and the registry's view of the device, read together.
+    async fn read(&self, deadline: Deadline, request: &ProvisionRequest) -> Result<Snapshot, ProvisionError> {
+        let device_id = self.registry.device_id(&request.uuid);
+        let names = self.registry.variable_names();
+        let (record, state) = tokio::join!(
+            self.balena.read_device(deadline, &request.uuid, request.service.as_ref(), names),
+            self.registry.inspect(deadline, &device_id),
+        );
+        let record = record
+            .map_err(|f| ProvisionError::balena("reading the device", f))?
+            .ok_or_else(|| ProvisionError::DeviceNotFound(request.uuid.to_string()))?;
+        let Some(target) = record.target else {
+            let service = request.service.as_ref().map(|s| s.as_str()).unwrap_or("");
+            return Err(ProvisionError::bad_request(
+                codes::BAD_SERVICE,
+                format!("device {} has no service named '{service}'", request.uuid.short()),
+            ));
+        };
+        let state = state.map_err(|f| ProvisionError::cloud("reading the registry", f))?;
+        Ok(Snapshot { record, target, state })
+    }
+
+    fn assess(&self, uuid: &DeviceUuid, snapshot: &Snapshot, mode: KeyMode<'_>) -> Assessment {
+        let vars = snapshot.vars();
+        let stored_key = self.registry.stored_public_key(&vars);
+        let private = vars
+            .get(self.registry.private_key_variable())
+            .map(|v| base64_decode(v.expose()).and_then(|pem| String::from_utf8(pem).ok()).map(Secret::new))
+            .map(|pem| pem.and_then(|pem| public_key_of_private_pem(&pem).ok()));
+        let key_consistent = match (mode, &private) {
+            (KeyMode::Csr(csr), None) => stored_key.as_ref() == Some(csr.public_key()),
+            (KeyMode::Generated | KeyMode::Either, Some(Some(public))) => stored_key.as_ref() == Some(public),
+            (KeyMode::Either, None) => stored_key.is_some(),
+            _ => false,
+        };
+        let matched = stored_key
+            .as_ref()
+            .filter(|_| key_consistent && snapshot.state.entry)
+            .and_then(|key| snapshot.state.credentials.iter().find(|c| c.public_key.as_ref() == Some(key) && c.active && c.complete))
+            .filter(|credential| {
+                // Every non-secret variable must say exactly what this credential implies.
+                self.registry
+                    .variables(uuid, credential, None)
+                    .iter()
+                    .all(|(name, value)| vars.get(*name).map(Secret::expose) == Some(value.expose()))
+            })
+            .cloned();
+        let extras = snapshot
+            .state
+            .credentials
+            .iter()
+            .filter(|c| matched.as_ref().is_none_or(|m| m.id != c.id))
+            .cloned()
+            .collect();
+        Assessment { usable: matched, extras }
+    }
+
+    fn report(&self, uuid: &DeviceUuid, device_id: String, snapshot: &Snapshot) -> Outcome {
+        let assessment = self.assess(uuid, snapshot, KeyMode::Either);
+        let status = if assessment.healthy() {
+            Status::Provisioned
+        } else if snapshot.is_empty() {
+            Status::NotProvisioned
+        } else {
+            Status::Partial
+        };
+        let stored_id = assessment.usable.as_ref().map(|c| c.id.clone());
+        let credentials: Vec<Value> = snapshot
+            .state
+            .credentials
+            .iter()
+            .map(|c| {
+                json!({
+                    "id": c.id,
+                    "active": c.active,
+                    "complete": c.complete,
+                    "stored": Some(&c.id) == stored_id.as_ref(),
+                    "public_key": c.public_key.as_ref().map(|k| k.fingerprint()),
+                })
+            })
+            .collect();
+        let variables: serde_json::Map<String, Value> = self
+            .registry
+            .variable_names()
+            .iter()
+            .map(|name| (name.to_string(), Value::Bool(snapshot.record.vars.contains_key(*name))))
+            .collect();
+        Outcome {
+            status,
+            device_id,
+            variables: Vec::new(),
+            details: Some(json!({
+                "registry": {"entry": snapshot.state.entry, "credentials": credentials},
+                "variables": variables,
+                "target": match snapshot.target { VarTarget::Device { .. } => "device", VarTarget::Service { .. } => "service" },
+                "busy": snapshot.record.lease.is_some(),
+            })),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn provision(
+        &self,
+        deadline: Deadline,
+        request: &ProvisionRequest,
+        device_id: String,
+        snapshot: Snapshot,
+        rotate: bool,
+        mode: KeyMode<'_>,
+        request_id: &str,
+    ) -> Result<Outcome, ProvisionError> {
+        let assessment = self.assess(&request.uuid, &snapshot, mode);
+        if assessment.healthy() && !rotate {
+            return Ok(Outcome { status: Status::AlreadyProvisioned, device_id, variables: Vec::new(), details: None });
+        }
+        let lease = Lease::new(request_id, self.budget);
+        let device = snapshot.record.device_id;
+        if snapshot.is_fresh() {
+            // Fast path: a device with nothing provisioned.
+            let key = new_key(mode)?;
+            let material = material(mode, key.as_ref());
+            let (leased, registered) = tokio::join!(
+                self.balena.try_lease(deadline, device, lease.value()),
+                self.registry.register(deadline, &request.uuid, &snapshot.state, material),
+            );
+            match (leased, registered) {
+                (Ok(true), Ok(registration)) => {
+                    let result = self.finish_fresh(deadline, request, &snapshot, &registration, key.as_ref(), device_id.clone()).await;
+                    let result = match result {
+                        Err(FreshError::Conflict) => self.provision_leased(deadline, request, device_id, rotate, mode).await,
+                        Err(FreshError::Failed(e)) => Err(e),
+                        Ok(outcome) => Ok(outcome),
+                    };
+                    self.release(deadline, device, &lease).await;
+                    return result;
+                }
+                (leased, registered) => {
+                    if let Ok(registration) = &registered {
+                        // Another request is working on this device: this credential is not needed.
+                        self.discard(deadline, &device_id, &registration.credential).await;
+                    }
+                    match leased {
+                        Ok(true) => {
+                            self.release(deadline, device, &lease).await;
+                            return Err(registered.err().unwrap_or_else(|| ProvisionError::Internal("lease state".into())));
+                        }
+                        Err(f) => return Err(ProvisionError::balena("taking the device lease", f)),
+                        Ok(false) => {}
+                    }
+                }
+            }
+        }
+        self.acquire(deadline, device, &lease).await?;
+        let result = self.provision_leased(deadline, request, device_id, rotate, mode).await;
+        self.release(deadline, device, &lease).await;
+        result
+    }
+
+    /// The rest of the fast path, lease held: activate the credential while its variables are
+    /// created. A variable that already exists means the snapshot went stale.
+    async fn finish_fresh(
+        &self,
+        deadline: Deadline,
+        request: &ProvisionRequest,
+        snapshot: &Snapshot,
+        registration: &Registration,
+        key: Option<&DeviceKey>,
+        device_id: String,
+    ) -> Result<Outcome, FreshError> {
+        let credential = &registration.credential;
+        let vars = self.registry.variables(&request.uuid, credential, key.map(DeviceKey::private_pem));
+        let creates = vars.iter().map(|(name, value)| self.balena.create_var(deadline, snapshot.target, name, value));
+        let (activated, created) = tokio::join!(
+            self.registry.activate(deadline, &request.uuid, credential),
+            futures::future::join_all(creates),
+        );
+        let conflict = created.iter().any(|r| matches!(r, Ok(false)));
+        let store_failure = created.iter().find_map(|r| r.as_ref().err().cloned());
+        if !conflict && store_failure.is_none() && activated.is_ok() {
+            return Ok(Outcome {
+                status: Status::Created,
+                device_id,
+                variables: vars.iter().map(|(n, _)| n.to_string()).collect(),
+                details: None,
+            });
+        }
+        // Undo this request's variables (only where they still hold our values), then the
+        // credential: variables never name a revoked credential.
+        let undo = vars.iter().zip(&created).filter(|(_, r)| matches!(r, Ok(true))).map(|((name, value), _)| {
+            self.balena.delete_var_if(deadline, snapshot.target, name, value)
+        });
+        for result in futures::future::join_all(undo).await {
+            if let Err(f) = result {
+                tracing::error!(error = %f, "could not remove a variable this request stored");
+            }
+        }
+        self.discard(deadline, &self.registry.device_id(&request.uuid), credential).await;
+        if conflict {
+            tracing::info!("the device changed before the lease was taken; re-reading under the lease");
+            return Err(FreshError::Conflict);
+        }
+        if registration.created_entry
+            && let Err(f) = self.registry.remove_entry(deadline, &self.registry.device_id(&request.uuid)).await
+        {
+            tracing::error!(error = %f, "could not remove the registry entry this request made");
+        }
+        Err(FreshError::Failed(match (activated, store_failure) {
+            (Err(e), _) => e,
+            (Ok(()), Some(f)) => ProvisionError::balena("storing the variables", f),
+            (Ok(()), None) => ProvisionError::Internal("fresh provisioning failed without a cause".into()),
+        }))
+    }
+
+    /// Provisioning with the lease held: re-read, then create, repair or rotate.
+    async fn provision_leased(
+        &self,
+        deadline: Deadline,
+        request: &ProvisionRequest,
+        device_id: String,
+        rotate: bool,
+        mode: KeyMode<'_>,
+    ) -> Result<Outcome, ProvisionError> {
+        let snapshot = self.read(deadline, request).await?;
+        let assessment = self.assess(&request.uuid, &snapshot, mode);
+        if assessment.healthy() && !rotate {
+            return Ok(Outcome { status: Status::AlreadyProvisioned, device_id, variables: Vec::new(), details: None });
+        }
+        if assessment.usable.is_some() && !rotate {
+            // The stored credential is good; only stale ones need to go.
+            self.revoke_all(deadline, &device_id, &assessment.extras).await?;
+            return Ok(Outcome { status: Status::Repaired, device_id, variables: Vec::new(), details: None });
+        }
+        let status = if rotate && assessment.usable.is_some() {
+            Status::Rotated
+        } else if snapshot.is_fresh() {
+            Status::Created
+        } else {
+            Status::Repaired
+        };
+        let key = new_key(mode)?;
+        let registration = self.registry.register(deadline, &request.uuid, &snapshot.state, material(mode, key.as_ref())).await?;
+        let credential = &registration.credential;
+        let vars = self.registry.variables(&request.uuid, credential, key.as_ref().map(DeviceKey::private_pem));
+        // With a CSR the device keeps its key: a private key stored earlier must go.
+        let private_name = self.registry.private_key_variable();
+        let remove_private = key.is_none() && snapshot.record.vars.contains_key(private_name);
+        let writes = vars.iter().map(|(name, value)| {
+            let existing = snapshot.record.vars.get(*name).map(|v| v.id);
+            self.balena.write_var(deadline, snapshot.target, existing, name, value)
+        });
+        let removal = async {
+            if remove_private { self.balena.delete_vars(deadline, snapshot.target, &[private_name]).await } else { Ok(()) }
+        };
+        let (activated, written, removed) = tokio::join!(
+            self.registry.activate(deadline, &request.uuid, credential),
+            futures::future::join_all(writes),
+            removal,
+        );
+        let store_failure = written.into_iter().chain(std::iter::once(removed)).find_map(Result::err);
+        if let (Ok(()), None) = (&activated, &store_failure) {
+            // Only now, with the new credential stored and usable, do the old ones go.
+            self.revoke_all(deadline, &device_id, &snapshot.state.credentials).await?;
+            let mut variables: Vec<String> = vars.iter().map(|(n, _)| n.to_string()).collect();
+            if remove_private {
+                variables.push(private_name.to_string());
+            }
+            return Ok(Outcome { status, device_id, variables, details: None });
+        }
+        // Put the variables back as they were, then drop the new credential.
+        self.restore(deadline, snapshot.target, &snapshot.record.vars, &vars).await;
+        self.discard(deadline, &device_id, credential).await;
+        if registration.created_entry
+            && let Err(f) = self.registry.remove_entry(deadline, &device_id).await
+        {
+            tracing::error!(error = %f, "could not remove the registry entry this request made");
+        }
+        Err(match (activated, store_failure) {
+            (Err(e), _) => e,
+            (Ok(()), Some(f)) => ProvisionError::balena("storing the variables", f),
+            (Ok(()), None) => ProvisionError::Internal("provisioning failed without a cause".into()),
+        })
+    }
+
+    async fn deprovision(
+        &self,
+        deadline: Deadline,
+        request: &ProvisionRequest,
+        device_id: String,
+        snapshot: Snapshot,
+        request_id: &str,
+    ) -> Result<Outcome, ProvisionError> {
+        if snapshot.is_empty() {
+            return Ok(Outcome { status: Status::NotProvisioned, device_id, variables: Vec::new(), details: None });
+        }
+        let lease = Lease::new(request_id, self.budget);
+        let device = snapshot.record.device_id;
+        self.acquire(deadline, device, &lease).await?;
+        let result = self.deprovision_leased(deadline, request, device_id).await;
+        self.release(deadline, device, &lease).await;
+        result
+    }
+
+    async fn deprovision_leased(&self, deadline: Deadline, request: &ProvisionRequest, device_id: String) -> Result<Outcome, ProvisionError> {
+        let snapshot = self.read(deadline, request).await?;
+        if snapshot.is_empty() {
+            return Ok(Outcome { status: Status::NotProvisioned, device_id, variables: Vec::new(), details: None });
+        }
+        let present: Vec<String> = snapshot.record.vars.keys().cloned().collect();
+        // Variables first: they must never name a credential that is gone.
+        if !present.is_empty() {
+            self.balena
+                .delete_vars(deadline, snapshot.target, self.registry.variable_names())
+                .await
+                .map_err(|f| ProvisionError::balena("deleting the variables", f))?;
+        }
+        self.revoke_all(deadline, &device_id, &snapshot.state.credentials).await?;
+        if snapshot.state.entry {
+            self.registry
+                .remove_entry(deadline, &device_id)
+                .await
+                .map_err(|f| ProvisionError::cloud("deleting the registry entry", f))?;
+        }
+        Ok(Outcome { status: Status::Deleted, device_id, variables: present, details: None })
+    }
+
+    async fn revoke_all(&self, deadline: Deadline, device_id: &str, credentials: &[RegisteredCredential]) -> Result<(), ProvisionError> {
+        let revocations = credentials.iter().map(|c| self.registry.revoke(deadline, device_id, c));
+        for result in futures::future::join_all(revocations).await {
+            result.map_err(|f| ProvisionError::cloud("revoking an old credential", f))?;
+        }
+        Ok(())
+    }
+
+    /// Best-effort removal of a credential this request made and no longer needs.
+    async fn discard(&self, deadline: Deadline, device_id: &str, credential: &RegisteredCredential) {
+        if let Err(f) = self.registry.revoke(deadline, device_id, credential).await {
+            tracing::error!(credential = %credential.id, error = %f, "could not remove a credential this request made");
+        }
+    }
+
+    /// Puts variables back to their values before this request (deleting the ones it added).
+    async fn restore(&self, deadline: Deadline, target: VarTarget, before: &BTreeMap<String, StoredVar>, written: &[(&'static str, Secret)]) {
+        let steps = written.iter().map(|(name, ours)| async move {
+            match before.get(*name) {
+                Some(old) => self.balena.write_var(deadline, target, Some(old.id), name, &old.value).await,
+                None => self.balena.delete_var_if(deadline, target, name, ours).await,
+            }
+        });
+        for result in futures::future::join_all(steps).await {
+            if let Err(f) = result {
+                tracing::error!(error = %f, "could not restore a variable after a failed step");
+            }
+        }
+    }
+
+    /// Waits for the device's lease, within half the remaining budget, breaking a lease whose
+    /// holder outlived its own budget (a crashed instance).
+    async fn acquire(&self, deadline: Deadline, device: i64, lease: &Lease) -> Result<(), ProvisionError> {
+        let give_up = tokio::time::Instant::now() + deadline.remaining() / 2;
+        let mut wait = Duration::from_millis(20);
+        loop {
+            let taken = self.balena.try_lease(deadline, device, lease.value()).await;
+            if taken.map_err(|f| ProvisionError::balena("taking the device lease", f))? {
+                return Ok(());
+            }
+            let held = self
+                .balena
+                .read_lease(deadline, device)
+                .await
+                .map_err(|f| ProvisionError::balena("reading the device lease", f))?;
+            if let Some(held) = held.filter(|v| Lease::expired(v)) {
+                tracing::warn!("breaking an expired provisioning lease");
+                self.balena
+                    .drop_lease(deadline, device, &held)
+                    .await
+                    .map_err(|f| ProvisionError::balena("breaking an expired lease", f))?;
+                continue;
+            }
+            let pause = wait.mul_f64(0.5 + fastrand::f64());
+            if tokio::time::Instant::now() + pause >= give_up {
+                return Err(ProvisionError::Busy(format!("{device}")));
+            }
+            tokio::time::sleep(pause).await;
+            wait = (wait * 2).min(Duration::from_millis(400));
+        }
+    }
+
+    async fn release(&self, deadline: Deadline, device: i64, lease: &Lease) {
+        // Released even when the budget is spent: a leftover lease would stall the next request.
+        let deadline = if deadline.remaining() < Duration::from_secs(2) { Deadline::after(Duration::from_secs(2)) } else { deadline };
+        if let Err(f) = self.balena.drop_lease(deadline, device, lease.value()).await {
+            tracing::error!(error = %f, "could not release the device lease; it expires by itself");
+        }
+    }
+}
+
+enum FreshError {
+    Conflict,
+    Failed(ProvisionError),
+}
+
+fn new_key(mode: KeyMode<'_>) -> Result<Option<DeviceKey>, ProvisionError> {
+    match mode {
+        KeyMode::Csr(_) => Ok(None),
+        _ => DeviceKey::generate().map(Some).map_err(ProvisionError::Internal),
+    }
+}
+
+fn material<'a>(mode: KeyMode<'a>, key: Option<&'a DeviceKey>) -> Material<'a> {
+    match (mode, key) {
+        (_, Some(key)) => Material::Generated(key),
+        (KeyMode::Csr(csr), None) => Material::Csr(csr),
+        // new_key always makes a key outside CSR mode.
+        _ => unreachable!("a key exists outside CSR mode"),
+    }
+}
+
+/// The lease tag's value: who holds it and until when (unix milliseconds).
+struct Lease(String);
+
+impl Lease {
+    fn new(request_id: &str, budget: Duration) -> Self {
+        let until = now_ms() + budget.as_millis() as u64 + 5_000;
+        let holder: String = request_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(64).collect();
+        Lease(format!("{holder} until {until}"))
+    }
+
+    fn value(&self) -> &str {
+        &self.0
+    }
+
+    fn expired(value: &str) -> bool {
+        value
+            .rsplit_once(" until ")
+            .and_then(|(_, until)| until.parse::<u64>().ok())
+            .is_none_or(|until| until < now_ms())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_expire() {
+        let lease = Lease::new("abc", Duration::from_secs(1));
+        assert!(!Lease::expired(lease.value()));
+        assert!(Lease::expired("abc until 1"));
+        assert!(Lease::expired("garbage"), "an unreadable lease is treated as expired");
+    }
+}

@@ -1,0 +1,58 @@
+//! # provision-core
+//!
+//! Everything the balena provisioning functions decide, for every cloud: the HTTP contract
+//! (`api`), who the caller is (`auth`), the balenaCloud client (`balena`), the cloud IoT
+//! registries (`registry`), key pairs and certificates (`credentials`), and the provisioning
+//! state machine (`flow`). Hosts (Lambda, Azure Functions, Cloud Run) build a [`Service`] once
+//! with [`build`] and hand it each `http::Request`.
+
+pub mod api;
+pub mod auth;
+pub mod balena;
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod flow;
+pub mod registry;
+pub mod retry;
+pub mod secret;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use api::{RequestId, Service};
+pub use config::{ConfigError, Settings};
+pub use registry::{Cloud, Registry};
+
+/// One HTTP client for the whole process: connection pools and TLS set up once.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("balena-provision/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// Builds the service from settings and a registry.
+pub fn build(settings: &Settings, registry: Arc<dyn Registry>) -> Service {
+    let balena = balena::BalenaClient::new(
+        http_client(),
+        &settings.balena_api_url,
+        settings.balena_api_key.clone(),
+        retry::RetryPolicy::default(),
+    );
+    let provisioner = flow::Provisioner::new(balena, registry, settings.request_budget);
+    Service::new(provisioner, settings.auth.clone())
+}
+
+/// The AWS IoT Core registry from the standard AWS environment and `AWS_IOT_POLICY`.
+#[cfg(feature = "aws")]
+pub async fn aws_registry_from_env() -> Result<registry::aws::AwsIotRegistry, ConfigError> {
+    let policy = config::required(&|name| std::env::var(name).ok(), "AWS_IOT_POLICY")?;
+    let sdk = registry::aws::AwsIotRegistry::sdk_config().await;
+    if sdk.region().is_none() {
+        return Err(ConfigError::new("AWS_REGION", "is required and not set"));
+    }
+    Ok(registry::aws::AwsIotRegistry::new(aws_sdk_iot::Client::new(&sdk), policy.expose().to_owned()))
+}

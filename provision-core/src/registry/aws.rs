@@ -1,0 +1,311 @@
+//! AWS IoT Core through `aws-sdk-iot`: a thing per device (named by its UUID), an X.509
+//! certificate per credential, issued by AWS from a CSR made in-process (so the private key
+//! never travels), with the fleet's IoT policy attached.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_iot::Client;
+use aws_sdk_iot::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_iot::types::CertificateStatus;
+
+use super::{Cloud, Material, RegisteredCredential, Registration, Registry, RegistryState};
+use crate::api::ids::DeviceUuid;
+use crate::credentials::{PublicKeyId, base64_decode, base64_encode, certificate_facts};
+use crate::error::{ProvisionError, UpstreamFailure};
+use crate::retry::Deadline;
+use crate::secret::Secret;
+
+pub const CERT_VAR: &str = "AWS_CERT";
+pub const KEY_VAR: &str = "AWS_PRIVATE_KEY";
+
+pub struct AwsIotRegistry {
+    client: Client,
+    policy: String,
+}
+
+impl AwsIotRegistry {
+    pub fn new(client: Client, policy: String) -> Self {
+        AwsIotRegistry { client, policy }
+    }
+
+    /// The SDK configuration from the standard AWS environment (region, credentials,
+    /// `AWS_ENDPOINT_URL[_IOT]`), with the SDK's own retries and timeouts set for a function
+    /// that must answer within its budget.
+    pub async fn sdk_config() -> aws_config::SdkConfig {
+        use aws_config::retry::RetryConfig;
+        use aws_config::timeout::TimeoutConfig;
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(4)
+                    .with_initial_backoff(Duration::from_millis(100))
+                    .with_max_backoff(Duration::from_secs(2)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(8))
+                    .operation_timeout(Duration::from_secs(20))
+                    .build(),
+            )
+            .load()
+            .await
+    }
+}
+
+/// Runs one SDK call within the request's deadline and turns its error into an
+/// [`UpstreamFailure`] (the SDK has already retried what it retries).
+async fn call<T, E, R>(deadline: Deadline, fut: impl Future<Output = Result<T, SdkError<E, R>>>) -> Result<T, AwsFailure>
+where
+    E: ProvideErrorMetadata + std::error::Error,
+    R: std::fmt::Debug,
+{
+    match tokio::time::timeout(deadline.remaining(), fut).await {
+        Err(_) => Err(AwsFailure { code: None, failure: UpstreamFailure::Unavailable { detail: "the request's time budget was used up".into() } }),
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(classify(&err)),
+    }
+}
+
+/// An SDK failure with the AWS error code kept, so callers can accept "not found".
+struct AwsFailure {
+    code: Option<String>,
+    failure: UpstreamFailure,
+}
+
+impl AwsFailure {
+    fn is(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+}
+
+fn classify<E: ProvideErrorMetadata + std::error::Error, R: std::fmt::Debug>(err: &SdkError<E, R>) -> AwsFailure {
+    match err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let code = e.code().map(str::to_owned);
+            let detail = format!("{}: {}", e.code().unwrap_or("error"), e.message().unwrap_or("").chars().take(160).collect::<String>());
+            let failure = match code.as_deref() {
+                Some("ThrottlingException" | "TooManyRequestsException" | "LimitExceededException") => {
+                    UpstreamFailure::Throttled { retry_after: None }
+                }
+                Some("ServiceUnavailableException" | "InternalFailureException" | "InternalException") => {
+                    UpstreamFailure::Unavailable { detail }
+                }
+                _ => UpstreamFailure::Refused { status: 400, detail },
+            };
+            AwsFailure { code, failure }
+        }
+        SdkError::TimeoutError(_) => AwsFailure { code: None, failure: UpstreamFailure::Unavailable { detail: "timed out".into() } },
+        SdkError::DispatchFailure(_) => AwsFailure { code: None, failure: UpstreamFailure::Unavailable { detail: "connection failed".into() } },
+        SdkError::ResponseError(_) => AwsFailure { code: None, failure: UpstreamFailure::Unavailable { detail: "unreadable answer".into() } },
+        _ => AwsFailure { code: None, failure: UpstreamFailure::Unavailable { detail: "the request could not be sent".into() } },
+    }
+}
+
+const NOT_FOUND: &str = "ResourceNotFoundException";
+
+/// Success, or "it is already gone", which is what removal wanted.
+fn ok_if_gone<T>(result: Result<T, AwsFailure>) -> Result<(), UpstreamFailure> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(f) if f.is(NOT_FOUND) => Ok(()),
+        Err(f) => Err(f.failure),
+    }
+}
+
+fn cert_id(arn: &str) -> Option<&str> {
+    arn.split_once(":cert/").map(|(_, id)| id)
+}
+
+#[async_trait]
+impl Registry for AwsIotRegistry {
+    fn cloud(&self) -> Cloud {
+        Cloud::Aws
+    }
+
+    fn device_id(&self, uuid: &DeviceUuid) -> String {
+        uuid.as_str().to_owned()
+    }
+
+    fn variable_names(&self) -> &'static [&'static str] {
+        &[CERT_VAR, KEY_VAR]
+    }
+
+    fn private_key_variable(&self) -> &'static str {
+        KEY_VAR
+    }
+
+    fn stored_public_key(&self, vars: &BTreeMap<String, Secret>) -> Option<PublicKeyId> {
+        let pem = base64_decode(vars.get(CERT_VAR)?.expose())?;
+        certificate_facts(std::str::from_utf8(&pem).ok()?).ok().map(|f| f.public_key)
+    }
+
+    fn variables(&self, _uuid: &DeviceUuid, credential: &RegisteredCredential, private_key: Option<&Secret>) -> Vec<(&'static str, Secret)> {
+        let mut vars = vec![(CERT_VAR, Secret::new(base64_encode(credential.certificate_pem.as_deref().unwrap_or("").as_bytes())))];
+        if let Some(key) = private_key {
+            vars.push((KEY_VAR, Secret::new(base64_encode(key.expose().as_bytes()))));
+        }
+        vars
+    }
+
+    async fn inspect(&self, deadline: Deadline, thing: &str) -> Result<RegistryState, UpstreamFailure> {
+        let principals = match call(deadline, self.client.list_thing_principals().thing_name(thing).send()).await {
+            Ok(out) => out.principals().to_vec(),
+            Err(f) if f.is(NOT_FOUND) => return Ok(RegistryState { entry: false, credentials: Vec::new() }),
+            Err(f) => return Err(f.failure),
+        };
+        let lookups = principals.iter().filter_map(|arn| cert_id(arn).map(|id| (arn, id))).map(|(arn, id)| async move {
+            let (described, policies) = tokio::join!(
+                call(deadline, self.client.describe_certificate().certificate_id(id).send()),
+                call(deadline, self.client.list_attached_policies().target(arn).send()),
+            );
+            let description = match described {
+                Ok(out) => out.certificate_description,
+                Err(f) if f.is(NOT_FOUND) => None,
+                Err(f) => return Err(f.failure),
+            };
+            let policy_attached = match policies {
+                Ok(out) => out.policies().iter().any(|p| p.policy_name() == Some(self.policy.as_str())),
+                Err(f) if f.is(NOT_FOUND) => false,
+                Err(f) => return Err(f.failure),
+            };
+            let Some(description) = description else { return Ok(None) };
+            let pem = description.certificate_pem().map(str::to_owned);
+            let active = description.status() == Some(&CertificateStatus::Active);
+            Ok(Some(RegisteredCredential {
+                id: id.to_owned(),
+                locator: Some(arn.to_owned()),
+                public_key: pem.as_deref().and_then(|p| certificate_facts(p).ok()).map(|f| f.public_key),
+                certificate_pem: pem,
+                active,
+                complete: active && policy_attached,
+            }))
+        });
+        let credentials = futures::future::try_join_all(lookups).await?.into_iter().flatten().collect();
+        Ok(RegistryState { entry: true, credentials })
+    }
+
+    async fn register(
+        &self,
+        deadline: Deadline,
+        uuid: &DeviceUuid,
+        state: &RegistryState,
+        material: Material<'_>,
+    ) -> Result<Registration, ProvisionError> {
+        let thing = self.device_id(uuid);
+        let csr = match material {
+            Material::Generated(key) => key.csr_pem(uuid).map_err(ProvisionError::Internal)?,
+            Material::Csr(csr) => csr.pem().to_owned(),
+        };
+        // The thing and the certificate do not depend on each other: make them together. The
+        // certificate starts inactive, so a crash before it is attached leaves nothing usable.
+        let create_thing = async {
+            if state.entry {
+                Ok(false)
+            } else {
+                call(deadline, self.client.create_thing().thing_name(&thing).send()).await.map(|_| true)
+            }
+        };
+        let create_cert =
+            call(deadline, self.client.create_certificate_from_csr().certificate_signing_request(csr).set_as_active(false).send());
+        let (made_thing, made_cert) = tokio::join!(create_thing, create_cert);
+        let created_entry = matches!(made_thing, Ok(true));
+        let issued = made_cert.as_ref().ok().and_then(|cert| {
+            Some(RegisteredCredential {
+                id: cert.certificate_id()?.to_owned(),
+                locator: Some(cert.certificate_arn()?.to_owned()),
+                public_key: Some(material.public_key()),
+                certificate_pem: Some(cert.certificate_pem()?.to_owned()),
+                active: false,
+                complete: false,
+            })
+        });
+        match (made_thing, made_cert, issued) {
+            (Ok(_), Ok(_), Some(credential)) => Ok(Registration { credential, created_entry }),
+            (thing_result, cert_result, issued) => {
+                if let Some(stray) = &issued {
+                    tracing::warn!(certificate = %stray.id, "deleting the certificate this request made: the thing could not be made");
+                    let _ = self.revoke(deadline, &thing, stray).await;
+                }
+                if created_entry {
+                    tracing::warn!(thing = %thing, "deleting the thing this request made: the certificate could not be made");
+                    let _ = self.remove_entry(deadline, &thing).await;
+                }
+                Err(match (thing_result, cert_result) {
+                    (Err(f), _) => ProvisionError::cloud("CreateThing", f.failure),
+                    (_, Err(f)) => ProvisionError::cloud("CreateCertificateFromCsr", f.failure),
+                    _ => ProvisionError::cloud(
+                        "CreateCertificateFromCsr",
+                        UpstreamFailure::Unavailable { detail: "answer without certificate ARN, id or PEM".into() },
+                    ),
+                })
+            }
+        }
+    }
+
+    async fn activate(&self, deadline: Deadline, uuid: &DeviceUuid, credential: &RegisteredCredential) -> Result<(), ProvisionError> {
+        let thing = self.device_id(uuid);
+        let arn = credential
+            .locator
+            .as_deref()
+            .ok_or_else(|| ProvisionError::Internal("certificate without ARN".into()))?;
+        let (active, policy, principal) = tokio::join!(
+            call(deadline, self.client.update_certificate().certificate_id(&credential.id).new_status(CertificateStatus::Active).send()),
+            call(deadline, self.client.attach_policy().policy_name(&self.policy).target(arn).send()),
+            call(deadline, self.client.attach_thing_principal().thing_name(&thing).principal(arn).send()),
+        );
+        active.map_err(|f| ProvisionError::cloud("UpdateCertificate", f.failure))?;
+        policy.map_err(|f| ProvisionError::cloud("AttachPolicy", f.failure))?;
+        principal.map_err(|f| ProvisionError::cloud("AttachThingPrincipal", f.failure))?;
+        Ok(())
+    }
+
+    async fn revoke(&self, deadline: Deadline, thing: &str, credential: &RegisteredCredential) -> Result<(), UpstreamFailure> {
+        let id = credential.id.as_str();
+        let arn = match &credential.locator {
+            Some(arn) => arn.clone(),
+            None => match call(deadline, self.client.describe_certificate().certificate_id(id).send()).await {
+                Ok(out) => match out.certificate_description.and_then(|d| d.certificate_arn) {
+                    Some(arn) => arn,
+                    None => return Ok(()),
+                },
+                Err(f) if f.is(NOT_FOUND) => return Ok(()),
+                Err(f) => return Err(f.failure),
+            },
+        };
+        // Deactivate and detach together: from the first instant the certificate no longer
+        // authenticates. A forced delete then removes it with its policy attachment.
+        let (inactive, principal) = tokio::join!(
+            call(deadline, self.client.update_certificate().certificate_id(id).new_status(CertificateStatus::Inactive).send()),
+            call(deadline, self.client.detach_thing_principal().thing_name(thing).principal(&arn).send()),
+        );
+        ok_if_gone(inactive)?;
+        ok_if_gone(principal)?;
+        // Detaching a thing propagates asynchronously in AWS: a DeleteConflict right after it is
+        // expected and worth a few short retries.
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match call(deadline, self.client.delete_certificate().certificate_id(id).force_delete(true).send()).await {
+                Ok(_) => return Ok(()),
+                Err(f) if f.is(NOT_FOUND) => return Ok(()),
+                Err(f) if f.is("DeleteConflictException") && wait < deadline.remaining() && wait <= Duration::from_secs(2) => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(f) => return Err(f.failure),
+            }
+        }
+    }
+
+    async fn remove_entry(&self, deadline: Deadline, thing: &str) -> Result<(), UpstreamFailure> {
+        match call(deadline, self.client.delete_thing().thing_name(thing).send()).await {
+            Ok(_) => Ok(()),
+            Err(f) if f.is(NOT_FOUND) => Ok(()),
+            Err(f) => Err(f.failure),
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The cloud IoT registries, behind one trait. The flow never knows which cloud it drives:
+//! a registry says how to look a device up, register a credential, revoke one, remove the
+//! entry, and which balenaCloud variables describe a credential.
+
+#[cfg(feature = "aws")]
+pub mod aws;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::api::ids::DeviceUuid;
+use crate::credentials::{DeviceCsr, DeviceKey, PublicKeyId};
+use crate::error::{ProvisionError, UpstreamFailure};
+use crate::retry::Deadline;
+use crate::secret::Secret;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    Aws,
+    Azure,
+    Gcp,
+}
+
+impl Cloud {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cloud::Aws => "aws",
+            Cloud::Azure => "azure",
+            Cloud::Gcp => "gcp",
+        }
+    }
+}
+
+/// A credential as the registry holds it.
+#[derive(Clone, Debug)]
+pub struct RegisteredCredential {
+    /// The registry's own name for it (AWS certificate id, IoT Hub thumbprint, ...).
+    pub id: String,
+    /// The registry's full reference, where it has one beside the id (the AWS certificate ARN).
+    pub locator: Option<String>,
+    pub public_key: Option<PublicKeyId>,
+    /// The certificate, where the registry issues or keeps one.
+    pub certificate_pem: Option<String>,
+    /// The registry accepts it for authentication.
+    pub active: bool,
+    /// Everything a device needs is attached (AWS: the policy and the thing).
+    pub complete: bool,
+}
+
+/// What the registry holds for one device.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryState {
+    pub entry: bool,
+    pub credentials: Vec<RegisteredCredential>,
+}
+
+/// A credential [`Registry::register`] made, and whether it made the device's entry too.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub credential: RegisteredCredential,
+    pub created_entry: bool,
+}
+
+/// The key material a new credential is made from.
+#[derive(Clone, Copy)]
+pub enum Material<'a> {
+    /// A key pair this function made; its private half is stored for the device.
+    Generated(&'a DeviceKey),
+    /// The device's own CSR: the device keeps its key.
+    Csr(&'a DeviceCsr),
+}
+
+impl Material<'_> {
+    pub fn public_key(&self) -> PublicKeyId {
+        match self {
+            Material::Generated(key) => key.public_key(),
+            Material::Csr(csr) => csr.public_key().clone(),
+        }
+    }
+}
+
+#[async_trait]
+pub trait Registry: Send + Sync {
+    fn cloud(&self) -> Cloud;
+
+    /// The registry's id for a device (AWS thing name, IoT Hub device id, ClearBlade device id).
+    fn device_id(&self, uuid: &DeviceUuid) -> String;
+
+    /// Every variable name this registry writes, the private key's included.
+    fn variable_names(&self) -> &'static [&'static str];
+
+    /// The variable that holds the private key (absent when the device sent a CSR).
+    fn private_key_variable(&self) -> &'static str;
+
+    /// The public key of the credential the stored variables describe, if they name one.
+    fn stored_public_key(&self, vars: &BTreeMap<String, Secret>) -> Option<PublicKeyId>;
+
+    /// The variables that describe `credential` (the private key's, when given, included).
+    fn variables(&self, uuid: &DeviceUuid, credential: &RegisteredCredential, private_key: Option<&Secret>) -> Vec<(&'static str, Secret)>;
+
+    /// The device's entry and credentials.
+    async fn inspect(&self, deadline: Deadline, device_id: &str) -> Result<RegistryState, UpstreamFailure>;
+
+    /// First half of adding a credential: creates the entry when `state` says there is none,
+    /// and the credential itself, not yet usable (AWS: the certificate, inactive). It depends
+    /// on nothing the flow has to write first, so the flow runs it beside taking the lease. On
+    /// failure, whatever this call created is undone before it returns.
+    async fn register(
+        &self,
+        deadline: Deadline,
+        uuid: &DeviceUuid,
+        state: &RegistryState,
+        material: Material<'_>,
+    ) -> Result<Registration, ProvisionError>;
+
+    /// Second half: makes a registered credential usable (AWS: active, policy and thing
+    /// attached). The flow runs it beside storing the variables, and undoes both on failure.
+    async fn activate(&self, deadline: Deadline, uuid: &DeviceUuid, credential: &RegisteredCredential) -> Result<(), ProvisionError>;
+
+    /// Makes a credential unusable and removes it. Removing what is already gone succeeds.
+    async fn revoke(&self, deadline: Deadline, device_id: &str, credential: &RegisteredCredential) -> Result<(), UpstreamFailure>;
+
+    /// Removes the device's entry (after its credentials). Removing what is gone succeeds.
+    async fn remove_entry(&self, deadline: Deadline, device_id: &str) -> Result<(), UpstreamFailure>;
+}

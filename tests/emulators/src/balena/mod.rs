@@ -1,0 +1,753 @@
+//! An emulator of the balenaCloud API (pinejs/OData, `/v7/`, also `/v6/`) for the slice of the
+//! data model the provisioning functions touch: `application`, `device`, `service`,
+//! `service_install`, `device_environment_variable`, `device_service_environment_variable` and
+//! `device_tag`.
+//!
+//! # What it emulates
+//! * Auth: `Authorization: Bearer <key>` or `?apikey=<key>`. A *user key* sees and writes
+//!   everything; a *device key* sees only its device, its application, that application's
+//!   services, and its own service installs, variables and tags, and writes only its own
+//!   variables, tags and device row. An unknown or missing key gets 401 `Unauthorized`.
+//! * Reads: `GET /v7/<resource>`, `/v7/<resource>(<id>)`, `/v7/<resource>(<field>='<value>')`,
+//!   `/v7/<resource>/$count`, with `$select`, `$filter`, `$expand` (nested options `$select`,
+//!   `$filter`, `$expand`, `$orderby`, `$top`, `$skip`; `nav/$count`), `$orderby`, `$top`,
+//!   `$skip`. Answers `{"d": [rows]}`; a foreign key reads `{"__id": n}` unless expanded, then
+//!   an array of rows. What a key cannot see is absent, never a 404. Permissions apply at every
+//!   level: to expansions and to the navigations inside `$filter`.
+//! * `$filter`: `eq ne gt ge lt le`, `and or not`, parentheses, `in (...)`, `null`/`true`/
+//!   `false`, integers, `'strings'` (`''` for a quote), navigation paths over foreign keys
+//!   (`a/b eq 1`), `nav/$count`, lambdas `nav/any(x: ...)` / `nav/all(x: ...)` over to-one
+//!   and to-many navigations, and `startswith endswith contains substringof tolower toupper
+//!   length`. Unknown names, type mismatches and malformed input are 400 with a text body.
+//! * Writes: `POST` (201 with the row), `PATCH` and `DELETE` by key or by `$filter` (200 with an
+//!   empty body, also when nothing matched; rows the key cannot see never match). A unique
+//!   constraint violation is 409 `Unique key constraint violated ...`; a foreign key to a row
+//!   that does not exist or that the key cannot see is 400. Foreign keys in bodies may be
+//!   `12`, `{"__id": 12}` or `{"@odata.id": "...(12)"}`. Creating a device creates a
+//!   `service_install` for each service of its application (and a new service is installed on
+//!   the application's devices), as balena does; deleting a row deletes its dependents.
+//! * Test hooks: seeding and inspection without HTTP, a record of every request, injected
+//!   faults (status, `Retry-After`, how many times, after how many successes) and latency.
+//!
+//! # What it does not emulate
+//! The rest of the balena model and its fields, other API versions, `$count=true`, `$batch`,
+//! parameter aliases (`@x`), `PUT`, OData actions, `$orderby` on navigations other than
+//! foreign-key paths, decimal literals and arithmetic operators, sessions/JWTs, and the
+//! supervisor or any device-facing endpoint other than `/ping`.
+
+mod odata;
+mod query;
+mod schema;
+mod store;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::{Request, State as AxumState};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, Method, StatusCode, header};
+use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use odata::{
+    ODataError, parse_options, parse_query_pairs, parse_resource_path, percent_decode,
+    resource_name_of,
+};
+use query::{Eval, bind_key, bind_options};
+use schema::Res;
+use store::{Row, Store, Viewer, WriteError, int_field};
+
+/// The largest request body accepted.
+const BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// One request the emulator answered.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// As received, still percent-encoded.
+    pub path_and_query: String,
+    /// The resource named in the path (e.g. `device_environment_variable`), empty when none.
+    pub resource: String,
+    /// The API key used (header or `apikey` parameter), if any.
+    pub key: Option<String>,
+    pub status: u16,
+    pub started: Instant,
+    pub finished: Instant,
+}
+
+/// A failure to inject: matching requests are answered `status` instead of being served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// `None` matches any method.
+    pub method: Option<String>,
+    /// `None` matches any resource.
+    pub resource: Option<String>,
+    pub status: u16,
+    /// Sent as `Retry-After` (seconds) when set.
+    pub retry_after: Option<u64>,
+    /// How many matching requests fail before the fault is used up.
+    pub times: usize,
+    /// How many matching requests are let through first.
+    pub skip: usize,
+}
+
+impl Fault {
+    /// A fault answering `status` once, for any method and resource.
+    pub fn new(status: u16) -> Fault {
+        Fault {
+            method: None,
+            resource: None,
+            status,
+            retry_after: None,
+            times: 1,
+            skip: 0,
+        }
+    }
+
+    pub fn method(mut self, method: &str) -> Fault {
+        self.method = Some(method.to_string());
+        self
+    }
+
+    pub fn resource(mut self, resource: &str) -> Fault {
+        self.resource = Some(resource.to_string());
+        self
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Fault {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    pub fn times(mut self, times: usize) -> Fault {
+        self.times = times;
+        self
+    }
+
+    pub fn skip(mut self, skip: usize) -> Fault {
+        self.skip = skip;
+        self
+    }
+
+    fn matches(&self, method: &str, resource: &str) -> bool {
+        self.method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && self.resource.as_deref().is_none_or(|r| r == resource)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    store: Store,
+    user_keys: HashSet<String>,
+    device_keys: HashMap<String, i64>,
+    requests: Vec<RecordedRequest>,
+    faults: Vec<Fault>,
+    latency: Duration,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Stops the server when the last clone of the emulator is dropped.
+struct ServerGuard {
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ServerGuard {
+    fn signal(&self) {
+        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        self.signal();
+    }
+}
+
+/// A running balenaCloud API emulator. Clones share the same server and state; the server
+/// stops on [`BalenaEmulator::shutdown`] or when the last clone is dropped.
+#[derive(Clone)]
+pub struct BalenaEmulator {
+    shared: Shared,
+    addr: SocketAddr,
+    guard: Arc<ServerGuard>,
+}
+
+impl std::fmt::Debug for BalenaEmulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BalenaEmulator")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BalenaEmulator {
+    /// Starts on `127.0.0.1:0` (a free port).
+    pub async fn start() -> anyhow::Result<BalenaEmulator> {
+        BalenaEmulator::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts on `addr`, serving in a tokio task.
+    pub async fn start_on(addr: SocketAddr) -> anyhow::Result<BalenaEmulator> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        let shared: Shared = Arc::default();
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "balena emulator server stopped with an error");
+            }
+        });
+        let guard = ServerGuard {
+            stop: Mutex::new(Some(stop_tx)),
+            task: Mutex::new(Some(task)),
+        };
+        tracing::debug!(%addr, "balena emulator listening");
+        Ok(BalenaEmulator {
+            shared,
+            addr,
+            guard: Arc::new(guard),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`, without a trailing slash or version.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.shared)
+    }
+
+    fn seed(&self, res: Res, body: Value) -> i64 {
+        let body = body.as_object().cloned().unwrap_or_default();
+        match self.state().store.insert(&Viewer::All, res, &body) {
+            Ok(id) => id,
+            Err(e) => panic!("seeding {} {body:?} failed: {e:?}", res.name()),
+        }
+    }
+
+    /// Creates an application; its slug is `admin/<lowercased name>`.
+    pub fn add_application(&self, app_name: &str) -> i64 {
+        self.seed(Res::Application, json!({ "app_name": app_name }))
+    }
+
+    /// Creates a service of an application and installs it on the application's devices.
+    /// Panics if the application does not exist or already has that service.
+    pub fn add_service(&self, application_id: i64, service_name: &str) -> i64 {
+        self.seed(
+            Res::Service,
+            json!({ "application": application_id, "service_name": service_name }),
+        )
+    }
+
+    /// Creates a device with a service install for every service of its application. Panics if
+    /// the application does not exist or the uuid is taken.
+    pub fn add_device(&self, application_id: i64, uuid: &str) -> i64 {
+        self.seed(
+            Res::Device,
+            json!({ "belongs_to__application": application_id, "uuid": uuid }),
+        )
+    }
+
+    /// Registers a key with full access.
+    pub fn add_user_key(&self, key: &str) {
+        self.state().user_keys.insert(key.to_string());
+    }
+
+    /// Registers a key bound to one device.
+    pub fn add_device_key(&self, device_id: i64, key: &str) {
+        self.state().device_keys.insert(key.to_string(), device_id);
+    }
+
+    /// The device's environment variables, name to value.
+    pub fn device_vars(&self, device_id: i64) -> BTreeMap<String, String> {
+        let state = self.state();
+        pairs(&state.store, Res::DeviceEnvVar, "device", device_id, "name")
+    }
+
+    /// The service variables of the device's install of `service_name`, name to value (empty
+    /// when there is no such install).
+    pub fn service_vars(&self, device_id: i64, service_name: &str) -> BTreeMap<String, String> {
+        let state = self.state();
+        match service_install(&state.store, device_id, service_name) {
+            Some(si) => pairs(
+                &state.store,
+                Res::DeviceServiceEnvVar,
+                "service_install",
+                si,
+                "name",
+            ),
+            None => BTreeMap::new(),
+        }
+    }
+
+    /// The device's tags, key to value.
+    pub fn device_tags(&self, device_id: i64) -> BTreeMap<String, String> {
+        let state = self.state();
+        pairs(&state.store, Res::DeviceTag, "device", device_id, "tag_key")
+    }
+
+    /// The id of the device's install of `service_name`.
+    pub fn service_install_id(&self, device_id: i64, service_name: &str) -> Option<i64> {
+        service_install(&self.state().store, device_id, service_name)
+    }
+
+    fn upsert(
+        &self,
+        res: Res,
+        parent_field: &str,
+        parent: i64,
+        key_field: &str,
+        key: &str,
+        value: &str,
+    ) {
+        let mut state = self.state();
+        let store = &mut state.store;
+        let existing: Vec<i64> = store
+            .ids_where(res, parent_field, Some(parent))
+            .into_iter()
+            .filter(|id| {
+                store
+                    .row(res, *id)
+                    .and_then(|r| r.get(key_field))
+                    .and_then(Value::as_str)
+                    == Some(key)
+            })
+            .collect();
+        let result = if existing.is_empty() {
+            let body = json!({ parent_field: parent, key_field: key, "value": value });
+            store
+                .insert(&Viewer::All, res, body.as_object().unwrap_or(&Map::new()))
+                .map(|_| ())
+        } else {
+            let body = json!({ "value": value });
+            store.update(
+                &Viewer::All,
+                res,
+                &existing,
+                body.as_object().unwrap_or(&Map::new()),
+            )
+        };
+        if let Err(e) = result {
+            panic!(
+                "seeding {} {parent_field}={parent} {key_field}={key:?} failed: {e:?}",
+                res.name()
+            );
+        }
+    }
+
+    /// Creates or overwrites a device environment variable, bypassing HTTP.
+    pub fn set_device_var(&self, device_id: i64, name: &str, value: &str) {
+        self.upsert(Res::DeviceEnvVar, "device", device_id, "name", name, value);
+    }
+
+    /// Creates or overwrites a service variable on the device's install of `service_name`,
+    /// bypassing HTTP. Panics if there is no such install.
+    pub fn set_service_var(&self, device_id: i64, service_name: &str, name: &str, value: &str) {
+        let Some(si) = self.service_install_id(device_id, service_name) else {
+            panic!("device {device_id} has no install of service {service_name:?}");
+        };
+        self.upsert(
+            Res::DeviceServiceEnvVar,
+            "service_install",
+            si,
+            "name",
+            name,
+            value,
+        );
+    }
+
+    /// Creates or overwrites a device tag, bypassing HTTP.
+    pub fn set_device_tag(&self, device_id: i64, tag_key: &str, value: &str) {
+        self.upsert(
+            Res::DeviceTag,
+            "device",
+            device_id,
+            "tag_key",
+            tag_key,
+            value,
+        );
+    }
+
+    /// Every request served so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state().requests.clone()
+    }
+
+    pub fn clear_requests(&self) {
+        self.state().requests.clear();
+    }
+
+    /// Adds a fault; faults are tried in the order they were added.
+    pub fn inject_fault(&self, fault: Fault) {
+        self.state().faults.push(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        self.state().faults.clear();
+    }
+
+    /// Delays every answer by `d` (default zero).
+    pub fn set_latency(&self, d: Duration) {
+        self.state().latency = d;
+    }
+
+    /// Stops the server and waits (up to 5 s) for open connections to finish.
+    pub async fn shutdown(self) {
+        self.guard.signal();
+        let task = self
+            .guard
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut task) = task
+            && tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+fn service_install(store: &Store, device_id: i64, service_name: &str) -> Option<i64> {
+    store
+        .ids_where(Res::ServiceInstall, "device", Some(device_id))
+        .into_iter()
+        .find(|si| {
+            store
+                .row(Res::ServiceInstall, *si)
+                .and_then(|row| int_field(row, "installs__service"))
+                .and_then(|s| store.row(Res::Service, s))
+                .and_then(|s| s.get("service_name"))
+                .and_then(Value::as_str)
+                == Some(service_name)
+        })
+}
+
+fn pairs(
+    store: &Store,
+    res: Res,
+    parent_field: &str,
+    parent: i64,
+    key_field: &str,
+) -> BTreeMap<String, String> {
+    store
+        .table(res)
+        .rows
+        .values()
+        .filter(|row| int_field(row, parent_field) == Some(parent))
+        .filter_map(|row| {
+            let k = row.get(key_field)?.as_str()?;
+            let v = row.get("value")?.as_str()?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------------
+
+/// A refusal, answered with a text body.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(msg: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, msg)
+    }
+
+    fn unauthorized() -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized")
+    }
+
+    fn not_found() -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "Not Found")
+    }
+}
+
+impl From<ODataError> for ApiError {
+    fn from(e: ODataError) -> ApiError {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> ApiError {
+        match e {
+            WriteError::BadRequest(m) => ApiError::bad_request(m),
+            WriteError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            WriteError::Unauthorized => ApiError::unauthorized(),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    let mut res = (status, body).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response {
+    let mut res = (status, value.to_string()).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// The API key of a request: the `Authorization: Bearer` header, else the `apikey` parameter.
+fn request_key(headers: &http::HeaderMap, query: &str) -> Option<String> {
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim().to_string())
+        .filter(|k| !k.is_empty());
+    from_header.or_else(|| {
+        query.split('&').find_map(|part| {
+            let (name, value) = part.split_once('=')?;
+            if name != "apikey" {
+                return None;
+            }
+            percent_decode(value, true).ok().filter(|k| !k.is_empty())
+        })
+    })
+}
+
+/// The path after `/v7/` or `/v6/`, if it is an API path.
+fn api_rest(path: &str) -> Option<&str> {
+    path.strip_prefix("/v7/")
+        .or_else(|| path.strip_prefix("/v6/"))
+}
+
+async fn handle(AxumState(shared): AxumState<Shared>, req: Request) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let path_and_query = uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_default();
+    let path = uri.path();
+    let query = uri.query().unwrap_or("");
+    let resource = api_rest(path)
+        .map(resource_name_of)
+        .unwrap_or("")
+        .to_string();
+    let key = request_key(req.headers(), query);
+
+    let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT).await;
+    let latency = lock(&shared).latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+
+    let response = {
+        let mut state = lock(&shared);
+        match take_fault(&mut state.faults, method.as_str(), &resource) {
+            Some(fault) => fault_response(&fault),
+            None => match body {
+                Err(_) => text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large".into()),
+                Ok(body) => match serve(&mut state, &method, path, query, key.as_deref(), &body) {
+                    Ok(res) => res,
+                    Err(e) => text(e.status, e.message),
+                },
+            },
+        }
+    };
+
+    let mut state = lock(&shared);
+    state.requests.push(RecordedRequest {
+        method: method.to_string(),
+        path_and_query,
+        resource,
+        key,
+        status: response.status().as_u16(),
+        started,
+        finished: Instant::now(),
+    });
+    response
+}
+
+/// The fault that applies to this request, if any, counting it against the faults.
+fn take_fault(faults: &mut Vec<Fault>, method: &str, resource: &str) -> Option<Fault> {
+    let mut fired = None;
+    for fault in faults.iter_mut() {
+        if !fault.matches(method, resource) || fault.times == 0 {
+            continue;
+        }
+        if fault.skip > 0 {
+            fault.skip -= 1;
+            continue;
+        }
+        fault.times -= 1;
+        fired = Some(fault.clone());
+        break;
+    }
+    faults.retain(|f| f.times > 0);
+    fired
+}
+
+fn fault_response(fault: &Fault) -> Response {
+    let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let reason = status.canonical_reason().unwrap_or("Injected fault");
+    let mut res = text(status, reason.to_string());
+    if let Some(secs) = fault.retry_after
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        res.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    res
+}
+
+fn serve(
+    state: &mut State,
+    method: &Method,
+    path: &str,
+    query: &str,
+    key: Option<&str>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    if path == "/ping" {
+        return Ok(text(StatusCode::OK, "OK".into()));
+    }
+    let rest = api_rest(path).ok_or_else(ApiError::not_found)?;
+
+    let viewer = match key {
+        Some(k) if state.user_keys.contains(k) => Viewer::All,
+        Some(k) => match state.device_keys.get(k) {
+            Some(device) => state.store.device_viewer(*device),
+            None => return Err(ApiError::unauthorized()),
+        },
+        None => return Err(ApiError::unauthorized()),
+    };
+
+    let rest = percent_decode(rest, false)?;
+    let target = parse_resource_path(&rest)?;
+    let res = Res::from_name(&target.resource).ok_or_else(ApiError::not_found)?;
+    let pairs = parse_query_pairs(query)?;
+    let mut opts = bind_options(res, &parse_options(&pairs)?)?;
+    if let Some(key) = &target.key {
+        opts.and_filter(bind_key(res, key)?);
+    }
+    let store = &mut state.store;
+
+    match *method {
+        Method::GET => {
+            let eval = Eval {
+                store,
+                viewer: &viewer,
+            };
+            let rows = eval.select_rows(res, store.table(res).rows.values(), &opts);
+            if target.count {
+                return Ok(json_response(StatusCode::OK, &json!({ "d": rows.len() })));
+            }
+            let d: Vec<Value> = rows
+                .into_iter()
+                .map(|r| eval.render(res, r, &opts))
+                .collect();
+            Ok(json_response(StatusCode::OK, &json!({ "d": d })))
+        }
+        Method::POST => {
+            if target.key.is_some() || target.count {
+                return Err(ApiError::bad_request("POST must address a collection"));
+            }
+            let body = json_object(body)?;
+            let id = store.insert(&viewer, res, &body)?;
+            let eval = Eval {
+                store,
+                viewer: &viewer,
+            };
+            let row: Option<&Row> = store.row(res, id);
+            let created = row
+                .map(|r| eval.render(res, r, &Default::default()))
+                .unwrap_or(Value::Null);
+            Ok(json_response(StatusCode::CREATED, &created))
+        }
+        Method::PATCH | Method::DELETE => {
+            if target.count {
+                return Err(ApiError::bad_request("cannot write to $count"));
+            }
+            let ids: Vec<i64> = {
+                let eval = Eval {
+                    store,
+                    viewer: &viewer,
+                };
+                let rows = eval.select_rows(res, store.table(res).rows.values(), &opts);
+                rows.into_iter()
+                    .filter_map(|r| int_field(r, "id"))
+                    .collect()
+            };
+            if *method == Method::PATCH {
+                let body = json_object(body)?;
+                store.update(&viewer, res, &ids, &body)?;
+            } else {
+                store.delete(&viewer, res, &ids)?;
+            }
+            Ok(StatusCode::OK.into_response())
+        }
+        _ => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method Not Allowed",
+        )),
+    }
+}
+
+fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request(
+            "The request body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::bad_request(format!("Invalid JSON body: {e}"))),
+    }
+}

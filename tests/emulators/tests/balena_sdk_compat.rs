@@ -1,0 +1,150 @@
+//! Runs the real published `balena-sdk` (pinned in tests/compat/package.json) against the
+//! emulator: `tests/compat/balena-sdk-compat.mjs` reads a device, sets, reads, upserts and
+//! removes device and service variables and tags, and this test checks it passed and what the
+//! emulator saw. Needs `node` and `npm ci --prefix tests/compat`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use provision_emulators::balena::{BalenaEmulator, Fault, RecordedRequest};
+
+const KEY: &str = "compat-user-key";
+const UUID: &str = "0123456789abcdef0123456789abcdef";
+const SERVICE: &str = "main";
+
+fn repo_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .join("..")
+        .join("..")
+        .canonicalize()
+        .expect("the repository root exists")
+}
+
+fn saw(reqs: &[RecordedRequest], method: &str, resource: &str, status: u16) -> bool {
+    reqs.iter()
+        .any(|r| r.method == method && r.resource == resource && r.status == status)
+}
+
+fn position(reqs: &[RecordedRequest], method: &str, resource: &str, status: u16) -> Option<usize> {
+    reqs.iter()
+        .position(|r| r.method == method && r.resource == resource && r.status == status)
+}
+
+#[tokio::test]
+async fn real_balena_sdk_works_against_the_emulator() {
+    let compat = repo_root().join("tests").join("compat");
+    let script = compat.join("balena-sdk-compat.mjs");
+    assert!(
+        compat
+            .join("node_modules")
+            .join("balena-sdk")
+            .join("package.json")
+            .is_file(),
+        "tests/compat/node_modules is missing: run `npm ci --prefix tests/compat` (from the \
+         repository root) to install the pinned balena-sdk, then run this test again"
+    );
+
+    let emu = BalenaEmulator::start().await.expect("emulator starts");
+    let app = emu.add_application("CompatFleet");
+    emu.add_service(app, SERVICE);
+    let device = emu.add_device(app, UUID);
+    emu.add_user_key(KEY);
+    // The second device read is answered 429 once; the SDK, created with
+    // retryRateLimitedRequests, must wait Retry-After and retry.
+    emu.inject_fault(
+        Fault::new(429)
+            .method("GET")
+            .resource("device")
+            .retry_after(1)
+            .skip(1),
+    );
+
+    let run = tokio::process::Command::new("node")
+        .arg(&script)
+        .args([emu.url().as_str(), KEY, UUID, SERVICE])
+        .current_dir(&compat)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = match tokio::time::timeout(Duration::from_secs(180), run).await {
+        Err(_) => panic!("node {} did not finish within 180 s", script.display()),
+        Ok(Err(e)) => {
+            panic!("could not run `node` ({e}); install Node.js to run the balena-sdk compat test")
+        }
+        Ok(Ok(output)) => output,
+    };
+    let reqs = emu.requests();
+    let log: Vec<String> = reqs
+        .iter()
+        .map(|r| format!("{} {} {}", r.status, r.method, r.path_and_query))
+        .collect();
+    assert!(
+        output.status.success(),
+        "balena-sdk compat script failed ({})\n--- stdout\n{}\n--- stderr\n{}\n--- requests the emulator saw\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        log.join("\n"),
+    );
+
+    // Every request the SDK sent was understood: nothing but the injected 429, the upserts'
+    // 409s and successes.
+    for r in &reqs {
+        assert!(
+            matches!(r.status, 200 | 201 | 409 | 429),
+            "unexpected answer: {} {} {}",
+            r.status,
+            r.method,
+            r.path_and_query
+        );
+        assert_eq!(r.key.as_deref(), Some(KEY), "{}", r.path_and_query);
+    }
+    let rate_limited = position(&reqs, "GET", "device", 429).expect("the injected 429 was served");
+    assert_eq!(
+        reqs[rate_limited + 1].method,
+        "GET",
+        "the SDK retried the rate-limited read"
+    );
+    assert_eq!(
+        reqs[rate_limited + 1].path_and_query,
+        reqs[rate_limited].path_and_query
+    );
+    assert!(
+        reqs[rate_limited + 1]
+            .started
+            .duration_since(reqs[rate_limited].finished)
+            >= Duration::from_millis(900)
+    );
+
+    // The variables existed during the run (created, then upserted through 409 + PATCH, then
+    // removed) and are gone at the end.
+    for resource in [
+        "device_environment_variable",
+        "device_service_environment_variable",
+        "device_tag",
+    ] {
+        let created = position(&reqs, "POST", resource, 201)
+            .unwrap_or_else(|| panic!("no created {resource}"));
+        let conflict = position(&reqs, "POST", resource, 409)
+            .unwrap_or_else(|| panic!("no upsert 409 on {resource}"));
+        let patched = position(&reqs, "PATCH", resource, 200)
+            .unwrap_or_else(|| panic!("no upsert PATCH on {resource}"));
+        let removed = position(&reqs, "DELETE", resource, 200)
+            .unwrap_or_else(|| panic!("no DELETE of {resource}"));
+        assert!(
+            created < conflict && conflict < patched && patched < removed,
+            "{resource} order"
+        );
+    }
+    assert!(saw(&reqs, "GET", "service_install", 200));
+    assert!(
+        emu.device_vars(device).is_empty(),
+        "{:?}",
+        emu.device_vars(device)
+    );
+    assert!(emu.service_vars(device, SERVICE).is_empty());
+    assert!(emu.device_tags(device).is_empty());
+    emu.shutdown().await;
+}

@@ -1,0 +1,139 @@
+//! moto (the AWS emulator, from PyPI) as a process, and probes of AWS IoT state through the
+//! real SDK.
+
+use std::time::Duration;
+
+use aws_sdk_iot::Client;
+use aws_sdk_iot::types::CertificateStatus;
+use tokio::process::Command;
+
+use crate::paths;
+use crate::process::{LogBook, Process, free_port, wait_for_port};
+
+pub const REGION: &str = "eu-west-1";
+pub const POLICY: &str = "balena-provision-device";
+
+/// A moto server on a free port of 127.0.0.1, stopped when dropped.
+pub struct Moto {
+    pub port: u16,
+    process: Process,
+}
+
+impl Moto {
+    pub async fn start(logs: &LogBook) -> anyhow::Result<Moto> {
+        let server = paths::venv().join("bin").join("moto_server");
+        if !server.is_file() {
+            anyhow::bail!(
+                "moto is not installed at {}: run `scripts/setup` (it makes .venv with moto[server])",
+                server.display()
+            );
+        }
+        let port = free_port()?;
+        let mut command = Command::new(server);
+        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let mut process = Process::spawn("moto", command, logs)?;
+        wait_for_port(port, &mut process, "moto_server").await?;
+        Ok(Moto { port, process })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The environment a function process needs to reach this moto with the standard AWS SDK
+    /// settings.
+    pub fn function_env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_REGION", REGION.to_string()),
+            ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    pub async fn client(&self) -> Client {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(aws_sdk_iot::config::Credentials::new("testing", "testing", None, None, "tests"))
+            .load()
+            .await;
+        Client::new(&config)
+    }
+
+    pub async fn stop(self) {
+        self.process.stop().await;
+    }
+}
+
+/// The IoT policy every device certificate gets (the one-time setup of infra/aws).
+pub async fn create_device_policy(iot: &Client) -> anyhow::Result<()> {
+    let document = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}]
+    });
+    iot.create_policy().policy_name(POLICY).policy_document(document.to_string()).send().await?;
+    Ok(())
+}
+
+/// A certificate as the registry holds it, for assertions.
+#[derive(Clone, Debug)]
+pub struct CertInfo {
+    pub id: String,
+    pub arn: String,
+    pub pem: String,
+    pub active: bool,
+    pub policies: Vec<String>,
+}
+
+/// The certificates attached to a thing (`None`: no such thing).
+pub async fn thing_certificates(iot: &Client, thing: &str) -> anyhow::Result<Option<Vec<CertInfo>>> {
+    let principals = match iot.list_thing_principals().thing_name(thing).send().await {
+        Ok(out) => out.principals().to_vec(),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut certs = Vec::new();
+    for arn in principals {
+        certs.push(describe(iot, &arn).await?);
+    }
+    Ok(Some(certs))
+}
+
+async fn describe(iot: &Client, arn: &str) -> anyhow::Result<CertInfo> {
+    let id = arn.rsplit('/').next().unwrap_or_default().to_string();
+    let described = iot.describe_certificate().certificate_id(&id).send().await?;
+    let description = described.certificate_description().ok_or_else(|| anyhow::anyhow!("no description"))?;
+    let policies = iot.list_attached_policies().target(arn).send().await?;
+    Ok(CertInfo {
+        id,
+        arn: arn.to_string(),
+        pem: description.certificate_pem().unwrap_or_default().to_string(),
+        active: description.status() == Some(&CertificateStatus::Active),
+        policies: policies.policies().iter().filter_map(|p| p.policy_name().map(str::to_string)).collect(),
+    })
+}
+
+/// Every certificate in the account with its status, attached or not (orphans show here).
+pub async fn all_certificates(iot: &Client) -> anyhow::Result<Vec<(String, bool)>> {
+    let out = iot.list_certificates().page_size(250).send().await?;
+    Ok(out
+        .certificates()
+        .iter()
+        .map(|c| (c.certificate_id().unwrap_or_default().to_string(), c.status() == Some(&CertificateStatus::Active)))
+        .collect())
+}
+
+pub async fn thing_exists(iot: &Client, thing: &str) -> anyhow::Result<bool> {
+    match iot.describe_thing().thing_name(thing).send().await {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub const INVOKE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,0 +1,108 @@
+//! Assertions on the emulators' state: what a fleet operator would check by hand.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use x509_parser::prelude::*;
+
+use crate::aws::{self, CertInfo};
+use crate::world::{AwsWorld, Device, SERVICE};
+
+/// Where a test expects the variables: on the device, or on its `cloud-relay` service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Device,
+    Service,
+}
+
+impl Target {
+    pub fn body(self, uuid: &str) -> serde_json::Value {
+        match self {
+            Target::Device => serde_json::json!({"uuid": uuid}),
+            Target::Service => serde_json::json!({"uuid": uuid, "balena_service": SERVICE}),
+        }
+    }
+}
+
+pub fn vars(world: &AwsWorld, device: &Device, target: Target) -> BTreeMap<String, String> {
+    match target {
+        Target::Device => world.balena.device_vars(device.id),
+        Target::Service => world.balena.service_vars(device.id, SERVICE),
+    }
+}
+
+pub fn decode(b64: &str) -> String {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).expect("variable is base64");
+    String::from_utf8(bytes).expect("variable is a UTF-8 PEM")
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("a PEM block");
+    parsed.contents
+}
+
+/// The raw public key of a PEM certificate.
+pub fn cert_public_key(pem: &str) -> Vec<u8> {
+    let der = pem_der(pem);
+    let (_, cert) = X509Certificate::from_der(&der).expect("an X.509 certificate");
+    cert.public_key().subject_public_key.data.to_vec()
+}
+
+/// The raw public key of a PEM private key.
+pub fn private_key_public_key(pem: &str) -> Vec<u8> {
+    use rcgen::PublicKeyData;
+    rcgen::KeyPair::from_pem(pem).expect("a private key").der_bytes().to_vec()
+}
+
+fn normalise(pem: &str) -> String {
+    pem.split_whitespace().collect()
+}
+
+/// The device is fully provisioned on AWS: the thing exists with exactly one certificate,
+/// active, carrying the policy; no other certificate anywhere is active; the variables hold
+/// base64 PEM of that certificate and (unless `csr`) of the private key that matches it.
+pub async fn assert_aws_provisioned(world: &AwsWorld, device: &Device, target: Target, csr: bool) -> CertInfo {
+    let certs = aws::thing_certificates(&world.iot, &device.uuid).await.unwrap().expect("the thing exists");
+    assert_eq!(certs.len(), 1, "exactly one certificate attached to the thing: {certs:?}");
+    let cert = certs.into_iter().next().unwrap();
+    assert!(cert.active, "the certificate is ACTIVE");
+    assert!(cert.policies.contains(&aws::POLICY.to_string()), "the policy is attached: {:?}", cert.policies);
+    let active_elsewhere: Vec<_> = aws::all_certificates(&world.iot)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(id, active)| *active && *id != cert.id)
+        .collect();
+    assert!(active_elsewhere.is_empty(), "no other active certificate (orphans): {active_elsewhere:?}");
+
+    let vars = vars(world, device, target);
+    let stored_cert = decode(vars.get("AWS_CERT").expect("AWS_CERT stored"));
+    assert_eq!(normalise(&stored_cert), normalise(&cert.pem), "AWS_CERT is the registered certificate");
+    if csr {
+        assert!(!vars.contains_key("AWS_PRIVATE_KEY"), "no private key stored for a CSR");
+    } else {
+        let key = decode(vars.get("AWS_PRIVATE_KEY").expect("AWS_PRIVATE_KEY stored"));
+        assert!(key.contains("PRIVATE KEY"), "AWS_PRIVATE_KEY is a PEM private key");
+        assert_eq!(private_key_public_key(&key), cert_public_key(&cert.pem), "the stored key matches the certificate");
+    }
+    cert
+}
+
+/// Nothing of the device is left: no thing, no active certificate, no variables.
+pub async fn assert_aws_gone(world: &AwsWorld, device: &Device, target: Target) {
+    assert!(!aws::thing_exists(&world.iot, &device.uuid).await.unwrap(), "the thing is deleted");
+    let active: Vec<_> = aws::all_certificates(&world.iot).await.unwrap().into_iter().filter(|(_, a)| *a).collect();
+    assert!(active.is_empty(), "no active certificate left: {active:?}");
+    let vars = vars(world, device, target);
+    assert!(!vars.contains_key("AWS_CERT") && !vars.contains_key("AWS_PRIVATE_KEY"), "variables removed: {vars:?}");
+}
+
+/// Requests to balenaCloud that change something (POST, PATCH, DELETE) on variables.
+pub fn balena_variable_writes(world: &AwsWorld) -> usize {
+    world
+        .balena
+        .requests()
+        .iter()
+        .filter(|r| r.method != "GET" && r.resource.contains("environment_variable"))
+        .count()
+}

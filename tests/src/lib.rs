@@ -1,0 +1,16 @@
+//! # provision-testkit
+//!
+//! What the integration tests and the local demo share: starting the emulators (moto for AWS
+//! IoT, the project's balenaCloud and Lambda Runtime API emulators), running the compiled
+//! function binaries as real processes with their logs captured, seeding devices, calling the
+//! function as a device would, and probing the emulators' state afterwards.
+
+pub mod aws;
+pub mod checks;
+pub mod events;
+pub mod paths;
+pub mod process;
+pub mod proxy;
+pub mod world;
+
+pub use provision_emulators::balena::{BalenaEmulator, Fault};

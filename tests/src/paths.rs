@@ -1,0 +1,41 @@
+//! Where things are: the repository, its virtual environment, the compiled binaries.
+
+use std::path::PathBuf;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+/// The project's Python virtual environment (moto, cfn-lint), `PROVISION_VENV` or `.venv`.
+pub fn venv() -> PathBuf {
+    std::env::var_os("PROVISION_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv"))
+}
+
+/// The target directory the running test or demo was built into.
+fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        let dir = PathBuf::from(dir);
+        return if dir.is_absolute() { dir } else { repo_root().join(dir) };
+    }
+    repo_root().join("target")
+}
+
+/// A workspace binary, built in the same profile as the running executable. Fails with a
+/// message that says how to build it.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(explicit) = std::env::var_os(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
+        return Ok(PathBuf::from(explicit));
+    }
+    // The running executable sits in target/<profile>/ or target/<profile>/deps/.
+    let exe = std::env::current_exe()?;
+    let mut candidates = Vec::new();
+    for dir in exe.ancestors().skip(1).take(2) {
+        candidates.push(dir.join(name));
+    }
+    candidates.push(target_dir().join("debug").join(name));
+    candidates.push(target_dir().join("release").join(name));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("binary '{name}' is not built: run `cargo build --bins` first"))
+}

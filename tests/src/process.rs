@@ -1,0 +1,106 @@
+//! Child processes with their output captured line by line (for the secret checks), killed
+//! when dropped so no test leaves a process behind.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Every line a set of processes printed, shared so a test can read them at the end.
+#[derive(Clone, Default)]
+pub struct LogBook(Arc<Mutex<Vec<String>>>);
+
+impl LogBook {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn push(&self, line: String) {
+        if let Ok(mut lines) = self.0.lock() {
+            lines.push(line);
+        }
+    }
+
+    /// Lines that contain any of `needles` (a secret check: expect none).
+    pub fn containing(&self, needles: &[&str]) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|line| needles.iter().any(|n| !n.is_empty() && line.contains(n)))
+            .collect()
+    }
+}
+
+pub struct Process {
+    pub child: Child,
+    pub name: String,
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Process {
+    /// Spawns `command` with stdout and stderr captured into `logs` (and echoed when
+    /// `PROVISION_TEST_ECHO` is set).
+    pub fn spawn(name: &str, mut command: Command, logs: &LogBook) -> anyhow::Result<Process> {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).kill_on_drop(true);
+        let mut child = command.spawn().map_err(|e| anyhow::anyhow!("could not start {name}: {e}"))?;
+        let mut pumps = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            pumps.push(tokio::spawn(pump(out, logs.clone(), name.to_string())));
+        }
+        if let Some(err) = child.stderr.take() {
+            pumps.push(tokio::spawn(pump(err, logs.clone(), name.to_string())));
+        }
+        Ok(Process { child, name: name.to_string(), pumps })
+    }
+
+    /// Kills the process and waits until every line it printed is in the log book.
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        for pump in self.pumps.drain(..) {
+            let _ = pump.await;
+        }
+    }
+
+    /// Waits for the process to exit by itself (and its output to be read), at most `limit`.
+    pub async fn wait(&mut self, limit: std::time::Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .map_err(|_| anyhow::anyhow!("{} did not exit within {limit:?}", self.name))??;
+        for pump in self.pumps.drain(..) {
+            let _ = pump.await;
+        }
+        Ok(status)
+    }
+}
+
+async fn pump(stream: impl tokio::io::AsyncRead + Unpin, logs: LogBook, label: String) {
+    let echo = std::env::var_os("PROVISION_TEST_ECHO").is_some();
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if echo {
+            eprintln!("[{label}] {line}");
+        }
+        logs.push(line);
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the child to take).
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Waits until something accepts TCP connections on the port, or the child exits.
+pub async fn wait_for_port(port: u16, process: &mut Process, what: &str) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = process.child.try_wait() {
+            anyhow::bail!("{what} exited with {status} before it listened on port {port}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("{what} did not listen on port {port} within 30 s")
+}
