@@ -21,16 +21,17 @@ pub struct Moto {
 
 impl Moto {
     pub async fn start(logs: &LogBook) -> anyhow::Result<Moto> {
-        let server = paths::venv().join("bin").join("moto_server");
-        if !server.is_file() {
+        let python = paths::venv().join("bin").join("python");
+        if !paths::venv().join("bin").join("moto_server").is_file() {
             anyhow::bail!(
-                "moto is not installed at {}: run `scripts/setup` (it makes .venv with moto[server])",
-                server.display()
+                "moto is not installed in {}: run `scripts/setup` (it makes .venv with moto[server])",
+                paths::venv().display()
             );
         }
         let port = free_port()?;
-        let mut command = Command::new(server);
-        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        // moto_server with CreateCertificateFromCsr corrected to sign the CSR's own key.
+        let mut command = Command::new(python);
+        command.arg(paths::repo_root().join("tests/moto/moto_server.py")).args(["-H", "127.0.0.1", "-p", &port.to_string()]);
         let mut process = Process::spawn("moto", command, logs)?;
         wait_for_port(port, &mut process, "moto_server").await?;
         Ok(Moto { port, process })

@@ -43,9 +43,10 @@ async fn main() -> Result<(), Error> {
     let service = match configure().await {
         Ok(service) => service,
         Err(e) => {
-            // One line naming the variable; Lambda reports it as the init error.
+            // One line naming the variable, and a non-zero exit: Lambda reports the function's
+            // initialisation as failed and shows this line in its log.
             eprintln!("provision-lambda: {e}");
-            return Err(e.into());
+            std::process::exit(2);
         }
     };
     let service = Arc::new(service);

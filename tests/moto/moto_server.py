@@ -1,0 +1,51 @@
+"""moto_server with one correction: CreateCertificateFromCsr issues the certificate for the
+CSR's own public key, as AWS IoT does.
+
+moto (5.2.x) answers CreateCertificateFromCsr with a certificate for a fresh RSA key it makes
+itself and throws away, keeping only the CSR's subject. Real AWS IoT signs the public key in the
+CSR (that is the point of the call: the device keeps its private key). Without this correction
+no key a client holds could ever match the certificate it was issued. Everything else is moto's.
+
+Usage: python moto_server.py [moto_server options]   (e.g. -H 127.0.0.1 -p 5000)
+"""
+
+import datetime
+import sys
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from moto.iot.exceptions import InvalidRequestException
+from moto.iot.models import IoTBackend
+from moto.server import main
+
+_CA_KEY = ec.generate_private_key(ec.SECP256R1())
+_CA_NAME = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "moto emulated AWS IoT CA")])
+
+
+def create_certificate_from_csr(self, csr, set_as_active):
+    try:
+        request = x509.load_pem_x509_csr(csr.encode("utf-8"))
+    except ValueError:
+        raise InvalidRequestException("The certificate signing request is not valid PEM PKCS#10.")
+    if not request.is_signature_valid:
+        raise InvalidRequestException("The certificate signing request signature does not verify.")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(request.subject)
+        .issuer_name(_CA_NAME)
+        .public_key(request.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .sign(_CA_KEY, hashes.SHA256())
+    )
+    pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    return self.register_certificate(pem, ca_certificate_pem=None, set_as_active=set_as_active, status="INACTIVE")
+
+
+IoTBackend.create_certificate_from_csr = create_certificate_from_csr
+
+if __name__ == "__main__":
+    sys.exit(main())
