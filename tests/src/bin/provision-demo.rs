@@ -53,7 +53,9 @@ async fn run() -> anyhow::Result<()> {
     step(&world, &device, "5. another device's key tries the same UUID", Call::post(service.clone()).bearer(&stranger.key)).await?;
     step(&world, &device, "6. the operator deprovisions it", Call::delete(service.clone()).bearer(&world.secrets.operator_token)).await?;
     step(&world, &device, "7. and once more", Call::delete(service).bearer(&world.secrets.operator_token)).await?;
-    println!("function log lines captured: {} (no secret among them is checked by the tests)", world.logs.lines().len());
+    let needles = world.secret_strings(&[&device, &stranger]);
+    let leaks = world.logs.containing(&needles.iter().map(String::as_str).collect::<Vec<_>>());
+    println!("function and emulator log lines: {}; lines holding an API key or token: {}", world.logs.lines().len(), leaks.len());
     world.stop().await;
     println!("done: emulators and function stopped");
     Ok(())
@@ -61,9 +63,17 @@ async fn run() -> anyhow::Result<()> {
 
 async fn step(world: &AwsWorld, device: &Device, title: &str, call: Call) -> anyhow::Result<Answer> {
     println!("== {title}: {} /provision", call.method);
+    world.balena.clear_requests();
+    let aws_before = world.aws_proxy.connections();
     let started = std::time::Instant::now();
     let answer = world.call(call).await?;
     println!("   answer {} in {} ms: {}", answer.status, started.elapsed().as_millis(), answer.raw_body);
+    let calls: Vec<String> = world.balena.requests().iter().map(|r| format!("{} {}", r.method, r.resource)).collect();
+    println!(
+        "   upstream: {} balenaCloud calls {calls:?}; {} new connections to AWS",
+        calls.len(),
+        world.aws_proxy.connections() - aws_before
+    );
     let vars = provision_testkit::checks::vars(world, device, Target::Service);
     let mut names: Vec<String> = vars.keys().cloned().collect();
     names.sort();
