@@ -280,15 +280,14 @@ impl Provisioner {
         let device = snapshot.record.device_id;
         if snapshot.is_fresh() {
             // Fast path: a device with nothing provisioned.
-            let key = new_key(mode)?;
-            let material = material(mode, key.as_ref());
+            let fresh = Fresh::new(mode)?;
             let (leased, registered) = tokio::join!(
                 self.balena.try_lease(deadline, device, lease.value()),
-                self.registry.register(deadline, &request.uuid, &snapshot.state, material),
+                self.registry.register(deadline, &request.uuid, &snapshot.state, fresh.material()),
             );
             match (leased, registered) {
                 (Ok(true), Ok(registration)) => {
-                    let result = self.finish_fresh(deadline, request, &snapshot, &registration, key.as_ref(), device_id.clone()).await;
+                    let result = self.finish_fresh(deadline, request, &snapshot, &registration, &fresh, device_id.clone()).await;
                     let result = match result {
                         Err(FreshError::Conflict) => self.provision_leased(deadline, request, device_id, rotate, mode).await,
                         Err(FreshError::Failed(e)) => Err(e),
@@ -327,11 +326,11 @@ impl Provisioner {
         request: &ProvisionRequest,
         snapshot: &Snapshot,
         registration: &Registration,
-        key: Option<&DeviceKey>,
+        fresh: &Fresh<'_>,
         device_id: String,
     ) -> Result<Outcome, FreshError> {
         let credential = &registration.credential;
-        let vars = self.registry.variables(&request.uuid, credential, key.map(DeviceKey::private_pem));
+        let vars = self.registry.variables(&request.uuid, credential, fresh.private_pem());
         let creates = vars.iter().map(|(name, value)| self.balena.create_var(deadline, snapshot.target, name, value));
         let (activated, created) = tokio::join!(
             self.registry.activate(deadline, &request.uuid, credential),
@@ -400,13 +399,13 @@ impl Provisioner {
         } else {
             Status::Repaired
         };
-        let key = new_key(mode)?;
-        let registration = self.registry.register(deadline, &request.uuid, &snapshot.state, material(mode, key.as_ref())).await?;
+        let fresh = Fresh::new(mode)?;
+        let registration = self.registry.register(deadline, &request.uuid, &snapshot.state, fresh.material()).await?;
         let credential = &registration.credential;
-        let vars = self.registry.variables(&request.uuid, credential, key.as_ref().map(DeviceKey::private_pem));
+        let vars = self.registry.variables(&request.uuid, credential, fresh.private_pem());
         // With a CSR the device keeps its key: a private key stored earlier must go.
         let private_name = self.registry.private_key_variable();
-        let remove_private = key.is_none() && snapshot.record.vars.contains_key(private_name);
+        let remove_private = fresh.private_pem().is_none() && snapshot.record.vars.contains_key(private_name);
         let writes = vars.iter().map(|(name, value)| {
             let existing = snapshot.record.vars.get(*name).map(|v| v.id);
             self.balena.write_var(deadline, snapshot.target, existing, name, value)
@@ -562,19 +561,33 @@ enum FreshError {
     Failed(ProvisionError),
 }
 
-fn new_key(mode: KeyMode<'_>) -> Result<Option<DeviceKey>, ProvisionError> {
-    match mode {
-        KeyMode::Csr(_) => Ok(None),
-        _ => DeviceKey::generate().map(Some).map_err(ProvisionError::Internal),
-    }
+/// The key material for a new credential: the device's CSR, or a key pair made here.
+enum Fresh<'a> {
+    Csr(&'a DeviceCsr),
+    Generated(DeviceKey),
 }
 
-fn material<'a>(mode: KeyMode<'a>, key: Option<&'a DeviceKey>) -> Material<'a> {
-    match (mode, key) {
-        (_, Some(key)) => Material::Generated(key),
-        (KeyMode::Csr(csr), None) => Material::Csr(csr),
-        // new_key always makes a key outside CSR mode.
-        _ => unreachable!("a key exists outside CSR mode"),
+impl<'a> Fresh<'a> {
+    fn new(mode: KeyMode<'a>) -> Result<Self, ProvisionError> {
+        match mode {
+            KeyMode::Csr(csr) => Ok(Fresh::Csr(csr)),
+            KeyMode::Generated | KeyMode::Either => DeviceKey::generate().map(Fresh::Generated).map_err(ProvisionError::Internal),
+        }
+    }
+
+    fn material(&self) -> Material<'_> {
+        match self {
+            Fresh::Csr(csr) => Material::Csr(csr),
+            Fresh::Generated(key) => Material::Generated(key),
+        }
+    }
+
+    /// The private key to store, when this function made it.
+    fn private_pem(&self) -> Option<&Secret> {
+        match self {
+            Fresh::Csr(_) => None,
+            Fresh::Generated(key) => Some(key.private_pem()),
+        }
     }
 }
 
