@@ -196,17 +196,17 @@ impl Provisioner {
             (KeyMode::Either, None) => stored_key.is_some(),
             _ => false,
         };
-        let matched = stored_key
-            .as_ref()
-            .filter(|_| key_consistent && snapshot.state.entry)
-            .and_then(|key| snapshot.state.credentials.iter().find(|c| c.public_key.as_ref() == Some(key) && c.active && c.complete))
-            .filter(|credential| {
-                // Every non-secret variable must say exactly what this credential implies.
-                self.registry
-                    .variables(uuid, credential, None)
-                    .iter()
-                    .all(|(name, value)| vars.get(*name).map(Secret::expose) == Some(value.expose()))
-            })
+        let fixed_ok = self
+            .registry
+            .fixed_variables(uuid)
+            .iter()
+            .all(|(name, value)| vars.get(*name).map(Secret::expose) == Some(value.as_str()));
+        let matched = snapshot
+            .state
+            .credentials
+            .iter()
+            .filter(|_| key_consistent && fixed_ok && snapshot.state.entry)
+            .find(|c| c.active && c.complete && self.registry.names(&vars, c))
             .cloned();
         let extras = snapshot
             .state
@@ -333,7 +333,7 @@ impl Provisioner {
         let vars = self.registry.variables(&request.uuid, credential, fresh.private_pem());
         let creates = vars.iter().map(|(name, value)| self.balena.create_var(deadline, snapshot.target, name, value));
         let (activated, created) = tokio::join!(
-            self.registry.activate(deadline, &request.uuid, credential),
+            self.registry.activate(deadline, &request.uuid, &snapshot.state, None, credential),
             futures::future::join_all(creates),
         );
         let conflict = created.iter().any(|r| matches!(r, Ok(false)));
@@ -414,7 +414,7 @@ impl Provisioner {
             if remove_private { self.balena.delete_vars(deadline, snapshot.target, &[private_name]).await } else { Ok(()) }
         };
         let (activated, written, removed) = tokio::join!(
-            self.registry.activate(deadline, &request.uuid, credential),
+            self.registry.activate(deadline, &request.uuid, &snapshot.state, assessment.usable.as_ref(), credential),
             futures::future::join_all(writes),
             removal,
         );
@@ -486,16 +486,18 @@ impl Provisioner {
     }
 
     async fn revoke_all(&self, deadline: Deadline, device_id: &str, credentials: &[RegisteredCredential]) -> Result<(), ProvisionError> {
-        let revocations = credentials.iter().map(|c| self.registry.revoke(deadline, device_id, c));
-        for result in futures::future::join_all(revocations).await {
-            result.map_err(|f| ProvisionError::cloud("revoking an old credential", f))?;
+        if credentials.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        self.registry
+            .revoke(deadline, device_id, credentials)
+            .await
+            .map_err(|f| ProvisionError::cloud("revoking an old credential", f))
     }
 
     /// Best-effort removal of a credential this request made and no longer needs.
     async fn discard(&self, deadline: Deadline, device_id: &str, credential: &RegisteredCredential) {
-        if let Err(f) = self.registry.revoke(deadline, device_id, credential).await {
+        if let Err(f) = self.registry.revoke(deadline, device_id, std::slice::from_ref(credential)).await {
             tracing::error!(credential = %credential.id, error = %f, "could not remove a credential this request made");
         }
     }

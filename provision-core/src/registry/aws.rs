@@ -117,6 +117,10 @@ fn ok_if_gone<T>(result: Result<T, AwsFailure>) -> Result<(), UpstreamFailure> {
     }
 }
 
+fn same_pem(a: &str, b: &str) -> bool {
+    a.split_whitespace().eq(b.split_whitespace())
+}
+
 fn cert_id(arn: &str) -> Option<&str> {
     arn.split_once(":cert/").map(|(_, id)| id)
 }
@@ -144,6 +148,16 @@ impl Registry for AwsIotRegistry {
         certificate_facts(std::str::from_utf8(&pem).ok()?).ok().map(|f| f.public_key)
     }
 
+    /// The stored certificate is the registered one (AWS issues a new certificate even for a
+    /// key it has seen, so the key alone does not say which).
+    fn names(&self, vars: &BTreeMap<String, Secret>, credential: &RegisteredCredential) -> bool {
+        let stored = vars.get(CERT_VAR).and_then(|v| base64_decode(v.expose())).and_then(|pem| String::from_utf8(pem).ok());
+        match (stored, &credential.certificate_pem) {
+            (Some(stored), Some(registered)) => same_pem(&stored, registered),
+            _ => false,
+        }
+    }
+
     fn variables(&self, _uuid: &DeviceUuid, credential: &RegisteredCredential, private_key: Option<&Secret>) -> Vec<(&'static str, Secret)> {
         let mut vars = vec![(CERT_VAR, Secret::new(base64_encode(credential.certificate_pem.as_deref().unwrap_or("").as_bytes())))];
         if let Some(key) = private_key {
@@ -155,7 +169,7 @@ impl Registry for AwsIotRegistry {
     async fn inspect(&self, deadline: Deadline, thing: &str) -> Result<RegistryState, UpstreamFailure> {
         let principals = match call(deadline, self.client.list_thing_principals().thing_name(thing).send()).await {
             Ok(out) => out.principals().to_vec(),
-            Err(f) if f.is(NOT_FOUND) => return Ok(RegistryState { entry: false, credentials: Vec::new() }),
+            Err(f) if f.is(NOT_FOUND) => return Ok(RegistryState::default()),
             Err(f) => return Err(f.failure),
         };
         let lookups = principals.iter().filter_map(|arn| cert_id(arn).map(|id| (arn, id))).map(|(arn, id)| async move {
@@ -186,7 +200,7 @@ impl Registry for AwsIotRegistry {
             }))
         });
         let credentials = futures::future::try_join_all(lookups).await?.into_iter().flatten().collect();
-        Ok(RegistryState { entry: true, credentials })
+        Ok(RegistryState { entry: true, credentials, revision: None })
     }
 
     async fn register(
@@ -229,7 +243,7 @@ impl Registry for AwsIotRegistry {
             (thing_result, cert_result, issued) => {
                 if let Some(stray) = &issued {
                     tracing::warn!(certificate = %stray.id, "deleting the certificate this request made: the thing could not be made");
-                    let _ = self.revoke(deadline, &thing, stray).await;
+                    let _ = self.revoke_certificate(deadline, &thing, stray).await;
                 }
                 if created_entry {
                     tracing::warn!(thing = %thing, "deleting the thing this request made: the certificate could not be made");
@@ -247,7 +261,14 @@ impl Registry for AwsIotRegistry {
         }
     }
 
-    async fn activate(&self, deadline: Deadline, uuid: &DeviceUuid, credential: &RegisteredCredential) -> Result<(), ProvisionError> {
+    async fn activate(
+        &self,
+        deadline: Deadline,
+        uuid: &DeviceUuid,
+        _state: &RegistryState,
+        _keep: Option<&RegisteredCredential>,
+        credential: &RegisteredCredential,
+    ) -> Result<(), ProvisionError> {
         let thing = self.device_id(uuid);
         let arn = credential
             .locator
@@ -264,7 +285,22 @@ impl Registry for AwsIotRegistry {
         Ok(())
     }
 
-    async fn revoke(&self, deadline: Deadline, thing: &str, credential: &RegisteredCredential) -> Result<(), UpstreamFailure> {
+    async fn revoke(&self, deadline: Deadline, thing: &str, credentials: &[RegisteredCredential]) -> Result<(), UpstreamFailure> {
+        let revocations = credentials.iter().map(|c| self.revoke_certificate(deadline, thing, c));
+        futures::future::try_join_all(revocations).await.map(|_| ())
+    }
+
+    async fn remove_entry(&self, deadline: Deadline, thing: &str) -> Result<(), UpstreamFailure> {
+        match call(deadline, self.client.delete_thing().thing_name(thing).send()).await {
+            Ok(_) => Ok(()),
+            Err(f) if f.is(NOT_FOUND) => Ok(()),
+            Err(f) => Err(f.failure),
+        }
+    }
+}
+
+impl AwsIotRegistry {
+    async fn revoke_certificate(&self, deadline: Deadline, thing: &str, credential: &RegisteredCredential) -> Result<(), UpstreamFailure> {
         let id = credential.id.as_str();
         let arn = match &credential.locator {
             Some(arn) => arn.clone(),
@@ -298,14 +334,6 @@ impl Registry for AwsIotRegistry {
                 }
                 Err(f) => return Err(f.failure),
             }
-        }
-    }
-
-    async fn remove_entry(&self, deadline: Deadline, thing: &str) -> Result<(), UpstreamFailure> {
-        match call(deadline, self.client.delete_thing().thing_name(thing).send()).await {
-            Ok(_) => Ok(()),
-            Err(f) if f.is(NOT_FOUND) => Ok(()),
-            Err(f) => Err(f.failure),
         }
     }
 }

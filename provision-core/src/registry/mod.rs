@@ -55,6 +55,8 @@ pub struct RegisteredCredential {
 pub struct RegistryState {
     pub entry: bool,
     pub credentials: Vec<RegisteredCredential>,
+    /// The entry's version where the registry keeps one (IoT Hub's etag), for conditional writes.
+    pub revision: Option<String>,
 }
 
 /// A credential [`Registry::register`] made, and whether it made the device's entry too.
@@ -98,6 +100,18 @@ pub trait Registry: Send + Sync {
     /// The public key of the credential the stored variables describe, if they name one.
     fn stored_public_key(&self, vars: &BTreeMap<String, Secret>) -> Option<PublicKeyId>;
 
+    /// Whether the stored variables name this registered credential. By default: the same
+    /// public key.
+    fn names(&self, vars: &BTreeMap<String, Secret>, credential: &RegisteredCredential) -> bool {
+        credential.public_key.is_some() && self.stored_public_key(vars) == credential.public_key
+    }
+
+    /// Variables whose values follow from the device alone, not from a credential (ClearBlade's
+    /// paths); a provisioned device holds exactly these values.
+    fn fixed_variables(&self, _uuid: &DeviceUuid) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     /// The variables that describe `credential` (the private key's, when given, included).
     fn variables(&self, uuid: &DeviceUuid, credential: &RegisteredCredential, private_key: Option<&Secret>) -> Vec<(&'static str, Secret)>;
 
@@ -117,11 +131,21 @@ pub trait Registry: Send + Sync {
     ) -> Result<Registration, ProvisionError>;
 
     /// Second half: makes a registered credential usable (AWS: active, policy and thing
-    /// attached). The flow runs it beside storing the variables, and undoes both on failure.
-    async fn activate(&self, deadline: Deadline, uuid: &DeviceUuid, credential: &RegisteredCredential) -> Result<(), ProvisionError>;
+    /// attached) beside `keep`, the credential the stored variables name until they change
+    /// (registries with few credential slots must not displace it). The flow runs this beside
+    /// storing the variables, and undoes both on failure.
+    async fn activate(
+        &self,
+        deadline: Deadline,
+        uuid: &DeviceUuid,
+        state: &RegistryState,
+        keep: Option<&RegisteredCredential>,
+        credential: &RegisteredCredential,
+    ) -> Result<(), ProvisionError>;
 
-    /// Makes a credential unusable and removes it. Removing what is already gone succeeds.
-    async fn revoke(&self, deadline: Deadline, device_id: &str, credential: &RegisteredCredential) -> Result<(), UpstreamFailure>;
+    /// Makes these credentials unusable and removes them. Removing what is already gone
+    /// succeeds. When none would remain, the registry may remove the entry too.
+    async fn revoke(&self, deadline: Deadline, device_id: &str, credentials: &[RegisteredCredential]) -> Result<(), UpstreamFailure>;
 
     /// Removes the device's entry (after its credentials). Removing what is gone succeeds.
     async fn remove_entry(&self, deadline: Deadline, device_id: &str) -> Result<(), UpstreamFailure>;
