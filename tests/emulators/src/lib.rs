@@ -3,4 +3,5 @@
 //! binds `127.0.0.1:0`, records every request it served, and can be told to fail on purpose.
 
 pub mod balena;
+pub mod iothub;
 pub mod lambda_runtime;
