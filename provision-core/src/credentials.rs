@@ -100,6 +100,21 @@ fn device_name(uuid: &DeviceUuid) -> DistinguishedName {
     dn
 }
 
+/// A certificate for a device's CSR key, for registries that register certificates by
+/// thumbprint (IoT Hub): the device keeps its key, and the issuer is a throwaway key, since
+/// thumbprint authentication never checks the chain.
+pub fn certificate_for_csr(csr: &DeviceCsr, days: i64) -> Result<String, String> {
+    let issuer_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut issuer_params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    issuer_params.distinguished_name.push(DnType::CommonName, "balena-provision thumbprint issuer");
+    let issuer = rcgen::Issuer::new(issuer_params, issuer_key);
+    let mut request = rcgen::CertificateSigningRequestParams::from_pem(csr.pem()).map_err(|e| format!("CSR unreadable: {e}"))?;
+    let now = time_now();
+    request.params.not_before = now - std::time::Duration::from_secs(300);
+    request.params.not_after = now + std::time::Duration::from_secs(days as u64 * 86_400);
+    request.signed_by(&issuer).map(|c| c.pem()).map_err(|e| format!("certificate signing failed: {e}"))
+}
+
 /// A certificate signing request a device sent so it can keep its private key.
 #[derive(Clone, Debug)]
 pub struct DeviceCsr {
@@ -240,6 +255,14 @@ mod tests {
             base64_encode(&der)
         );
         assert!(DeviceCsr::parse(&tampered, &uuid()).is_err());
+    }
+
+    #[test]
+    fn a_certificate_for_a_csr_carries_the_csr_key() {
+        let key = DeviceKey::generate().unwrap();
+        let csr = DeviceCsr::parse(&key.csr_pem(&uuid()).unwrap(), &uuid()).unwrap();
+        let pem = certificate_for_csr(&csr, 30).unwrap();
+        assert_eq!(certificate_facts(&pem).unwrap().public_key, key.public_key());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod flow;
 pub mod registry;
 pub mod retry;
 pub mod secret;
+pub mod text;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,4 +56,18 @@ pub async fn aws_registry_from_env() -> Result<registry::aws::AwsIotRegistry, Co
         return Err(ConfigError::new("AWS_REGION", "is required and not set"));
     }
     Ok(registry::aws::AwsIotRegistry::new(aws_sdk_iot::Client::new(&sdk), policy.expose().to_owned()))
+}
+
+/// The Azure IoT Hub registry from `CONNECTION_STRING` (a service policy's, never a device's)
+/// and the optional `AZURE_IOTHUB_ENDPOINT` override.
+#[cfg(feature = "azure")]
+pub fn azure_registry_from_env() -> Result<registry::azure::IotHubRegistry, ConfigError> {
+    let lookup = |name: &str| std::env::var(name).ok();
+    let connection = config::required(&lookup, "CONNECTION_STRING")?;
+    let connection = registry::azure::ConnectionString::parse(connection.expose())?;
+    let endpoint = lookup("AZURE_IOTHUB_ENDPOINT").filter(|v| !v.trim().is_empty());
+    if let Some(url) = &endpoint {
+        config::url_setting("AZURE_IOTHUB_ENDPOINT", url)?;
+    }
+    registry::azure::IotHubRegistry::new(http_client(), connection, endpoint.as_deref())
 }

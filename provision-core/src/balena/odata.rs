@@ -1,28 +1,11 @@
 //! Building OData query strings for pinejs without ever letting data become syntax.
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-
-/// What JavaScript's `encodeURIComponent` leaves alone (pinejs-client encodes the same way).
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'!')
-    .remove(b'~')
-    .remove(b'*')
-    .remove(b'\'')
-    .remove(b'(')
-    .remove(b')');
+pub use crate::text::uri_component as encode;
 
 /// A string literal: single-quoted, every quote inside doubled. The only way a string enters
 /// a `$filter` in this crate.
 pub fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
-}
-
-/// Percent-encodes one query option's value.
-pub fn encode(value: &str) -> String {
-    utf8_percent_encode(value, COMPONENT).to_string()
 }
 
 /// `name eq 'a' or name eq 'b'` for a set of names.

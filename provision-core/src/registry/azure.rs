@@ -1,0 +1,417 @@
+//! Azure IoT Hub's registry REST API, over `azure_core`'s HTTP pipeline (its retry and
+//! logging policies), authenticated with SharedAccessSignature tokens made from a service
+//! policy's connection string. A device is registered with self-signed X.509 certificates by
+//! thumbprint; the hub's two thumbprint slots let a rotation register the new certificate beside
+//! the old one before the variables change, and drop the old one only after.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use azure_core::http::policies::{Policy, PolicyResult};
+use azure_core::http::{ExponentialRetryOptions, RetryOptions};
+use azure_core::http::{ClientOptions, Context, Method, Pipeline, PipelineSendOptions, Request, Transport, Url};
+use serde_json::{Value, json};
+
+use super::{Cloud, Material, RegisteredCredential, Registration, Registry, RegistryState};
+use crate::api::ids::DeviceUuid;
+use crate::config::ConfigError;
+use crate::credentials::{PublicKeyId, base64_decode, base64_encode, certificate_facts, certificate_for_csr};
+use crate::error::{ProvisionError, UpstreamFailure};
+use crate::retry::Deadline;
+use crate::secret::Secret;
+use crate::text::uri_component;
+
+pub const CERT_VAR: &str = "AZURE_CERT";
+pub const KEY_VAR: &str = "AZURE_PRIVATE_KEY";
+const API_VERSION: &str = "2021-04-12";
+/// Validity of a device certificate; rotation renews it.
+const CERT_DAYS: i64 = 3 * 365;
+/// Lifetime of one SAS token, and how long before expiry a fresh one is made.
+const TOKEN_LIFETIME: u64 = 3600;
+const TOKEN_REFRESH: u64 = 300;
+
+/// A service policy's connection string: `HostName=...;SharedAccessKeyName=...;SharedAccessKey=...`.
+pub struct ConnectionString {
+    pub host: String,
+    pub policy: String,
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ConnectionString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConnectionString {{ host: {}, policy: {}, key: *** }}", self.host, self.policy)
+    }
+}
+
+impl ConnectionString {
+    pub fn parse(value: &str) -> Result<Self, ConfigError> {
+        let bad = |problem: &str| ConfigError::new("CONNECTION_STRING", problem);
+        let (mut host, mut policy, mut key, mut device) = (None, None, None, false);
+        for part in value.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, val) = part.split_once('=').ok_or_else(|| bad("is not a list of Name=value pairs separated by ';'"))?;
+            match name.trim() {
+                "HostName" => host = Some(val.trim().to_owned()),
+                "SharedAccessKeyName" => policy = Some(val.trim().to_owned()),
+                "SharedAccessKey" => key = Some(val.trim().to_owned()),
+                "DeviceId" | "ModuleId" => device = true,
+                _ => {}
+            }
+        }
+        if device {
+            return Err(bad(
+                "is a device connection string (it names a DeviceId), which cannot manage the registry: use the connection string \
+                 of a shared access policy with registry write, such as the hub's 'registryReadWrite' policy",
+            ));
+        }
+        let host = host.filter(|h| !h.is_empty()).ok_or_else(|| bad("has no HostName"))?;
+        if host.contains('/') || host.contains(' ') {
+            return Err(bad("has a HostName that is not a host name (expected <hub>.azure-devices.net)"));
+        }
+        let policy = policy.filter(|p| !p.is_empty()).ok_or_else(|| bad("has no SharedAccessKeyName"))?;
+        let key = key
+            .and_then(|k| base64_decode(&k))
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| bad("has no SharedAccessKey, or one that is not base64"))?;
+        Ok(ConnectionString { host, policy, key })
+    }
+
+    /// A SharedAccessSignature for the hub, valid until `expiry` (unix seconds).
+    pub fn sas_token(&self, expiry: u64) -> Secret {
+        let resource = uri_component(&self.host.to_ascii_lowercase());
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.key);
+        let signature = aws_lc_rs::hmac::sign(&key, format!("{resource}\n{expiry}").as_bytes());
+        Secret::new(format!(
+            "SharedAccessSignature sr={resource}&sig={}&se={expiry}&skn={}",
+            uri_component(&base64_encode(signature.as_ref())),
+            uri_component(&self.policy)
+        ))
+    }
+}
+
+/// Puts a SAS token on every try, made once and reused until shortly before it expires.
+struct SasPolicy {
+    connection: ConnectionString,
+    cached: Mutex<Option<(Secret, u64)>>,
+}
+
+impl std::fmt::Debug for SasPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SasPolicy(***)")
+    }
+}
+
+impl SasPolicy {
+    fn token(&self) -> Secret {
+        let now = unix_now();
+        let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*cached {
+            Some((token, expiry)) if *expiry > now + TOKEN_REFRESH => token.clone(),
+            _ => {
+                let expiry = now + TOKEN_LIFETIME;
+                let token = self.connection.sas_token(expiry);
+                *cached = Some((token.clone(), expiry));
+                token
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Policy for SasPolicy {
+    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
+        request.insert_header("authorization", self.token().expose().to_owned());
+        next[0].send(ctx, request, &next[1..]).await
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub struct IotHubRegistry {
+    pipeline: Pipeline,
+    base: Url,
+}
+
+/// One answer from the hub.
+struct Reply {
+    status: u16,
+    body: Value,
+}
+
+impl IotHubRegistry {
+    /// `endpoint` overrides `https://<HostName>` (emulators); tokens are still signed for the
+    /// connection string's HostName.
+    pub fn new(http: reqwest::Client, connection: ConnectionString, endpoint: Option<&str>) -> Result<Self, ConfigError> {
+        let base = match endpoint {
+            Some(url) => url.to_owned(),
+            None => format!("https://{}", connection.host),
+        };
+        let base = Url::parse(&base).map_err(|_| ConfigError::new("AZURE_IOTHUB_ENDPOINT", "is not a URL"))?;
+        let options = ClientOptions {
+            retry: RetryOptions::exponential(ExponentialRetryOptions {
+                initial_delay: azure_core::time::Duration::milliseconds(100),
+                max_retries: 3,
+                max_total_elapsed: azure_core::time::Duration::seconds(15),
+                max_delay: azure_core::time::Duration::seconds(2),
+            }),
+            transport: Some(Transport::new(Arc::new(http))),
+            ..ClientOptions::default()
+        };
+        let sas: Arc<dyn Policy> = Arc::new(SasPolicy { connection, cached: Mutex::new(None) });
+        let pipeline = Pipeline::new(Some("provision-core"), Some(env!("CARGO_PKG_VERSION")), options, Vec::new(), vec![sas], None);
+        Ok(IotHubRegistry { pipeline, base })
+    }
+
+    async fn call(&self, deadline: Deadline, method: Method, device: &str, body: Option<&Value>, if_match: Option<&str>) -> Result<Reply, UpstreamFailure> {
+        let mut url = self.base.clone();
+        url.set_path(&format!("/devices/{}", uri_component(device)));
+        url.set_query(Some(&format!("api-version={API_VERSION}")));
+        let mut request = Request::new(url, method);
+        if let Some(body) = body {
+            request.insert_header("content-type", "application/json");
+            request.set_body(body.to_string());
+        }
+        if let Some(etag) = if_match {
+            request.insert_header("if-match", etag.to_owned());
+        }
+        let options = PipelineSendOptions { skip_checks: true, ..PipelineSendOptions::default() };
+        let ctx = Context::new();
+        let sent = tokio::time::timeout(deadline.remaining(), self.pipeline.send(&ctx, &mut request, Some(options))).await;
+        let response = match sent {
+            Err(_) => return Err(UpstreamFailure::Unavailable { detail: "the request's time budget was used up".into() }),
+            Ok(Err(e)) => return Err(UpstreamFailure::Unavailable { detail: format!("transport error: {:?}", e.kind()) }),
+            Ok(Ok(response)) => response,
+        };
+        let status = u16::from(response.status());
+        let retry_after = response
+            .headers()
+            .get_optional_str(&azure_core::http::headers::HeaderName::from_static("retry-after"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let (_, _, body) = response.deconstruct();
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        match status {
+            200..=299 | 404 => Ok(Reply { status, body }),
+            429 | 503 => Err(UpstreamFailure::Throttled { retry_after }),
+            500..=599 => Err(UpstreamFailure::Unavailable { detail: format!("answered {status}") }),
+            _ => Err(UpstreamFailure::Refused { status, detail: error_code(&body) }),
+        }
+    }
+
+    async fn put(&self, deadline: Deadline, device: &str, thumbprints: (&str, Option<&str>), if_match: Option<&str>) -> Result<(), UpstreamFailure> {
+        let body = json!({
+            "deviceId": device,
+            "status": "enabled",
+            "authentication": {
+                "type": "selfSigned",
+                "x509Thumbprint": {"primaryThumbprint": thumbprints.0, "secondaryThumbprint": thumbprints.1}
+            }
+        });
+        let reply = self.call(deadline, Method::Put, device, Some(&body), if_match).await?;
+        if reply.status == 404 {
+            return Err(UpstreamFailure::Refused { status: 404, detail: "DeviceNotFound".into() });
+        }
+        Ok(())
+    }
+}
+
+/// `ErrorCode:DeviceNotFound;...` → `DeviceNotFound`.
+fn error_code(body: &Value) -> String {
+    let message = body["Message"].as_str().or_else(|| body["message"].as_str()).unwrap_or("");
+    message.strip_prefix("ErrorCode:").and_then(|m| m.split(';').next()).unwrap_or("error").chars().take(80).collect()
+}
+
+/// The device's thumbprint slots, as (slot, uppercase thumbprint).
+fn thumbprints(device: &Value) -> Vec<(&'static str, String)> {
+    let slots = &device["authentication"]["x509Thumbprint"];
+    [("primary", "primaryThumbprint"), ("secondary", "secondaryThumbprint")]
+        .into_iter()
+        .filter_map(|(slot, field)| slots[field].as_str().filter(|t| !t.is_empty()).map(|t| (slot, t.to_ascii_uppercase())))
+        .collect()
+}
+
+#[async_trait]
+impl Registry for IotHubRegistry {
+    fn cloud(&self) -> Cloud {
+        Cloud::Azure
+    }
+
+    fn device_id(&self, uuid: &DeviceUuid) -> String {
+        uuid.as_str().to_owned()
+    }
+
+    fn variable_names(&self) -> &'static [&'static str] {
+        &[CERT_VAR, KEY_VAR]
+    }
+
+    fn private_key_variable(&self) -> &'static str {
+        KEY_VAR
+    }
+
+    fn stored_public_key(&self, vars: &BTreeMap<String, Secret>) -> Option<PublicKeyId> {
+        stored_certificate(vars).map(|f| f.public_key)
+    }
+
+    /// The stored certificate's thumbprint is the registered one (SHA-256 or SHA-1).
+    fn names(&self, vars: &BTreeMap<String, Secret>, credential: &RegisteredCredential) -> bool {
+        stored_certificate(vars).is_some_and(|f| f.sha256_thumbprint == credential.id || f.sha1_thumbprint == credential.id)
+    }
+
+    fn variables(&self, _uuid: &DeviceUuid, credential: &RegisteredCredential, private_key: Option<&Secret>) -> Vec<(&'static str, Secret)> {
+        let mut vars = vec![(CERT_VAR, Secret::new(base64_encode(credential.certificate_pem.as_deref().unwrap_or("").as_bytes())))];
+        if let Some(key) = private_key {
+            vars.push((KEY_VAR, Secret::new(base64_encode(key.expose().as_bytes()))));
+        }
+        vars
+    }
+
+    async fn inspect(&self, deadline: Deadline, device: &str) -> Result<RegistryState, UpstreamFailure> {
+        let reply = self.call(deadline, Method::Get, device, None, None).await?;
+        if reply.status == 404 {
+            return Ok(RegistryState::default());
+        }
+        let usable = reply.body["status"] == "enabled" && reply.body["authentication"]["type"] == "selfSigned";
+        let credentials = thumbprints(&reply.body)
+            .into_iter()
+            .map(|(slot, id)| RegisteredCredential {
+                id,
+                locator: Some(slot.to_owned()),
+                public_key: None,
+                certificate_pem: None,
+                active: usable,
+                complete: usable,
+            })
+            .collect();
+        Ok(RegistryState { entry: true, credentials, revision: reply.body["etag"].as_str().map(|e| format!("\"{e}\"")) })
+    }
+
+    /// The certificate is made here; the hub learns of it when it is activated.
+    async fn register(
+        &self,
+        _deadline: Deadline,
+        uuid: &DeviceUuid,
+        state: &RegistryState,
+        material: Material<'_>,
+    ) -> Result<Registration, ProvisionError> {
+        let pem = match material {
+            Material::Generated(key) => key.self_signed_pem(uuid, CERT_DAYS),
+            Material::Csr(csr) => certificate_for_csr(csr, CERT_DAYS),
+        }
+        .map_err(ProvisionError::Internal)?;
+        let facts = certificate_facts(&pem).map_err(|e| ProvisionError::Internal(e.to_string()))?;
+        Ok(Registration {
+            credential: RegisteredCredential {
+                id: facts.sha256_thumbprint,
+                locator: None,
+                public_key: Some(facts.public_key),
+                certificate_pem: Some(pem),
+                active: false,
+                complete: false,
+            },
+            created_entry: !state.entry,
+        })
+    }
+
+    /// The new thumbprint goes into the slot beside the credential to keep; when there is none
+    /// to keep it is the only one.
+    async fn activate(
+        &self,
+        deadline: Deadline,
+        uuid: &DeviceUuid,
+        state: &RegistryState,
+        keep: Option<&RegisteredCredential>,
+        credential: &RegisteredCredential,
+    ) -> Result<(), ProvisionError> {
+        let device = self.device_id(uuid);
+        let slots = match keep {
+            Some(old) => (old.id.as_str(), Some(credential.id.as_str())),
+            None => (credential.id.as_str(), None),
+        };
+        let if_match = state.entry.then(|| state.revision.as_deref().unwrap_or("*"));
+        self.put(deadline, &device, slots, if_match)
+            .await
+            .map_err(|f| ProvisionError::cloud("registering the certificate thumbprint", f))
+    }
+
+    async fn revoke(&self, deadline: Deadline, device: &str, credentials: &[RegisteredCredential]) -> Result<(), UpstreamFailure> {
+        let reply = self.call(deadline, Method::Get, device, None, None).await?;
+        if reply.status == 404 {
+            return Ok(());
+        }
+        let etag = reply.body["etag"].as_str().map(|e| format!("\"{e}\""));
+        let current = thumbprints(&reply.body);
+        let remaining: Vec<&str> =
+            current.iter().map(|(_, t)| t.as_str()).filter(|t| !credentials.iter().any(|c| c.id == *t)).collect();
+        if remaining.len() == current.len() {
+            return Ok(());
+        }
+        match remaining.as_slice() {
+            // Nothing left to authenticate with: the entry itself goes.
+            [] => {
+                let reply = self.call(deadline, Method::Delete, device, None, Some(etag.as_deref().unwrap_or("*"))).await?;
+                let _ = reply;
+                Ok(())
+            }
+            [first, rest @ ..] => self.put(deadline, device, (first, rest.first().copied()), Some(etag.as_deref().unwrap_or("*"))).await,
+        }
+    }
+
+    async fn remove_entry(&self, deadline: Deadline, device: &str) -> Result<(), UpstreamFailure> {
+        self.call(deadline, Method::Delete, device, None, Some("*")).await.map(|_| ())
+    }
+}
+
+fn stored_certificate(vars: &BTreeMap<String, Secret>) -> Option<crate::credentials::CertificateFacts> {
+    let pem = base64_decode(vars.get(CERT_VAR)?.expose())?;
+    certificate_facts(std::str::from_utf8(&pem).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0wMTIzNDU2Nzg5";
+
+    #[test]
+    fn a_service_connection_string_parses() {
+        let cs = ConnectionString::parse(&format!("HostName=hub.azure-devices.net;SharedAccessKeyName=registryReadWrite;SharedAccessKey={KEY}")).unwrap();
+        assert_eq!(cs.host, "hub.azure-devices.net");
+        assert_eq!(cs.policy, "registryReadWrite");
+        assert!(!format!("{cs:?}").contains(KEY));
+    }
+
+    #[test]
+    fn a_device_connection_string_is_refused_with_the_reason() {
+        let err = ConnectionString::parse(&format!("HostName=hub.azure-devices.net;DeviceId=dev1;SharedAccessKey={KEY}")).unwrap_err();
+        assert_eq!(err.variable, "CONNECTION_STRING");
+        assert!(err.to_string().contains("device connection string"), "{err}");
+        assert!(!err.to_string().contains(KEY));
+    }
+
+    #[test]
+    fn incomplete_connection_strings_say_what_is_missing() {
+        for (value, missing) in [
+            ("SharedAccessKeyName=p;SharedAccessKey=a2V5", "HostName"),
+            ("HostName=h;SharedAccessKey=a2V5", "SharedAccessKeyName"),
+            ("HostName=h;SharedAccessKeyName=p", "SharedAccessKey"),
+            ("HostName=h;SharedAccessKeyName=p;SharedAccessKey=%%%", "SharedAccessKey"),
+            ("garbage", "Name=value"),
+        ] {
+            let err = ConnectionString::parse(value).unwrap_err();
+            assert!(err.to_string().contains(missing), "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn sas_token_shape() {
+        let cs = ConnectionString::parse(&format!("HostName=Hub.azure-devices.net;SharedAccessKeyName=p;SharedAccessKey={KEY}")).unwrap();
+        let token = cs.sas_token(1_800_000_000);
+        let t = token.expose();
+        assert!(t.starts_with("SharedAccessSignature sr=hub.azure-devices.net&sig="), "{t}");
+        assert!(t.ends_with("&se=1800000000&skn=p"), "{t}");
+        assert_eq!(cs.sas_token(1_800_000_000), token, "deterministic for one expiry");
+    }
+}
