@@ -16,6 +16,8 @@ pub mod flow;
 pub mod registry;
 pub mod retry;
 pub mod secret;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod text;
 
 use std::sync::Arc;

@@ -8,6 +8,8 @@
 
 import { getSdk } from 'balena-sdk';
 
+import { expectEqual, runChecks, step } from './check.mjs';
+
 const [argUrl, argKey, argUuid, argService] = process.argv.slice(2);
 const url = argUrl ?? process.env.BALENA_API_URL;
 const apiKey = argKey ?? process.env.BALENA_API_KEY;
@@ -29,21 +31,11 @@ const balena = getSdk({
 	retryRateLimitedRequests: true,
 });
 
-let step = 'setup';
-function expectEqual(actual, expected, what) {
-	if (actual !== expected) {
-		throw new Error(
-			`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`,
-		);
-	}
-	console.log(`ok - ${what}`);
-}
-
 async function run() {
-	step = 'auth.loginWithToken';
+	step('auth.loginWithToken');
 	await balena.auth.loginWithToken(apiKey);
 
-	step = 'device.get';
+	step('device.get');
 	const device = await balena.models.device.get(uuid);
 	expectEqual(device.uuid, uuid, 'device.get(uuid).uuid');
 	const partial = await balena.models.device.get(uuid, { $select: ['id', 'uuid'] });
@@ -51,39 +43,39 @@ async function run() {
 
 	// Device environment variables: create, read, upsert (409 then PATCH), remove.
 	const env = balena.models.device.envVar;
-	step = 'device.envVar.set (create)';
+	step('device.envVar.set (create)');
 	await env.set(uuid, 'COMPAT_A', 'one');
-	step = 'device.envVar.get';
+	step('device.envVar.get');
 	expectEqual(await env.get(uuid, 'COMPAT_A'), 'one', "envVar.get after set 'one'");
-	step = 'device.envVar.set (update)';
+	step('device.envVar.set (update)');
 	await env.set(uuid, 'COMPAT_A', 'two');
 	expectEqual(await env.get(uuid, 'COMPAT_A'), 'two', "envVar.get after set 'two'");
-	step = 'device.envVar.set (by id)';
+	step('device.envVar.set (by id)');
 	await env.set(device.id, 'COMPAT_B', "it's \"quoted\" & (odd) / ü");
 	expectEqual(
 		await env.get(device.id, 'COMPAT_B'),
 		"it's \"quoted\" & (odd) / ü",
 		'envVar.get by id with odd characters',
 	);
-	step = 'device.envVar.getAllByDevice';
+	step('device.envVar.getAllByDevice');
 	const all = await env.getAllByDevice(uuid);
 	const names = all.map((v) => v.name).sort();
 	expectEqual(names.join(','), 'COMPAT_A,COMPAT_B', 'envVar.getAllByDevice names');
-	step = 'device.envVar.remove';
+	step('device.envVar.remove');
 	await env.remove(uuid, 'COMPAT_A');
 	await env.remove(device.id, 'COMPAT_B');
 	expectEqual(await env.get(uuid, 'COMPAT_A'), undefined, 'envVar.get after remove');
 
 	// Service variables, by service name and by service id.
 	const svc = balena.models.device.serviceVar;
-	step = 'device.serviceVar.set (create)';
+	step('device.serviceVar.set (create)');
 	await svc.set(uuid, serviceName, 'COMPAT_S', 'x');
-	step = 'device.serviceVar.get';
+	step('device.serviceVar.get');
 	expectEqual(await svc.get(uuid, serviceName, 'COMPAT_S'), 'x', "serviceVar.get after set 'x'");
-	step = 'device.serviceVar.set (update)';
+	step('device.serviceVar.set (update)');
 	await svc.set(uuid, serviceName, 'COMPAT_S', 'y');
 	expectEqual(await svc.get(uuid, serviceName, 'COMPAT_S'), 'y', "serviceVar.get after set 'y'");
-	step = 'service lookup by id';
+	step('service lookup by id');
 	const [service] = await balena.pine.get({
 		resource: 'service',
 		options: { $select: 'id', $filter: { service_name: serviceName } },
@@ -96,35 +88,35 @@ async function run() {
 		'y',
 		'serviceVar.get by device id and service id',
 	);
-	step = 'device.serviceVar.getAllByDevice';
+	step('device.serviceVar.getAllByDevice');
 	const serviceVars = await svc.getAllByDevice(uuid);
 	expectEqual(
 		serviceVars.map((v) => v.name).join(','),
 		'COMPAT_S',
 		'serviceVar.getAllByDevice names',
 	);
-	step = 'device.serviceVar.remove';
+	step('device.serviceVar.remove');
 	await svc.remove(uuid, serviceName, 'COMPAT_S');
 	expectEqual(await svc.get(uuid, serviceName, 'COMPAT_S'), undefined, 'serviceVar.get after remove');
 
 	// Tags, which the provisioning lock uses.
 	const tags = balena.models.device.tags;
-	step = 'device.tags.set';
+	step('device.tags.set');
 	await tags.set(uuid, 'compat-tag', 'v1');
 	await tags.set(uuid, 'compat-tag', 'v2');
-	step = 'device.tags.getAllByDevice';
+	step('device.tags.getAllByDevice');
 	const deviceTags = await tags.getAllByDevice(uuid);
 	expectEqual(
 		deviceTags.map((t) => `${t.tag_key}=${t.value}`).join(','),
 		'compat-tag=v2',
 		'tags.getAllByDevice',
 	);
-	step = 'device.tags.remove';
+	step('device.tags.remove');
 	await tags.remove(uuid, 'compat-tag');
 	expectEqual((await tags.getAllByDevice(uuid)).length, 0, 'tags after remove');
 
 	// A missing device is the SDK's own not-found error, not a crash.
-	step = 'device.get (missing)';
+	step('device.get (missing)');
 	try {
 		await balena.models.device.get('f'.repeat(32));
 		throw new Error('device.get of a missing uuid resolved');
@@ -133,13 +125,9 @@ async function run() {
 	}
 }
 
-try {
-	await run();
-	console.log('balena-sdk compat: all steps passed');
-} catch (err) {
-	console.error(`balena-sdk compat FAILED at step "${step}": ${err?.stack ?? err}`);
-	if (err?.statusCode != null) {
-		console.error(`  HTTP ${err.statusCode}: ${JSON.stringify(err.body)}`);
-	}
-	process.exit(1);
-}
+await runChecks(run, {
+	passed: 'balena-sdk compat: all steps passed',
+	failed: 'balena-sdk compat FAILED',
+	details: (err) =>
+		err?.statusCode == null ? undefined : `  HTTP ${err.statusCode}: ${JSON.stringify(err.body)}`,
+});

@@ -24,6 +24,8 @@ import https from 'node:https';
 import dns from 'node:dns';
 import iothub from 'azure-iothub';
 
+import { expectEqual, expectTruthy, runChecks, step } from './check.mjs';
+
 const { Registry, ConnectionString } = iothub;
 
 const connectionString = process.env.IOTHUB_CONNECTION_STRING;
@@ -73,23 +75,6 @@ const TP1 = 'A1B2C3D4E5F60718293A4B5C6D7E8F9001122334';
 const TP2 = '00112233445566778899AABBCCDDEEFF00112233445566778899AABBCCDDEEFF';
 const TP3 = 'FFEEDDCCBBAA99887766554433221100FFEEDDCC';
 
-let step = 'setup';
-function expectEqual(actual, expected, what) {
-	if (actual !== expected) {
-		throw new Error(
-			`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`,
-		);
-	}
-	console.log(`ok - ${what}`);
-}
-
-function expectTruthy(actual, what) {
-	if (!actual) {
-		throw new Error(`${what}: expected a value, got ${JSON.stringify(actual)}`);
-	}
-	console.log(`ok - ${what}`);
-}
-
 async function expectRejects(promise, errorName, what) {
 	try {
 		const result = await promise;
@@ -111,7 +96,7 @@ async function expectRejects(promise, errorName, what) {
 async function run() {
 	const registry = registryFor(connectionString);
 
-	step = 'create (selfSigned, no If-Match)';
+	step('create (selfSigned, no If-Match)');
 	const created = await registry.create({
 		deviceId,
 		status: 'enabled',
@@ -137,14 +122,14 @@ async function run() {
 	expectTruthy(created.responseBody.generationId, 'create: generationId');
 	expectEqual(created.responseBody.connectionState, 'Disconnected', 'create: connectionState');
 
-	step = 'create again';
+	step('create again');
 	await expectRejects(
 		registry.create({ deviceId, authentication: { x509Thumbprint: { primaryThumbprint: TP1 } } }),
 		'DeviceAlreadyExistsError',
 		'creating an existing device',
 	);
 
-	step = 'get';
+	step('get');
 	const got = await registry.get(deviceId);
 	expectEqual(got.responseBody.deviceId, deviceId, 'get: deviceId');
 	expectEqual(got.responseBody.status, 'enabled', 'get: status');
@@ -160,7 +145,7 @@ async function run() {
 	);
 	expectEqual(got.responseBody.etag, created.responseBody.etag, 'get: same etag as create');
 
-	step = 'update (If-Match: "*")';
+	step('update (If-Match: "*")');
 	// The SDK's Device from get, changed and sent back whole (server fields included).
 	const device = got.responseBody;
 	device.status = 'disabled';
@@ -182,7 +167,7 @@ async function run() {
 	}
 	console.log('ok - update: etag changed');
 
-	step = 'get after update';
+	step('get after update');
 	const reread = await registry.get(deviceId);
 	expectEqual(reread.responseBody.status, 'disabled', 'get after update: status');
 	expectEqual(
@@ -191,7 +176,7 @@ async function run() {
 		'get after update: secondary thumbprint',
 	);
 
-	step = 'create (no authentication: the SDK sends sas with empty keys)';
+	step('create (no authentication: the SDK sends sas with empty keys)');
 	const sasId = `${deviceId}-sas`;
 	const sas = await registry.create({ deviceId: sasId });
 	expectEqual(sas.responseBody.authentication.type, 'sas', 'sas create: auth type');
@@ -204,41 +189,38 @@ async function run() {
 	}
 	console.log('ok - sas create: keys generated');
 
-	step = 'list';
+	step('list');
 	const listed = await registry.list();
 	const ids = listed.responseBody.map((d) => d.deviceId).sort();
 	expectEqual(JSON.stringify(ids), JSON.stringify([deviceId, sasId].sort()), 'list: device ids');
 
-	step = 'delete (If-Match: "*")';
+	step('delete (If-Match: "*")');
 	const deleted = await registry.delete(deviceId);
 	expectEqual(deleted.httpResponse.statusCode, 204, 'delete answers 204');
 	await registry.delete(sasId);
 	console.log('ok - delete of the sas device');
 
-	step = 'get after delete';
+	step('get after delete');
 	await expectRejects(registry.get(deviceId), 'DeviceNotFoundError', 'get after delete');
-	step = 'delete again';
+	step('delete again');
 	await expectRejects(registry.delete(deviceId), 'DeviceNotFoundError', 'delete again');
 
-	step = 'wrong key';
+	step('wrong key');
 	const parsed = ConnectionString.parse(connectionString);
 	const wrongKey = `HostName=${parsed.HostName};SharedAccessKeyName=${parsed.SharedAccessKeyName};SharedAccessKey=${Buffer.from('not the key of this policy').toString('base64')}`;
 	await expectRejects(registryFor(wrongKey).get(deviceId), 'UnauthorizedError', 'a wrong key');
 
 	if (throttledId) {
-		step = 'throttled get';
+		step('throttled get');
 		await expectRejects(registry.get(throttledId), 'ThrottlingError', 'a throttled get');
 	}
 }
 
-try {
-	await run();
-	console.log('all azure-iothub compatibility checks passed');
-	process.exit(0);
-} catch (err) {
-	console.error(`FAILED at step "${step}": ${err?.stack ?? err}`);
-	if (err?.responseBody !== undefined) {
-		console.error(`HTTP ${err.response?.statusCode}, body: ${err.responseBody}`);
-	}
-	process.exit(1);
-}
+await runChecks(run, {
+	passed: 'all azure-iothub compatibility checks passed',
+	failed: 'FAILED',
+	details: (err) =>
+		err?.responseBody === undefined
+			? undefined
+			: `HTTP ${err.response?.statusCode}, body: ${err.responseBody}`,
+});

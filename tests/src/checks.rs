@@ -106,3 +106,45 @@ pub fn balena_variable_writes(world: &AwsWorld) -> usize {
         .filter(|r| r.method != "GET" && r.resource.contains("environment_variable"))
         .count()
 }
+
+/// The device is fully provisioned on IoT Hub: the device exists, enabled, with self-signed
+/// authentication and exactly one thumbprint, that of the stored certificate, whose key (unless
+/// `csr`) is the stored private key.
+pub fn assert_azure_provisioned(world: &crate::world::AzureWorld, device: &Device, target: Target, csr: bool) -> String {
+    let registered = world.hub.device(&device.uuid).expect("the IoT Hub device exists");
+    assert_eq!(registered["status"], "enabled");
+    assert_eq!(registered["authentication"]["type"], "selfSigned");
+    let (primary, secondary) = world.hub.thumbprints(&device.uuid).expect("thumbprints");
+    assert!(secondary.is_none(), "exactly one thumbprint registered: {primary:?} {secondary:?}");
+    let primary = primary.expect("a primary thumbprint");
+    let vars = match target {
+        Target::Device => world.balena.device_vars(device.id),
+        Target::Service => world.balena.service_vars(device.id, SERVICE),
+    };
+    let cert = decode(vars.get("AZURE_CERT").expect("AZURE_CERT stored"));
+    let der = pem_der(&cert);
+    let thumbprint = sha256_hex(&der);
+    assert_eq!(thumbprint, primary, "the registered thumbprint is the stored certificate's");
+    if csr {
+        assert!(!vars.contains_key("AZURE_PRIVATE_KEY"));
+    } else {
+        let key = decode(vars.get("AZURE_PRIVATE_KEY").expect("AZURE_PRIVATE_KEY stored"));
+        assert_eq!(private_key_public_key(&key), cert_public_key(&cert), "the stored key matches the certificate");
+    }
+    primary
+}
+
+/// Nothing of the device is left on IoT Hub or in its variables.
+pub fn assert_azure_gone(world: &crate::world::AzureWorld, device: &Device, target: Target) {
+    assert!(world.hub.device(&device.uuid).is_none(), "the IoT Hub device is deleted");
+    let vars = match target {
+        Target::Device => world.balena.device_vars(device.id),
+        Target::Service => world.balena.service_vars(device.id, SERVICE),
+    };
+    assert!(!vars.contains_key("AZURE_CERT") && !vars.contains_key("AZURE_PRIVATE_KEY"), "{vars:?}");
+}
+
+/// Uppercase hex SHA-256, as IoT Hub shows thumbprints.
+fn sha256_hex(data: &[u8]) -> String {
+    provision_core::credentials::sha256(data).iter().map(|b| format!("{b:02X}")).collect()
+}

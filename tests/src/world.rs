@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use provision_emulators::balena::BalenaEmulator;
+use provision_emulators::iothub::{IotHubEmulator, Policy};
 use provision_emulators::lambda_runtime::{InvocationOutcome, LambdaRuntimeEmulator};
 use tokio::process::Command;
 
@@ -52,63 +53,23 @@ impl Default for Options {
     }
 }
 
-pub struct AwsWorld {
+/// The balenaCloud side every world has: the emulator, a fleet with two services, the
+/// function's own key and the operator token.
+pub struct Fleet {
     pub balena: BalenaEmulator,
-    pub moto: Moto,
-    /// What the function reaches moto through: counts the function's connections to AWS.
-    pub aws_proxy: CountingProxy,
-    pub iot: aws_sdk_iot::Client,
-    pub runtime: LambdaRuntimeEmulator,
-    pub functions: tokio::sync::Mutex<Vec<Process>>,
-    pub logs: LogBook,
     pub secrets: Secrets,
     pub application: i64,
 }
 
-impl AwsWorld {
-    pub async fn start() -> anyhow::Result<AwsWorld> {
-        Self::start_with(Options::default()).await
-    }
-
-    pub async fn start_with(options: Options) -> anyhow::Result<AwsWorld> {
-        let logs = LogBook::default();
+impl Fleet {
+    pub async fn start() -> anyhow::Result<Fleet> {
+        let balena = BalenaEmulator::start().await?;
         let secrets = Secrets::new();
-        let (balena, moto, runtime) = tokio::join!(BalenaEmulator::start(), Moto::start(&logs), LambdaRuntimeEmulator::start());
-        let (balena, moto, runtime) = (balena?, moto?, runtime?);
         balena.add_user_key(&secrets.function_key);
         let application = balena.add_application("fleet");
         balena.add_service(application, SERVICE);
         balena.add_service(application, "main");
-        let iot = moto.client().await;
-        aws::create_device_policy(&iot).await?;
-
-        let binary = paths::binary("provision-lambda")?;
-        let aws_proxy = CountingProxy::start(moto.port).await?;
-        let mut env: Vec<(String, String)> = runtime.function_env("provision");
-        env.extend(moto.function_env());
-        env.push(("AWS_ENDPOINT_URL".into(), aws_proxy.endpoint()));
-        env.extend(
-            [
-                ("BALENA_API_URL", balena.url()),
-                ("BALENA_API_KEY", secrets.function_key.clone()),
-                ("PROVISION_OPERATOR_TOKEN", secrets.operator_token.clone()),
-                ("PROVISION_ALLOW_UNAUTHENTICATED", options.allow_unauthenticated.to_string()),
-                ("AWS_IOT_POLICY", aws::POLICY.to_string()),
-                ("RUST_LOG", "debug".to_string()),
-            ]
-            .map(|(k, v)| (k.to_string(), v)),
-        );
-        env.extend(options.extra_env);
-        let mut functions = Vec::new();
-        for n in 0..options.instances.max(1) {
-            let mut command = Command::new(&binary);
-            command.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
-            if let Some(path) = std::env::var_os("PATH") {
-                command.env("PATH", path);
-            }
-            functions.push(Process::spawn(&format!("provision-lambda#{n}"), command, &logs)?);
-        }
-        Ok(AwsWorld { balena, moto, aws_proxy, iot, runtime, functions: tokio::sync::Mutex::new(functions), logs, secrets, application })
+        Ok(Fleet { balena, secrets, application })
     }
 
     /// A new device of the fleet with a random UUID and its own API key.
@@ -118,6 +79,108 @@ impl AwsWorld {
         let key = format!("devkey{}", uuid::Uuid::new_v4().simple());
         self.balena.add_device_key(id, &key);
         Device { uuid, id, key }
+    }
+
+    /// Every secret this fleet knows, for log checks.
+    pub fn secret_strings(&self, devices: &[&Device]) -> Vec<String> {
+        let mut all = vec![self.secrets.function_key.clone(), self.secrets.operator_token.clone()];
+        all.extend(devices.iter().map(|d| d.key.clone()));
+        all
+    }
+
+    /// The settings every function binary takes for balenaCloud and callers.
+    fn function_env(&self, options: &Options) -> Vec<(String, String)> {
+        [
+            ("BALENA_API_URL", self.balena.url()),
+            ("BALENA_API_KEY", self.secrets.function_key.clone()),
+            ("PROVISION_OPERATOR_TOKEN", self.secrets.operator_token.clone()),
+            ("PROVISION_ALLOW_UNAUTHENTICATED", options.allow_unauthenticated.to_string()),
+            ("RUST_LOG", "debug".to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+        .into_iter()
+        .collect()
+    }
+}
+
+/// The function processes of a world.
+#[derive(Default)]
+pub struct Functions(tokio::sync::Mutex<Vec<Process>>);
+
+impl Functions {
+    fn new(processes: Vec<Process>) -> Self {
+        Functions(tokio::sync::Mutex::new(processes))
+    }
+
+    /// Stops the processes and waits until all they printed is in the log book.
+    pub async fn stop_and_wait(&self) {
+        let processes: Vec<Process> = self.0.lock().await.drain(..).collect();
+        for p in processes {
+            p.stop().await;
+        }
+    }
+
+    /// Waits for the first process to exit by itself (a start-up failure).
+    pub async fn wait_for_exit(&self) -> std::process::ExitStatus {
+        let mut processes = self.0.lock().await;
+        let first = processes.first_mut().expect("a function process");
+        first.wait(Duration::from_secs(30)).await.expect("the function exits")
+    }
+}
+
+/// Starts a function binary with exactly this environment (and PATH).
+fn spawn_function(binary: &std::path::Path, name: &str, env: &[(String, String)], logs: &LogBook) -> anyhow::Result<Process> {
+    let mut command = Command::new(binary);
+    command.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    Process::spawn(name, command, logs)
+}
+
+pub struct AwsWorld {
+    pub fleet: Fleet,
+    pub moto: Moto,
+    /// What the function reaches moto through: counts the function's connections to AWS.
+    pub aws_proxy: CountingProxy,
+    pub iot: aws_sdk_iot::Client,
+    pub runtime: LambdaRuntimeEmulator,
+    pub functions: Functions,
+    pub logs: LogBook,
+}
+
+impl std::ops::Deref for AwsWorld {
+    type Target = Fleet;
+    fn deref(&self) -> &Fleet {
+        &self.fleet
+    }
+}
+
+impl AwsWorld {
+    pub async fn start() -> anyhow::Result<AwsWorld> {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> anyhow::Result<AwsWorld> {
+        let logs = LogBook::default();
+        let (fleet, moto, runtime) = tokio::join!(Fleet::start(), Moto::start(&logs), LambdaRuntimeEmulator::start());
+        let (fleet, moto, runtime) = (fleet?, moto?, runtime?);
+        let iot = moto.client().await;
+        aws::create_device_policy(&iot).await?;
+
+        let binary = paths::binary("provision-lambda")?;
+        let aws_proxy = CountingProxy::start(moto.port).await?;
+        let mut env: Vec<(String, String)> = runtime.function_env("provision");
+        env.extend(moto.function_env());
+        env.push(("AWS_ENDPOINT_URL".into(), aws_proxy.endpoint()));
+        env.extend(fleet.function_env(&options));
+        env.push(("AWS_IOT_POLICY".into(), aws::POLICY.to_string()));
+        env.extend(options.extra_env.iter().cloned());
+        let mut functions = Vec::new();
+        for n in 0..options.instances.max(1) {
+            functions.push(spawn_function(&binary, &format!("provision-lambda#{n}"), &env, &logs)?);
+        }
+        Ok(AwsWorld { fleet, moto, aws_proxy, iot, runtime, functions: Functions::new(functions), logs })
     }
 
     /// Calls the function as AWS would for a function URL request: through the Lambda Runtime
@@ -130,35 +193,110 @@ impl AwsWorld {
         }
     }
 
-    /// Every secret this world knows, for log checks.
-    pub fn secret_strings(&self, devices: &[&Device]) -> Vec<String> {
-        let mut all = vec![self.secrets.function_key.clone(), self.secrets.operator_token.clone()];
-        all.extend(devices.iter().map(|d| d.key.clone()));
-        all
-    }
-
     /// Stops the function processes and waits until all they printed is in `logs`.
     pub async fn stop_functions_and_wait(&self) {
-        let functions: Vec<Process> = self.functions.lock().await.drain(..).collect();
-        for f in functions {
-            f.stop().await;
-        }
+        self.functions.stop_and_wait().await;
     }
 
     /// Waits for the first function process to exit by itself (a start-up failure).
     pub async fn wait_for_exit(&self) -> std::process::ExitStatus {
-        let mut functions = self.functions.lock().await;
-        let first = functions.first_mut().expect("a function process");
-        first.wait(Duration::from_secs(30)).await.expect("the function exits")
+        self.functions.wait_for_exit().await
     }
 
     /// Stops everything; the processes' logs stay readable through `logs`.
     pub async fn stop(self) {
         self.stop_functions_and_wait().await;
         self.runtime.shutdown().await;
-        self.balena.shutdown().await;
+        self.fleet.balena.shutdown().await;
         self.moto.stop().await;
     }
 }
 
 pub const SHORT: Duration = Duration::from_secs(5);
+
+/// The Azure stack: the IoT Hub emulator and the compiled `provision-azure` custom handler as
+/// a real process, called over HTTP exactly as the Functions host forwards requests.
+pub struct AzureWorld {
+    pub fleet: Fleet,
+    pub hub: IotHubEmulator,
+    pub port: u16,
+    pub http: reqwest::Client,
+    pub functions: Functions,
+    pub logs: LogBook,
+    pub policy_key: String,
+}
+
+impl std::ops::Deref for AzureWorld {
+    type Target = Fleet;
+    fn deref(&self) -> &Fleet {
+        &self.fleet
+    }
+}
+
+pub const HUB_HOST: &str = "provision-test.azure-devices.net";
+
+impl AzureWorld {
+    pub async fn start() -> anyhow::Result<AzureWorld> {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> anyhow::Result<AzureWorld> {
+        let logs = LogBook::default();
+        let policy = Policy::with_random_key("balena-provision", true);
+        let policy_key = policy.key_base64.clone();
+        let (fleet, hub) = tokio::join!(Fleet::start(), IotHubEmulator::start(HUB_HOST, vec![policy]));
+        let (fleet, hub) = (fleet?, hub?);
+        let port = crate::process::free_port()?;
+        let mut env = fleet.function_env(&options);
+        env.extend([
+            ("CONNECTION_STRING".to_string(), hub.connection_string("balena-provision")),
+            ("AZURE_IOTHUB_ENDPOINT".to_string(), hub.url()),
+            ("FUNCTIONS_CUSTOMHANDLER_PORT".to_string(), port.to_string()),
+        ]);
+        env.extend(options.extra_env.iter().cloned());
+        let binary = paths::binary("provision-azure")?;
+        let mut process = spawn_function(&binary, "provision-azure", &env, &logs)?;
+        crate::process::wait_for_port(port, &mut process, "provision-azure").await?;
+        Ok(AzureWorld {
+            fleet,
+            hub,
+            port,
+            http: reqwest::Client::new(),
+            functions: Functions::new(vec![process]),
+            logs,
+            policy_key,
+        })
+    }
+
+    /// Calls the custom handler as the Functions host forwards a request to `/api<path>`.
+    pub async fn call(&self, call: Call) -> anyhow::Result<Answer> {
+        let mut url = format!("http://127.0.0.1:{}/api{}", self.port, call.path);
+        if !call.query.is_empty() {
+            url = format!("{url}?{}", call.query);
+        }
+        let method = reqwest::Method::from_bytes(call.method.as_bytes())?;
+        let mut request = self.http.request(method, url);
+        for (name, value) in &call.headers {
+            request = request.header(name, value);
+        }
+        if let Some(body) = call.body {
+            request = request.body(body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect();
+        let raw_body = response.text().await?;
+        let body = serde_json::from_str(&raw_body).unwrap_or(serde_json::Value::Null);
+        Ok(Answer { status, headers, body, raw_body })
+    }
+
+    pub async fn stop(self) {
+        self.functions.stop_and_wait().await;
+        self.hub.shutdown().await;
+        self.fleet.balena.shutdown().await;
+    }
+}

@@ -50,7 +50,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use axum::Router;
@@ -64,7 +64,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+
+use crate::common::server::{self, Servers};
+use crate::common::time::{Utc, since_epoch};
 
 /// Lambda's synchronous invocation payload limit (request and response).
 const MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
@@ -134,7 +136,8 @@ struct Shared {
     queue_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Queued>>,
     in_flight: Mutex<HashMap<String, InFlight>>,
     init_error: watch::Sender<Option<Value>>,
-    shutdown: watch::Sender<bool>,
+    /// `true` once the server was told to stop.
+    shutdown: watch::Receiver<bool>,
     function_name: Mutex<String>,
     served: AtomicUsize,
     delivered: AtomicUsize,
@@ -153,7 +156,7 @@ impl Shared {
 
     /// Resolves once shutdown was requested (or the sender is gone).
     fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.shutdown.subscribe();
+        let mut rx = self.shutdown.clone();
         async move {
             let _ = rx.wait_for(|down| *down).await;
         }
@@ -164,13 +167,7 @@ impl Shared {
 struct Handle {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    server: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.shared.shutdown.send_replace(true);
-    }
+    servers: Servers,
 }
 
 /// The Lambda Runtime API emulator. Cheap to clone (clones share the same server), so it can be
@@ -191,10 +188,10 @@ impl std::fmt::Debug for LambdaRuntimeEmulator {
 impl LambdaRuntimeEmulator {
     /// Binds `127.0.0.1:0` and serves the Runtime API in a background task.
     pub async fn start() -> anyhow::Result<LambdaRuntimeEmulator> {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let (listener, addr) = server::bind(server::any_local_port())
             .await
-            .context("binding the Lambda Runtime API emulator to 127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
+            .context("starting the Lambda Runtime API emulator")?;
+        let servers = Servers::new("Lambda Runtime API emulator");
 
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -202,7 +199,7 @@ impl LambdaRuntimeEmulator {
             queue_rx: tokio::sync::Mutex::new(queue_rx),
             in_flight: Mutex::new(HashMap::new()),
             init_error: watch::Sender::new(None),
-            shutdown: watch::Sender::new(false),
+            shutdown: servers.subscribe(),
             function_name: Mutex::new(DEFAULT_FUNCTION_NAME.to_owned()),
             served: AtomicUsize::new(0),
             delivered: AtomicUsize::new(0),
@@ -212,24 +209,16 @@ impl LambdaRuntimeEmulator {
         let app = router(shared.clone());
         let listener = KillableListener {
             inner: listener,
-            shutdown: shared.shutdown.subscribe(),
+            shutdown: servers.subscribe(),
         };
-        let signal = shared.shutdown_signal();
-        let server = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await
-            {
-                tracing::warn!(%error, "Lambda Runtime API emulator server failed");
-            }
-        });
+        servers.spawn(listener, app, "server");
         tracing::debug!(%addr, "Lambda Runtime API emulator listening");
 
         Ok(LambdaRuntimeEmulator {
             handle: Arc::new(Handle {
                 shared,
                 addr,
-                server: Mutex::new(Some(server)),
+                servers,
             }),
         })
     }
@@ -249,7 +238,9 @@ impl LambdaRuntimeEmulator {
     pub fn function_env(&self, function_name: &str) -> Vec<(String, String)> {
         *self.handle.shared.function_name.lock().unwrap() = function_name.to_owned();
         let stream_id = uuid::Uuid::new_v4().simple().to_string();
-        let (year, month, day) = civil_date(unix_now().as_secs() / 86_400);
+        let Utc {
+            year, month, day, ..
+        } = Utc::now();
         [
             ("AWS_LAMBDA_RUNTIME_API", self.runtime_api()),
             ("AWS_LAMBDA_FUNCTION_NAME", function_name.to_owned()),
@@ -297,7 +288,7 @@ impl LambdaRuntimeEmulator {
         let queued = Queued {
             request_id: request_id.clone(),
             body,
-            deadline_ms: (unix_now() + timeout).as_millis(),
+            deadline_ms: (since_epoch() + timeout).as_millis(),
         };
         if shared.queue_tx.send(queued).is_err() {
             shared.in_flight.lock().unwrap().remove(&request_id);
@@ -386,17 +377,7 @@ impl LambdaRuntimeEmulator {
     /// Stops the server: pending `invoke` calls fail, every connection (pending long-polls
     /// included) is closed, so polling function processes get a connection error.
     pub async fn shutdown(self) {
-        let handle = &self.handle;
-        handle.shared.shutdown.send_replace(true);
-        let server = handle.server.lock().unwrap().take();
-        if let Some(mut server) = server
-            && tokio::time::timeout(Duration::from_secs(5), &mut server)
-                .await
-                .is_err()
-        {
-            tracing::warn!("Lambda Runtime API emulator did not stop within 5s, aborting it");
-            server.abort();
-        }
+        self.handle.servers.shutdown().await;
     }
 }
 
@@ -598,30 +579,10 @@ fn trace_id() -> String {
     let parent = uuid::Uuid::new_v4().simple().to_string();
     format!(
         "Root=1-{:08x}-{};Parent={};Sampled=0",
-        unix_now().as_secs(),
+        since_epoch().as_secs(),
         &random[..24],
         &parent[..16]
     )
-}
-
-fn unix_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
-/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
-fn civil_date(days: u64) -> (i64, u32, u32) {
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = (if mp < 10 { mp + 3 } else { mp - 9 }) as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// A TCP listener whose connections all hit EOF once shutdown is requested. hyper watches the
@@ -732,17 +693,5 @@ impl AsyncWrite for KillableStream {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::civil_date;
-
-    #[test]
-    fn civil_date_matches_known_days() {
-        assert_eq!(civil_date(0), (1970, 1, 1));
-        assert_eq!(civil_date(11_016), (2000, 2, 29));
-        assert_eq!(civil_date(19_723), (2024, 1, 1));
     }
 }

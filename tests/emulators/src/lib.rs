@@ -1,7 +1,10 @@
 //! Emulators of the upstream APIs the provisioning functions talk to and that have no official
-//! emulator: the balenaCloud API (pinejs/OData, v7) and the AWS Lambda Runtime API. Each one
-//! binds `127.0.0.1:0`, records every request it served, and can be told to fail on purpose.
+//! emulator: the balenaCloud API (pinejs/OData, v7), the Azure IoT Hub identity registry and the
+//! AWS Lambda Runtime API. Each one binds `127.0.0.1:0` and records every request it served;
+//! the balenaCloud and IoT Hub ones can be told to fail on purpose and to answer slowly.
 
 pub mod balena;
+pub mod cli;
+mod common;
 pub mod iothub;
 pub mod lambda_runtime;

@@ -43,17 +43,18 @@ mod store;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::Context as _;
 use axum::Router;
 use axum::extract::{Request, State as AxumState};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, Method, StatusCode, header};
+use http::{Method, StatusCode, header};
 use serde_json::{Map, Value, json};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
+use crate::common::fault::{Matcher, Rule, emulator_fault};
+use crate::common::hooks::{self, Hooks, test_hooks};
+use crate::common::server::{self, Servers};
+use crate::common::{self, lock};
 use odata::{
     ODataError, parse_options, parse_query_pairs, parse_resource_path, percent_decode,
     resource_name_of,
@@ -80,66 +81,14 @@ pub struct RecordedRequest {
     pub finished: Instant,
 }
 
-/// A failure to inject: matching requests are answered `status` instead of being served.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fault {
-    /// `None` matches any method.
-    pub method: Option<String>,
-    /// `None` matches any resource.
-    pub resource: Option<String>,
-    pub status: u16,
-    /// Sent as `Retry-After` (seconds) when set.
-    pub retry_after: Option<u64>,
-    /// How many matching requests fail before the fault is used up.
-    pub times: usize,
-    /// How many matching requests are let through first.
-    pub skip: usize,
-}
-
-impl Fault {
-    /// A fault answering `status` once, for any method and resource.
-    pub fn new(status: u16) -> Fault {
-        Fault {
-            method: None,
-            resource: None,
-            status,
-            retry_after: None,
-            times: 1,
-            skip: 0,
-        }
+emulator_fault! {
+    /// A failure to inject: matching requests are answered `status` instead of being served.
+    pub struct Fault {
+        /// `None` matches any resource.
+        pub resource: Option<String>,
     }
-
-    pub fn method(mut self, method: &str) -> Fault {
-        self.method = Some(method.to_string());
-        self
-    }
-
-    pub fn resource(mut self, resource: &str) -> Fault {
-        self.resource = Some(resource.to_string());
-        self
-    }
-
-    pub fn retry_after(mut self, seconds: u64) -> Fault {
-        self.retry_after = Some(seconds);
-        self
-    }
-
-    pub fn times(mut self, times: usize) -> Fault {
-        self.times = times;
-        self
-    }
-
-    pub fn skip(mut self, skip: usize) -> Fault {
-        self.skip = skip;
-        self
-    }
-
-    fn matches(&self, method: &str, resource: &str) -> bool {
-        self.method
-            .as_deref()
-            .is_none_or(|m| m.eq_ignore_ascii_case(method))
-            && self.resource.as_deref().is_none_or(|r| r == resource)
-    }
+    /// Only requests naming this resource (e.g. `device_environment_variable`).
+    fn resource => Matcher::Equals;
 }
 
 #[derive(Default)]
@@ -147,39 +96,10 @@ struct State {
     store: Store,
     user_keys: HashSet<String>,
     device_keys: HashMap<String, i64>,
-    requests: Vec<RecordedRequest>,
-    faults: Vec<Fault>,
-    latency: Duration,
+    hooks: Hooks<RecordedRequest>,
 }
 
 type Shared = Arc<Mutex<State>>;
-
-fn lock(shared: &Shared) -> MutexGuard<'_, State> {
-    shared
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Stops the server when the last clone of the emulator is dropped.
-struct ServerGuard {
-    stop: Mutex<Option<oneshot::Sender<()>>>,
-    task: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl ServerGuard {
-    fn signal(&self) {
-        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(stop) = stop {
-            let _ = stop.send(());
-        }
-    }
-}
-
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        self.signal();
-    }
-}
 
 /// A running balenaCloud API emulator. Clones share the same server and state; the server
 /// stops on [`BalenaEmulator::shutdown`] or when the last clone is dropped.
@@ -187,7 +107,7 @@ impl Drop for ServerGuard {
 pub struct BalenaEmulator {
     shared: Shared,
     addr: SocketAddr,
-    guard: Arc<ServerGuard>,
+    servers: Arc<Servers>,
 }
 
 impl std::fmt::Debug for BalenaEmulator {
@@ -201,37 +121,21 @@ impl std::fmt::Debug for BalenaEmulator {
 impl BalenaEmulator {
     /// Starts on `127.0.0.1:0` (a free port).
     pub async fn start() -> anyhow::Result<BalenaEmulator> {
-        BalenaEmulator::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+        BalenaEmulator::start_on(server::any_local_port()).await
     }
 
     /// Starts on `addr`, serving in a tokio task.
     pub async fn start_on(addr: SocketAddr) -> anyhow::Result<BalenaEmulator> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
-        let addr = listener.local_addr().context("reading the bound address")?;
+        let (listener, addr) = server::bind(addr).await?;
         let shared: Shared = Arc::default();
         let app = Router::new().fallback(handle).with_state(shared.clone());
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::warn!(error = %e, "balena emulator server stopped with an error");
-            }
-        });
-        let guard = ServerGuard {
-            stop: Mutex::new(Some(stop_tx)),
-            task: Mutex::new(Some(task)),
-        };
+        let servers = Servers::new("balena emulator");
+        servers.spawn(listener, app, "server");
         tracing::debug!(%addr, "balena emulator listening");
         Ok(BalenaEmulator {
             shared,
             addr,
-            guard: Arc::new(guard),
+            servers: Arc::new(servers),
         })
     }
 
@@ -400,45 +304,11 @@ impl BalenaEmulator {
         );
     }
 
-    /// Every request served so far, in arrival order.
-    pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.state().requests.clone()
-    }
-
-    pub fn clear_requests(&self) {
-        self.state().requests.clear();
-    }
-
-    /// Adds a fault; faults are tried in the order they were added.
-    pub fn inject_fault(&self, fault: Fault) {
-        self.state().faults.push(fault);
-    }
-
-    pub fn clear_faults(&self) {
-        self.state().faults.clear();
-    }
-
-    /// Delays every answer by `d` (default zero).
-    pub fn set_latency(&self, d: Duration) {
-        self.state().latency = d;
-    }
+    test_hooks!(RecordedRequest, Fault);
 
     /// Stops the server and waits (up to 5 s) for open connections to finish.
     pub async fn shutdown(self) {
-        self.guard.signal();
-        let task = self
-            .guard
-            .task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(mut task) = task
-            && tokio::time::timeout(Duration::from_secs(5), &mut task)
-                .await
-                .is_err()
-        {
-            task.abort();
-        }
+        self.servers.shutdown().await;
     }
 }
 
@@ -526,21 +396,11 @@ impl From<WriteError> for ApiError {
 }
 
 fn text(status: StatusCode, body: String) -> Response {
-    let mut res = (status, body).into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    res
+    common::response(status, body, "text/plain; charset=utf-8")
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response {
-    let mut res = (status, value.to_string()).into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res
+    common::response(status, value.to_string(), "application/json")
 }
 
 /// The API key of a request: the `Authorization: Bearer` header, else the `apikey` parameter.
@@ -586,14 +446,12 @@ async fn handle(AxumState(shared): AxumState<Shared>, req: Request) -> Response 
     let key = request_key(req.headers(), query);
 
     let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT).await;
-    let latency = lock(&shared).latency;
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
+    let latency = lock(&shared).hooks.latency();
+    hooks::delay(latency).await;
 
     let response = {
         let mut state = lock(&shared);
-        match take_fault(&mut state.faults, method.as_str(), &resource) {
+        match state.hooks.take_fault(method.as_str(), &resource) {
             Some(fault) => fault_response(&fault),
             None => match body {
                 Err(_) => text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large".into()),
@@ -605,8 +463,7 @@ async fn handle(AxumState(shared): AxumState<Shared>, req: Request) -> Response 
         }
     };
 
-    let mut state = lock(&shared);
-    state.requests.push(RecordedRequest {
+    lock(&shared).hooks.record(RecordedRequest {
         method: method.to_string(),
         path_and_query,
         resource,
@@ -618,35 +475,10 @@ async fn handle(AxumState(shared): AxumState<Shared>, req: Request) -> Response 
     response
 }
 
-/// The fault that applies to this request, if any, counting it against the faults.
-fn take_fault(faults: &mut Vec<Fault>, method: &str, resource: &str) -> Option<Fault> {
-    let mut fired = None;
-    for fault in faults.iter_mut() {
-        if !fault.matches(method, resource) || fault.times == 0 {
-            continue;
-        }
-        if fault.skip > 0 {
-            fault.skip -= 1;
-            continue;
-        }
-        fault.times -= 1;
-        fired = Some(fault.clone());
-        break;
-    }
-    faults.retain(|f| f.times > 0);
-    fired
-}
-
-fn fault_response(fault: &Fault) -> Response {
-    let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+fn fault_response(fault: &Rule) -> Response {
+    let status = fault.status_code();
     let reason = status.canonical_reason().unwrap_or("Injected fault");
-    let mut res = text(status, reason.to_string());
-    if let Some(secs) = fault.retry_after
-        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
-    {
-        res.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    res
+    fault.with_retry_after(text(status, reason.to_string()))
 }
 
 fn serve(

@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use crate::common::percent::{self, PercentError};
+
 /// The deepest nesting (parentheses, `not`, lambdas, function calls, nested `$expand`) accepted.
 /// Deeper input is refused instead of risking the stack.
 pub const MAX_DEPTH: usize = 64;
@@ -109,40 +111,10 @@ impl std::error::Error for ODataError {}
 
 /// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`, as in a query string).
 pub fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, ODataError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hi = bytes.get(i + 1).and_then(|b| hex_value(*b));
-                let lo = bytes.get(i + 2).and_then(|b| hex_value(*b));
-                match (hi, lo) {
-                    (Some(hi), Some(lo)) => out.push(hi * 16 + lo),
-                    _ => return Err(ODataError::BadPercentEncoding),
-                }
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| ODataError::InvalidUtf8)
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    percent::percent_decode(s, plus_is_space).map_err(|e| match e {
+        PercentError::BadEscape => ODataError::BadPercentEncoding,
+        PercentError::InvalidUtf8 => ODataError::InvalidUtf8,
+    })
 }
 
 /// Splits a raw query string into decoded `(name, value)` pairs.

@@ -2,11 +2,10 @@
 //! or SIGTERM. See `--help`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use provision_emulators::balena::BalenaEmulator;
+use provision_emulators::cli::{self, Args};
 
 const HELP: &str = "\
 balena-emulator: a balenaCloud API (pinejs/OData v7) emulator for tests and demos
@@ -44,44 +43,28 @@ EXAMPLE:
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("balena-emulator: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    cli::exit_code("balena-emulator", run()).await
 }
 
 async fn run() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        print!("{HELP}");
+    let Some(mut args) = Args::from_env_or_help(HELP) else {
         return Ok(());
-    }
+    };
 
-    let mut listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut listen = cli::localhost(0);
     let mut print_requests = false;
     let mut seeds: Vec<(String, String)> = Vec::new();
-    let mut it = args.into_iter();
-    while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .with_context(|| format!("{flag} needs a value (see --help)"))
-        };
+    while let Some(flag) = args.next_flag() {
         match flag.as_str() {
-            "--listen" => listen = value()?.parse().context("--listen needs HOST:PORT")?,
-            "--port" => {
-                let port: u16 = value()?.parse().context("--port needs a port number")?;
-                listen = SocketAddr::from(([127, 0, 0, 1], port));
-            }
+            "--listen" => listen = args.parsed(&flag, "HOST:PORT")?,
+            "--port" => listen = cli::localhost(args.parsed(&flag, "a port number")?),
             "--print-requests" => print_requests = true,
             "--app" | "--service" | "--device" | "--user-key" | "--device-key" | "--device-var"
             | "--service-var" | "--device-tag" | "--latency-ms" => {
-                let v = value()?;
+                let v = args.value(&flag)?;
                 seeds.push((flag, v));
             }
-            other => bail!("unknown argument {other:?} (see --help)"),
+            other => return Err(cli::unknown(other)),
         }
     }
 
@@ -150,55 +133,21 @@ async fn run() -> anyhow::Result<()> {
                 }
                 emulator.set_service_var(device, service, name, value);
             }
-            "--latency-ms" => {
-                let ms: u64 = v.parse().context("--latency-ms needs a number")?;
-                emulator.set_latency(Duration::from_millis(ms));
-            }
+            "--latency-ms" => emulator.set_latency(cli::latency(&flag, &v)?),
             _ => {}
         }
     }
 
     println!("listening on {}", emulator.url());
-
-    let mut printed = 0;
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = tick.tick(), if print_requests => {
-                let requests = emulator.requests();
-                for r in requests.iter().skip(printed) {
-                    eprintln!("{} {} {} key={}", r.status, r.method, r.path_and_query,
-                        r.key.as_deref().unwrap_or("-"));
-                }
-                printed = requests.len();
-            }
-        }
-    }
+    cli::serve_until_stopped(
+        print_requests,
+        || emulator.requests(),
+        |r| {
+            let key = r.key.as_deref().unwrap_or("-");
+            format!("{} {} {} key={key}", r.status, r.method, r.path_and_query)
+        },
+    )
+    .await;
     emulator.shutdown().await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-        match term {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -1,11 +1,11 @@
 //! Runs the Azure IoT Hub registry emulator as a process until Ctrl-C or SIGTERM. See `--help`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use base64::Engine as _;
+use provision_emulators::cli::{self, Args};
 use provision_emulators::iothub::{IotHubEmulator, Policy};
 
 const HELP: &str = "\
@@ -45,13 +45,7 @@ EXAMPLE:
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("iothub-emulator: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    cli::exit_code("iothub-emulator", run()).await
 }
 
 fn parse_policy(flag: &str, v: &str, registry_write: bool) -> anyhow::Result<Policy> {
@@ -65,11 +59,9 @@ fn parse_policy(flag: &str, v: &str, registry_write: bool) -> anyhow::Result<Pol
 }
 
 async fn run() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        print!("{HELP}");
+    let Some(mut args) = Args::from_env_or_help(HELP) else {
         return Ok(());
-    }
+    };
 
     let mut hub_host = "provision-test.azure-devices.net".to_string();
     let mut policies = Vec::new();
@@ -78,46 +70,31 @@ async fn run() -> anyhow::Result<()> {
     let mut ca_out: Option<PathBuf> = None;
     let mut latency = Duration::ZERO;
     let mut print_requests = false;
-    let mut it = args.into_iter();
-    while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .with_context(|| format!("{flag} needs a value (see --help)"))
-        };
+    while let Some(flag) = args.next_flag() {
         match flag.as_str() {
-            "--hub-host" => hub_host = value()?,
-            "--policy" => policies.push(parse_policy(&flag, &value()?, true)?),
-            "--read-only-policy" => policies.push(parse_policy(&flag, &value()?, false)?),
-            "--port" => port = value()?.parse().context("--port needs a port number")?,
-            "--tls-port" => {
-                tls_port = value()?.parse().context("--tls-port needs a port number")?
+            "--hub-host" => hub_host = args.value(&flag)?,
+            "--policy" => policies.push(parse_policy(&flag, &args.value(&flag)?, true)?),
+            "--read-only-policy" => {
+                policies.push(parse_policy(&flag, &args.value(&flag)?, false)?);
             }
-            "--ca-out" => ca_out = Some(PathBuf::from(value()?)),
-            "--latency-ms" => {
-                let ms: u64 = value()?.parse().context("--latency-ms needs a number")?;
-                latency = Duration::from_millis(ms);
-            }
+            "--port" => port = args.parsed(&flag, "a port number")?,
+            "--tls-port" => tls_port = args.parsed(&flag, "a port number")?,
+            "--ca-out" => ca_out = Some(PathBuf::from(args.value(&flag)?)),
+            "--latency-ms" => latency = cli::latency(&flag, &args.value(&flag)?)?,
             "--print-requests" => print_requests = true,
-            other => bail!("unknown argument {other:?} (see --help)"),
+            other => return Err(cli::unknown(other)),
         }
     }
     if policies.is_empty() {
-        let key: Vec<u8> = uuid::Uuid::new_v4()
-            .as_bytes()
-            .iter()
-            .chain(uuid::Uuid::new_v4().as_bytes())
-            .copied()
-            .collect();
-        let key = base64::engine::general_purpose::STANDARD.encode(key);
-        policies.push(Policy::new("iothubowner", &key, true));
+        policies.push(Policy::with_random_key("iothubowner", true));
     }
     let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
 
     let emulator = IotHubEmulator::start_on(
         &hub_host,
         policies,
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        SocketAddr::from(([127, 0, 0, 1], tls_port)),
+        cli::localhost(port),
+        cli::localhost(tls_port),
     )
     .await?;
     emulator.set_latency(latency);
@@ -135,45 +112,18 @@ async fn run() -> anyhow::Result<()> {
         );
     }
 
-    let mut printed = 0;
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = tick.tick(), if print_requests => {
-                let requests = emulator.requests();
-                for r in requests.iter().skip(printed) {
-                    eprintln!("{} {} {} policy={}", r.status, r.method, r.path_and_query,
-                        r.policy.as_deref().unwrap_or("-"));
-                }
-                printed = requests.len();
-            }
-        }
-    }
+    cli::serve_until_stopped(
+        print_requests,
+        || emulator.requests(),
+        |r| {
+            let policy = r.policy.as_deref().unwrap_or("-");
+            format!(
+                "{} {} {} policy={policy}",
+                r.status, r.method, r.path_and_query
+            )
+        },
+    )
+    .await;
     emulator.shutdown().await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-        match term {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -1,14 +1,14 @@
 //! Shared access signatures: making them (for tests) and checking the `Authorization` header
 //! of a request against the hub's policies, as IoT Hub does for service (policy) tokens.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use aws_lc_rs::hmac;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::Policy;
+use crate::common::percent;
+use crate::common::time::since_epoch;
 
 /// What `encodeURIComponent` leaves alone, minus the characters the Azure SDKs escape too
 /// (`! ' ( ) *`): everything but `A-Z a-z 0-9 - _ . ~` is escaped.
@@ -48,10 +48,7 @@ fn sign(key: &[u8], string_to_sign: &str) -> String {
 }
 
 pub(crate) fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    since_epoch().as_secs()
 }
 
 /// Why a token was refused (the answer is always the same 401; this is for the record and
@@ -146,21 +143,7 @@ pub(crate) fn verify(
 
 /// Strict percent-decoding (no `+` for space): `None` on a broken escape or invalid UTF-8.
 pub(crate) fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hi = bytes.get(i + 1).and_then(|b| (*b as char).to_digit(16))?;
-            let lo = bytes.get(i + 2).and_then(|b| (*b as char).to_digit(16))?;
-            out.push(u8::try_from(hi * 16 + lo).ok()?);
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    percent::percent_decode(s, false).ok()
 }
 
 #[cfg(test)]

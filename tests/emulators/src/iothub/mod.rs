@@ -62,7 +62,7 @@ use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use axum::Router;
@@ -72,11 +72,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use serde_json::{Value, json};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 pub use auth::sas_token;
 use registry::{AuthType, Device, DeviceSpec};
+
+use crate::common::fault::{Matcher, Rule, emulator_fault};
+use crate::common::hooks::{self, Hooks, test_hooks};
+use crate::common::server::{self, Servers};
+use crate::common::{self, lock};
 
 /// The largest request body accepted.
 const BODY_LIMIT: usize = 1024 * 1024;
@@ -114,6 +117,11 @@ impl Policy {
             registry_write,
         }
     }
+
+    /// A policy with a new random key (32 bytes, base64).
+    pub fn with_random_key(name: &str, registry_write: bool) -> Policy {
+        Policy::new(name, &registry::generate_key(), registry_write)
+    }
 }
 
 /// One request the emulator answered.
@@ -134,71 +142,15 @@ pub struct RecordedRequest {
     pub finished: Instant,
 }
 
-/// A failure to inject: matching requests are answered `status` (with the hub's JSON error
-/// for that status) instead of being served. Faults apply before authentication.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fault {
-    /// `None` matches any method.
-    pub method: Option<String>,
-    /// A substring of the path and query as received (percent-encoded); `None` matches any.
-    pub path: Option<String>,
-    pub status: u16,
-    /// Sent as `Retry-After` (seconds) when set.
-    pub retry_after: Option<u64>,
-    /// How many matching requests fail before the fault is used up.
-    pub times: usize,
-    /// How many matching requests are let through first.
-    pub skip: usize,
-}
-
-impl Fault {
-    /// A fault answering `status` once, for any method and path.
-    pub fn new(status: u16) -> Fault {
-        Fault {
-            method: None,
-            path: None,
-            status,
-            retry_after: None,
-            times: 1,
-            skip: 0,
-        }
+emulator_fault! {
+    /// A failure to inject: matching requests are answered `status` (with the hub's JSON error
+    /// for that status) instead of being served. Faults apply before authentication.
+    pub struct Fault {
+        /// A substring of the path and query as received (percent-encoded); `None` matches any.
+        pub path: Option<String>,
     }
-
-    pub fn method(mut self, method: &str) -> Fault {
-        self.method = Some(method.to_string());
-        self
-    }
-
     /// Only requests whose path and query (as received) contain `substring`.
-    pub fn path(mut self, substring: &str) -> Fault {
-        self.path = Some(substring.to_string());
-        self
-    }
-
-    pub fn retry_after(mut self, seconds: u64) -> Fault {
-        self.retry_after = Some(seconds);
-        self
-    }
-
-    pub fn times(mut self, times: usize) -> Fault {
-        self.times = times;
-        self
-    }
-
-    pub fn skip(mut self, skip: usize) -> Fault {
-        self.skip = skip;
-        self
-    }
-
-    fn matches(&self, method: &str, path_and_query: &str) -> bool {
-        self.method
-            .as_deref()
-            .is_none_or(|m| m.eq_ignore_ascii_case(method))
-            && self
-                .path
-                .as_deref()
-                .is_none_or(|p| path_and_query.contains(p))
-    }
+    fn path => Matcher::Contains;
 }
 
 /// What does not change after start.
@@ -213,9 +165,7 @@ struct State {
     devices: BTreeMap<String, Device>,
     etag_counter: u64,
     last_generation: u128,
-    requests: Vec<RecordedRequest>,
-    faults: Vec<Fault>,
-    latency: Duration,
+    hooks: Hooks<RecordedRequest>,
 }
 
 impl State {
@@ -297,34 +247,10 @@ impl State {
 
 type Shared = Arc<Mutex<State>>;
 
-fn lock(shared: &Shared) -> MutexGuard<'_, State> {
-    shared
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[derive(Clone)]
 struct Ctx {
     shared: Shared,
     config: Arc<Config>,
-}
-
-/// Stops both servers when the last clone of the emulator is dropped.
-struct ServerGuard {
-    stop: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-}
-
-impl ServerGuard {
-    fn signal(&self) {
-        self.stop.send_replace(true);
-    }
-}
-
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        self.signal();
-    }
 }
 
 /// A running IoT Hub registry emulator (HTTP and HTTPS). Clones share the same servers and
@@ -335,7 +261,7 @@ pub struct IotHubEmulator {
     config: Arc<Config>,
     addr: SocketAddr,
     tls_addr: SocketAddr,
-    guard: Arc<ServerGuard>,
+    servers: Arc<Servers>,
 }
 
 impl std::fmt::Debug for IotHubEmulator {
@@ -352,7 +278,7 @@ impl IotHubEmulator {
     /// Starts HTTP and HTTPS each on `127.0.0.1:0` (free ports), for the hub `hub_host` (e.g.
     /// `provision-test.azure-devices.net`) with these shared access policies.
     pub async fn start(hub_host: &str, policies: Vec<Policy>) -> anyhow::Result<IotHubEmulator> {
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let any = server::any_local_port();
         IotHubEmulator::start_on(hub_host, policies, any, any).await
     }
 
@@ -384,16 +310,9 @@ impl IotHubEmulator {
             ca_pem: pki.ca_pem,
         });
 
-        let listener = tokio::net::TcpListener::bind(http)
-            .await
-            .with_context(|| format!("binding {http}"))?;
-        let addr = listener.local_addr().context("reading the bound address")?;
-        let tls_tcp = tokio::net::TcpListener::bind(https)
-            .await
-            .with_context(|| format!("binding {https}"))?;
+        let (listener, addr) = server::bind(http).await?;
+        let (tls_tcp, tls_addr) = server::bind(https).await?;
         let tls_listener = tls::TlsListener::new(tls_tcp, pki.server_config)
-            .context("reading the bound TLS address")?;
-        let tls_addr = axum::serve::Listener::local_addr(&tls_listener)
             .context("reading the bound TLS address")?;
 
         let shared: Shared = Arc::default();
@@ -401,43 +320,16 @@ impl IotHubEmulator {
             shared: shared.clone(),
             config: config.clone(),
         });
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
-        let http_task = tokio::spawn({
-            let app = app.clone();
-            let stop = stopped(stop_rx.clone());
-            async move {
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
-                    tracing::warn!(error = %e, "iothub emulator HTTP server stopped with an error");
-                }
-            }
-        });
-        let https_task = tokio::spawn({
-            let stop = stopped(stop_rx);
-            async move {
-                if let Err(e) = axum::serve(tls_listener, app)
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
-                    tracing::warn!(error = %e, "iothub emulator HTTPS server stopped with an error");
-                }
-            }
-        });
+        let servers = Servers::new("iothub emulator");
+        servers.spawn(listener, app.clone(), "HTTP server");
+        servers.spawn(tls_listener, app, "HTTPS server");
         tracing::debug!(%addr, %tls_addr, hub_host, "iothub emulator listening");
         Ok(IotHubEmulator {
             shared,
             config,
             addr,
             tls_addr,
-            guard: Arc::new(ServerGuard {
-                stop: stop_tx,
-                tasks: Mutex::new(vec![http_task, https_task]),
-            }),
+            servers: Arc::new(servers),
         })
     }
 
@@ -524,42 +416,11 @@ impl IotHubEmulator {
         state.create(&id, spec).to_json()
     }
 
-    /// Every request served so far, in arrival order.
-    pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.state().requests.clone()
-    }
-
-    pub fn clear_requests(&self) {
-        self.state().requests.clear();
-    }
-
-    /// Adds a fault; faults are tried in the order they were added.
-    pub fn inject_fault(&self, fault: Fault) {
-        self.state().faults.push(fault);
-    }
-
-    pub fn clear_faults(&self) {
-        self.state().faults.clear();
-    }
-
-    /// Delays every answer by `d` (default zero).
-    pub fn set_latency(&self, d: Duration) {
-        self.state().latency = d;
-    }
+    test_hooks!(RecordedRequest, Fault);
 
     /// Stops both servers and waits (up to 5 s) for open connections to finish.
     pub async fn shutdown(self) {
-        self.guard.signal();
-        let tasks: Vec<JoinHandle<()>> =
-            std::mem::take(&mut *self.guard.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        for mut task in tasks {
-            if tokio::time::timeout(Duration::from_secs(5), &mut task)
-                .await
-                .is_err()
-            {
-                task.abort();
-            }
-        }
+        self.servers.shutdown().await;
     }
 }
 
@@ -637,12 +498,7 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response {
-    let mut res = (status, value.to_string()).into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    res
+    common::response(status, value.to_string(), "application/json; charset=utf-8")
 }
 
 fn device_response(device: &Device) -> Response {
@@ -737,15 +593,15 @@ async fn handle(AxumState(ctx): AxumState<Ctx>, req: Request) -> Response {
     };
 
     let body = axum::body::to_bytes(req.into_body(), BODY_LIMIT).await;
-    let latency = lock(&ctx.shared).latency;
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
+    let latency = lock(&ctx.shared).hooks.latency();
+    hooks::delay(latency).await;
 
     let mut policy = None;
     let response = {
         let mut state = lock(&ctx.shared);
-        let fault = take_fault(&mut state.faults, incoming.method.as_str(), &path_and_query);
+        let fault = state
+            .hooks
+            .take_fault(incoming.method.as_str(), &path_and_query);
         match (fault, body) {
             (Some(fault), _) => fault_response(&fault),
             (None, Err(_)) => HubError::new(
@@ -763,8 +619,7 @@ async fn handle(AxumState(ctx): AxumState<Ctx>, req: Request) -> Response {
         }
     };
 
-    let mut state = lock(&ctx.shared);
-    state.requests.push(RecordedRequest {
+    lock(&ctx.shared).hooks.record(RecordedRequest {
         method: incoming.method.to_string(),
         path_and_query,
         device_id,
@@ -777,27 +632,8 @@ async fn handle(AxumState(ctx): AxumState<Ctx>, req: Request) -> Response {
     response
 }
 
-/// The fault that applies to this request, if any, counting it against the faults.
-fn take_fault(faults: &mut Vec<Fault>, method: &str, path_and_query: &str) -> Option<Fault> {
-    let mut fired = None;
-    for fault in faults.iter_mut() {
-        if !fault.matches(method, path_and_query) || fault.times == 0 {
-            continue;
-        }
-        if fault.skip > 0 {
-            fault.skip -= 1;
-            continue;
-        }
-        fault.times -= 1;
-        fired = Some(fault.clone());
-        break;
-    }
-    faults.retain(|f| f.times > 0);
-    fired
-}
-
-fn fault_response(fault: &Fault) -> Response {
-    let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+fn fault_response(fault: &Rule) -> Response {
+    let status = fault.status_code();
     let (code, message) = match status.as_u16() {
         400 => ("ArgumentInvalid", "Injected fault."),
         401 => ("IotHubUnauthorizedAccess", "Unauthorized"),
@@ -817,13 +653,7 @@ fn fault_response(fault: &Fault) -> Response {
         504 => ("GatewayTimeout", "Injected fault: gateway timeout."),
         _ => ("InjectedFault", "Injected fault."),
     };
-    let mut res = error_response(status, code, message);
-    if let Some(secs) = fault.retry_after
-        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
-    {
-        res.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    res
+    fault.with_retry_after(error_response(status, code, message))
 }
 
 /// The decoded query parameters (`None` on broken percent-encoding).

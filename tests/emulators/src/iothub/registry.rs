@@ -1,10 +1,10 @@
 //! The identity registry: device identities, their validation and their JSON form.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
+
+use crate::common::time::{Utc, since_epoch};
 
 /// The timestamp IoT Hub answers for "never".
 pub(crate) const NEVER: &str = "0001-01-01T00:00:00Z";
@@ -307,66 +307,24 @@ pub(crate) fn generate_key() -> String {
     B64.encode(bytes)
 }
 
-/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SS.fffffffZ` (UTC), the hub's timestamp form.
+/// Now as `YYYY-MM-DDTHH:MM:SS.fffffffZ` (UTC), the hub's timestamp form.
 pub(crate) fn timestamp_now() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:07}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        now.subsec_nanos() / 100
-    )
+    Utc::now().iso8601(7)
 }
 
 /// `MM/DD/YYYY HH:MM:SS` (UTC), the form of the time stamp in IoT Hub's tracking ids.
 pub(crate) fn tracking_timestamp() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
-    let rem = secs % 86_400;
+    let t = Utc::now();
     format!(
-        "{m:02}/{d:02}/{y:04} {:02}:{:02}:{:02}",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
+        "{:02}/{:02}/{:04} {:02}:{:02}:{:02}",
+        t.month, t.day, t.year, t.hour, t.minute, t.second
     )
 }
 
 /// .NET ticks (100 ns since 0001-01-01) now, the form of IoT Hub's generation ids.
 pub(crate) fn dotnet_ticks_now() -> u128 {
     const EPOCH_TICKS: u128 = 621_355_968_000_000_000;
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    EPOCH_TICKS + nanos / 100
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        u32::try_from(m).unwrap_or(1),
-        u32::try_from(d).unwrap_or(1),
-    )
+    EPOCH_TICKS + since_epoch().as_nanos() / 100
 }
 
 #[cfg(test)]
@@ -383,13 +341,6 @@ mod tests {
         assert!(!valid_device_id("a b"));
         assert!(!valid_device_id("a/b"));
         assert!(!valid_device_id("é"));
-    }
-
-    #[test]
-    fn calendar() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
     }
 
     #[test]
