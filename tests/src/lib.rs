@@ -11,6 +11,7 @@ pub mod events;
 pub mod paths;
 pub mod process;
 pub mod proxy;
+pub mod scenarios;
 pub mod world;
 
 pub use provision_emulators::balena::{BalenaEmulator, Fault};

@@ -5,7 +5,7 @@
 use provision_testkit::checks::{Target, assert_aws_gone, assert_aws_provisioned, balena_variable_writes, decode, vars};
 use provision_testkit::events::Call;
 use provision_testkit::world::{AwsWorld, Options};
-use provision_testkit::{Fault, aws};
+use provision_testkit::{Fault, aws, scenarios};
 use serde_json::json;
 
 async fn provision_lifecycle(target: Target) {
@@ -141,42 +141,10 @@ async fn unauthenticated_mode_serves_the_published_behaviour() {
 async fn caller_mistakes_make_no_upstream_call() {
     let world = AwsWorld::start().await.unwrap();
     let device = world.add_device();
-    let big = "x".repeat(70 * 1024);
-    let cases: Vec<(Call, u16, &str)> = vec![
-        (Call::new("POST", "/provision").header("content-type", "application/json"), 400, "provision.request.no-body"),
-        (Call::new("POST", "/provision").raw_body("{\"uuid\": ").header("content-type", "application/json"), 400, "provision.request.bad-json"),
-        (Call::new("POST", "/provision").raw_body("[1,2]").header("content-type", "application/json"), 400, "provision.request.bad-json"),
-        (
-            Call::new("POST", "/provision").raw_body(&format!("{{\"uuid\":\"{0}\",\"uuid\":\"{0}\"}}", device.uuid)).header("content-type", "application/json"),
-            400,
-            "provision.request.bad-json",
-        ),
-        (Call::post(json!({"uuid": device.uuid, "rotate": "yes"})), 400, "provision.request.bad-json"),
-        (Call::post(json!({})), 400, "provision.request.bad-uuid"),
-        (Call::post(json!({"uuid": 42})), 400, "provision.request.bad-uuid"),
-        (Call::post(json!({"uuid": device.uuid.to_uppercase()})), 400, "provision.request.bad-uuid"),
-        (Call::post(json!({"uuid": format!("{}' or 1 eq 1 or uuid eq '", &device.uuid[..8])})), 400, "provision.request.bad-uuid"),
-        (Call::post(json!({"uuid": device.uuid, "balena_service": "a' or name eq 'b"})), 400, "provision.request.bad-service"),
-        (Call::post(json!({"uuid": device.uuid, "balena_service": 7})), 400, "provision.request.bad-service"),
-        (Call::post(json!({"uuid": device.uuid, "csr": "not a csr"})), 400, "provision.request.bad-csr"),
-        (Call::get(""), 400, "provision.request.bad-uuid"),
-        (Call::get("uuid=abc"), 400, "provision.request.bad-uuid"),
-        (Call::new("PUT", "/provision").json(json!({"uuid": device.uuid})), 405, "provision.request.bad-method"),
-        (Call::new("PATCH", "/provision").json(json!({"uuid": device.uuid})), 405, "provision.request.bad-method"),
-        (Call::new("POST", "/provision").raw_body(&format!("{{\"uuid\":\"{}\",\"pad\":\"{big}\"}}", device.uuid)).header("content-type", "application/json"), 413, "provision.request.too-large"),
-        (Call::new("POST", "/provision").raw_body(&json!({"uuid": device.uuid}).to_string()).header("content-type", "text/plain"), 415, "provision.request.bad-content-type"),
-        (Call::new("POST", "/provision").raw_body(&json!({"uuid": device.uuid}).to_string()), 415, "provision.request.bad-content-type"),
-    ];
-    for (call, status, code) in cases {
-        let described = format!("{} {:?} {:?}", call.method, call.headers, call.body.as_deref().map(|b| &b[..b.len().min(80)]));
+    for (call, status, code) in scenarios::caller_mistakes(&device.uuid) {
+        let described = scenarios::describe(&call);
         let answer = world.call(call.bearer(&device.key)).await.unwrap();
-        assert_eq!((answer.status, answer.error_code()), (status, code), "{described}: {}", answer.raw_body);
-        assert_eq!(answer.headers.get("content-type").map(String::as_str), Some("application/json"));
-        assert!(answer.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
-        assert!(answer.body["request_id"].is_string());
-        if status == 405 {
-            assert_eq!(answer.headers.get("allow").map(String::as_str), Some("GET, POST, DELETE"));
-        }
+        scenarios::check_mistake(&answer, status, code, &described);
     }
     assert!(world.balena.requests().is_empty(), "no balenaCloud call: {:?}", world.balena.requests().len());
     assert_eq!(world.aws_proxy.connections(), 0, "no AWS call");
