@@ -13,7 +13,7 @@ use aws_sdk_iot::types::CertificateStatus;
 
 use super::{Cloud, Material, RegisteredCredential, Registration, Registry, RegistryState};
 use crate::api::ids::DeviceUuid;
-use crate::credentials::{PublicKeyId, base64_decode, base64_encode, certificate_facts};
+use crate::credentials::{PublicKeyId, base64_decode, certificate_facts};
 use crate::error::{ProvisionError, UpstreamFailure};
 use crate::retry::Deadline;
 use crate::secret::Secret;
@@ -144,8 +144,7 @@ impl Registry for AwsIotRegistry {
     }
 
     fn stored_public_key(&self, vars: &BTreeMap<String, Secret>) -> Option<PublicKeyId> {
-        let pem = base64_decode(vars.get(CERT_VAR)?.expose())?;
-        certificate_facts(std::str::from_utf8(&pem).ok()?).ok().map(|f| f.public_key)
+        super::stored_certificate(vars, CERT_VAR).map(|f| f.public_key)
     }
 
     /// The stored certificate is the registered one (AWS issues a new certificate even for a
@@ -159,11 +158,7 @@ impl Registry for AwsIotRegistry {
     }
 
     fn variables(&self, _uuid: &DeviceUuid, credential: &RegisteredCredential, private_key: Option<&Secret>) -> Vec<(&'static str, Secret)> {
-        let mut vars = vec![(CERT_VAR, Secret::new(base64_encode(credential.certificate_pem.as_deref().unwrap_or("").as_bytes())))];
-        if let Some(key) = private_key {
-            vars.push((KEY_VAR, Secret::new(base64_encode(key.expose().as_bytes()))));
-        }
-        vars
+        super::certificate_variables((CERT_VAR, KEY_VAR), credential, private_key)
     }
 
     async fn inspect(&self, deadline: Deadline, thing: &str) -> Result<RegistryState, UpstreamFailure> {

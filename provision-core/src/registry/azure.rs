@@ -252,20 +252,16 @@ impl Registry for IotHubRegistry {
     }
 
     fn stored_public_key(&self, vars: &BTreeMap<String, Secret>) -> Option<PublicKeyId> {
-        stored_certificate(vars).map(|f| f.public_key)
+        super::stored_certificate(vars, CERT_VAR).map(|f| f.public_key)
     }
 
     /// The stored certificate's thumbprint is the registered one (SHA-256 or SHA-1).
     fn names(&self, vars: &BTreeMap<String, Secret>, credential: &RegisteredCredential) -> bool {
-        stored_certificate(vars).is_some_and(|f| f.sha256_thumbprint == credential.id || f.sha1_thumbprint == credential.id)
+        super::stored_certificate(vars, CERT_VAR).is_some_and(|f| f.sha256_thumbprint == credential.id || f.sha1_thumbprint == credential.id)
     }
 
     fn variables(&self, _uuid: &DeviceUuid, credential: &RegisteredCredential, private_key: Option<&Secret>) -> Vec<(&'static str, Secret)> {
-        let mut vars = vec![(CERT_VAR, Secret::new(base64_encode(credential.certificate_pem.as_deref().unwrap_or("").as_bytes())))];
-        if let Some(key) = private_key {
-            vars.push((KEY_VAR, Secret::new(base64_encode(key.expose().as_bytes()))));
-        }
-        vars
+        super::certificate_variables((CERT_VAR, KEY_VAR), credential, private_key)
     }
 
     async fn inspect(&self, deadline: Deadline, device: &str) -> Result<RegistryState, UpstreamFailure> {
@@ -364,10 +360,6 @@ impl Registry for IotHubRegistry {
     }
 }
 
-fn stored_certificate(vars: &BTreeMap<String, Secret>) -> Option<crate::credentials::CertificateFacts> {
-    let pem = base64_decode(vars.get(CERT_VAR)?.expose())?;
-    certificate_facts(std::str::from_utf8(&pem).ok()?).ok()
-}
 
 #[cfg(test)]
 mod tests {

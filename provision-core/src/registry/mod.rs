@@ -61,6 +61,27 @@ pub struct RegistryState {
     pub revision: Option<String>,
 }
 
+/// The certificate stored base64-encoded in `cert_var`, read back (AWS_CERT, AZURE_CERT).
+pub(crate) fn stored_certificate(vars: &BTreeMap<String, Secret>, cert_var: &str) -> Option<crate::credentials::CertificateFacts> {
+    let pem = crate::credentials::base64_decode(vars.get(cert_var)?.expose())?;
+    crate::credentials::certificate_facts(std::str::from_utf8(&pem).ok()?).ok()
+}
+
+/// The variables of a certificate credential: base64 of its PEM, and of the private key when
+/// this function made it (as balena's published functions store them).
+pub(crate) fn certificate_variables(
+    (cert_var, key_var): (&'static str, &'static str),
+    credential: &RegisteredCredential,
+    private_key: Option<&Secret>,
+) -> Vec<(&'static str, Secret)> {
+    use crate::credentials::base64_encode;
+    let mut vars = vec![(cert_var, Secret::new(base64_encode(credential.certificate_pem.as_deref().unwrap_or("").as_bytes())))];
+    if let Some(key) = private_key {
+        vars.push((key_var, Secret::new(base64_encode(key.expose().as_bytes()))));
+    }
+    vars
+}
+
 /// A credential [`Registry::register`] made, and whether it made the device's entry too.
 #[derive(Clone, Debug)]
 pub struct Registration {
