@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::auth::AuthPolicy;
+use crate::credentials::KeyAlgorithm;
 use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,8 @@ pub struct Settings {
     pub auth: AuthPolicy,
     /// How long one request may take, upstream retries included.
     pub request_budget: Duration,
+    /// The key pair made for devices that send no CSR (`PROVISION_KEY_TYPE`).
+    pub key_algorithm: KeyAlgorithm,
 }
 
 pub const DEFAULT_BALENA_API_URL: &str = "https://api.balena-cloud.com";
@@ -63,11 +66,17 @@ impl Settings {
                 _ => return Err(ConfigError::new("PROVISION_REQUEST_BUDGET_MS", "must be a whole number of milliseconds from 100 to 900000")),
             },
         };
+        let key_algorithm = match lookup("PROVISION_KEY_TYPE").as_deref().map(str::trim) {
+            None | Some("") => KeyAlgorithm::default(),
+            Some(v) => KeyAlgorithm::parse(v)
+                .ok_or_else(|| ConfigError::new("PROVISION_KEY_TYPE", "must be 'ec-p256' (the default) or 'rsa-2048'"))?,
+        };
         Ok(Settings {
             balena_api_key,
             balena_api_url,
             auth: AuthPolicy { operator_token, allow_unauthenticated },
             request_budget,
+            key_algorithm,
         })
     }
 }
@@ -125,6 +134,7 @@ mod tests {
             (vec![("BALENA_API_KEY", "k"), ("PROVISION_OPERATOR_TOKEN", "short")], "PROVISION_OPERATOR_TOKEN"),
             (vec![("BALENA_API_KEY", "k"), ("BALENA_API_URL", "ftp://x")], "BALENA_API_URL"),
             (vec![("BALENA_API_KEY", "k"), ("PROVISION_REQUEST_BUDGET_MS", "-1")], "PROVISION_REQUEST_BUDGET_MS"),
+            (vec![("BALENA_API_KEY", "k"), ("PROVISION_KEY_TYPE", "rsa")], "PROVISION_KEY_TYPE"),
         ] {
             let err = settings(&pairs).unwrap_err();
             assert_eq!(err.variable, var);

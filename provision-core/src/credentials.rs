@@ -46,6 +46,34 @@ impl std::fmt::Debug for PublicKeyId {
     }
 }
 
+/// The kind of key pair the function makes for devices that send no CSR.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    /// EC P-256 with ECDSA-SHA256: small, fast, accepted by every registry.
+    #[default]
+    EcP256,
+    /// RSA-2048 with SHA256, for devices whose TLS stack lacks EC.
+    Rsa2048,
+}
+
+impl KeyAlgorithm {
+    /// The setting's spelling: `ec-p256` or `rsa-2048`.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "ec-p256" => Some(KeyAlgorithm::EcP256),
+            "rsa-2048" => Some(KeyAlgorithm::Rsa2048),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::EcP256 => "ec-p256",
+            KeyAlgorithm::Rsa2048 => "rsa-2048",
+        }
+    }
+}
+
 /// A key pair made for one device. The private half is only ever a [`Secret`].
 pub struct DeviceKey {
     key: KeyPair,
@@ -55,7 +83,16 @@ pub struct DeviceKey {
 impl DeviceKey {
     /// A fresh EC P-256 key pair.
     pub fn generate() -> Result<Self, String> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| format!("key generation failed: {e}"))?;
+        Self::generate_with(KeyAlgorithm::EcP256)
+    }
+
+    /// A fresh key pair of the given kind.
+    pub fn generate_with(algorithm: KeyAlgorithm) -> Result<Self, String> {
+        let key = match algorithm {
+            KeyAlgorithm::EcP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+            KeyAlgorithm::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048),
+        }
+        .map_err(|e| format!("key generation failed: {e}"))?;
         let private_pem = Secret::new(key.serialize_pem());
         Ok(DeviceKey { key, private_pem })
     }
@@ -273,5 +310,31 @@ mod tests {
         assert_eq!(facts.public_key, key.public_key());
         assert_eq!(facts.sha1_thumbprint.len(), 40);
         assert_eq!(facts.sha256_thumbprint.len(), 64);
+    }
+
+    #[test]
+    fn rsa_keys_make_csrs_and_certificates_for_the_same_key() {
+        let key = DeviceKey::generate_with(KeyAlgorithm::Rsa2048).unwrap();
+        assert!(key.private_pem().expose().contains("BEGIN PRIVATE KEY"));
+        assert_eq!(public_key_of_private_pem(key.private_pem()).unwrap(), key.public_key());
+        let csr = DeviceCsr::parse(&key.csr_pem(&uuid()).unwrap(), &uuid()).unwrap();
+        assert_eq!(csr.public_key(), &key.public_key());
+        let pem = key.self_signed_pem(&uuid(), 30).unwrap();
+        let facts = certificate_facts(&pem).unwrap();
+        assert_eq!(facts.public_key, key.public_key());
+        let der = pem_block(&pem, "CERTIFICATE").unwrap();
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        match cert.public_key().parsed().unwrap() {
+            x509_parser::public_key::PublicKey::RSA(rsa) => assert_eq!(rsa.key_size(), 2048),
+            other => panic!("not an RSA key: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn key_type_setting_spellings() {
+        assert_eq!(KeyAlgorithm::parse("ec-p256"), Some(KeyAlgorithm::EcP256));
+        assert_eq!(KeyAlgorithm::parse("rsa-2048"), Some(KeyAlgorithm::Rsa2048));
+        assert_eq!(KeyAlgorithm::parse("RSA"), None);
+        assert_eq!(KeyAlgorithm::Rsa2048.as_str(), "rsa-2048");
     }
 }

@@ -17,7 +17,7 @@ use crate::api::ids::DeviceUuid;
 use crate::api::request::{Operation, ProvisionRequest};
 use crate::auth::Caller;
 use crate::balena::{BalenaClient, DeviceRecord, StoredVar, VarTarget, Visibility};
-use crate::credentials::{DeviceCsr, DeviceKey, base64_decode, public_key_of_private_pem};
+use crate::credentials::{DeviceCsr, DeviceKey, KeyAlgorithm, base64_decode, public_key_of_private_pem};
 use crate::error::{ProvisionError, UpstreamFailure, codes};
 use crate::registry::{Material, RegisteredCredential, Registration, Registry, RegistryState};
 use crate::retry::Deadline;
@@ -114,11 +114,18 @@ pub struct Provisioner {
     balena: BalenaClient,
     registry: Arc<dyn Registry>,
     budget: Duration,
+    key_algorithm: KeyAlgorithm,
 }
 
 impl Provisioner {
     pub fn new(balena: BalenaClient, registry: Arc<dyn Registry>, budget: Duration) -> Self {
-        Provisioner { balena, registry, budget }
+        Provisioner { balena, registry, budget, key_algorithm: KeyAlgorithm::default() }
+    }
+
+    /// The key pair made for devices that send no CSR.
+    pub fn with_key_algorithm(mut self, algorithm: KeyAlgorithm) -> Self {
+        self.key_algorithm = algorithm;
+        self
     }
 
     pub fn registry(&self) -> &dyn Registry {
@@ -280,7 +287,7 @@ impl Provisioner {
         let device = snapshot.record.device_id;
         if snapshot.is_fresh() {
             // Fast path: a device with nothing provisioned.
-            let fresh = Fresh::new(mode)?;
+            let fresh = Fresh::new(mode, self.key_algorithm)?;
             let (leased, registered) = tokio::join!(
                 self.balena.try_lease(deadline, device, lease.value()),
                 self.registry.register(deadline, &request.uuid, &snapshot.state, fresh.material()),
@@ -399,7 +406,7 @@ impl Provisioner {
         } else {
             Status::Repaired
         };
-        let fresh = Fresh::new(mode)?;
+        let fresh = Fresh::new(mode, self.key_algorithm)?;
         let registration = self.registry.register(deadline, &request.uuid, &snapshot.state, fresh.material()).await?;
         let credential = &registration.credential;
         let vars = self.registry.variables(&request.uuid, credential, fresh.private_pem());
@@ -570,10 +577,12 @@ enum Fresh<'a> {
 }
 
 impl<'a> Fresh<'a> {
-    fn new(mode: KeyMode<'a>) -> Result<Self, ProvisionError> {
+    fn new(mode: KeyMode<'a>, algorithm: KeyAlgorithm) -> Result<Self, ProvisionError> {
         match mode {
             KeyMode::Csr(csr) => Ok(Fresh::Csr(csr)),
-            KeyMode::Generated | KeyMode::Either => DeviceKey::generate().map(Fresh::Generated).map_err(ProvisionError::Internal),
+            KeyMode::Generated | KeyMode::Either => {
+                DeviceKey::generate_with(algorithm).map(Fresh::Generated).map_err(ProvisionError::Internal)
+            }
         }
     }
 

@@ -45,7 +45,7 @@ pub fn build(settings: &Settings, registry: Arc<dyn Registry>) -> Service {
         settings.balena_api_key.clone(),
         retry::RetryPolicy::default(),
     );
-    let provisioner = flow::Provisioner::new(balena, registry, settings.request_budget);
+    let provisioner = flow::Provisioner::new(balena, registry, settings.request_budget).with_key_algorithm(settings.key_algorithm);
     Service::new(provisioner, settings.auth.clone())
 }
 

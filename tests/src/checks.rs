@@ -6,7 +6,7 @@ use base64::Engine;
 use x509_parser::prelude::*;
 
 use crate::aws::{self, CertInfo};
-use crate::world::{AwsWorld, Device, SERVICE};
+use crate::world::{AwsWorld, Device, Fleet, SERVICE};
 
 /// Where a test expects the variables: on the device, or on its `cloud-relay` service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +24,7 @@ impl Target {
     }
 }
 
-pub fn vars(world: &AwsWorld, device: &Device, target: Target) -> BTreeMap<String, String> {
+pub fn vars(world: &Fleet, device: &Device, target: Target) -> BTreeMap<String, String> {
     match target {
         Target::Device => world.balena.device_vars(device.id),
         Target::Service => world.balena.service_vars(device.id, SERVICE),
@@ -98,7 +98,7 @@ pub async fn assert_aws_gone(world: &AwsWorld, device: &Device, target: Target) 
 }
 
 /// Requests to balenaCloud that change something (POST, PATCH, DELETE) on variables.
-pub fn balena_variable_writes(world: &AwsWorld) -> usize {
+pub fn balena_variable_writes(world: &Fleet) -> usize {
     world
         .balena
         .requests()
@@ -117,10 +117,7 @@ pub fn assert_azure_provisioned(world: &crate::world::AzureWorld, device: &Devic
     let (primary, secondary) = world.hub.thumbprints(&device.uuid).expect("thumbprints");
     assert!(secondary.is_none(), "exactly one thumbprint registered: {primary:?} {secondary:?}");
     let primary = primary.expect("a primary thumbprint");
-    let vars = match target {
-        Target::Device => world.balena.device_vars(device.id),
-        Target::Service => world.balena.service_vars(device.id, SERVICE),
-    };
+    let vars = vars(world, device, target);
     let cert = decode(vars.get("AZURE_CERT").expect("AZURE_CERT stored"));
     let der = pem_der(&cert);
     let thumbprint = sha256_hex(&der);
@@ -137,10 +134,7 @@ pub fn assert_azure_provisioned(world: &crate::world::AzureWorld, device: &Devic
 /// Nothing of the device is left on IoT Hub or in its variables.
 pub fn assert_azure_gone(world: &crate::world::AzureWorld, device: &Device, target: Target) {
     assert!(world.hub.device(&device.uuid).is_none(), "the IoT Hub device is deleted");
-    let vars = match target {
-        Target::Device => world.balena.device_vars(device.id),
-        Target::Service => world.balena.service_vars(device.id, SERVICE),
-    };
+    let vars = vars(world, device, target);
     assert!(!vars.contains_key("AZURE_CERT") && !vars.contains_key("AZURE_PRIVATE_KEY"), "{vars:?}");
 }
 

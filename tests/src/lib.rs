@@ -12,6 +12,7 @@ pub mod paths;
 pub mod process;
 pub mod proxy;
 pub mod scenarios;
+pub mod stack;
 pub mod world;
 
 pub use provision_emulators::balena::{BalenaEmulator, Fault};

@@ -50,3 +50,391 @@ pub fn check_mistake(answer: &crate::events::Answer, status: u16, code: &str, de
 pub fn describe(call: &Call) -> String {
     format!("{} {:?} {:?}", call.method, call.headers, call.body.as_deref().map(|b| &b[..b.len().min(80)]))
 }
+
+// ---------------------------------------------------------------------------------------------
+// The scenario list every cloud runs, written once against `Stack`. `shared_scenarios!` turns it
+// into one test per scenario in a cloud's test file.
+
+use crate::Fault;
+use crate::checks::{Target, balena_variable_writes, cert_public_key, decode, vars};
+use crate::stack::Stack;
+use crate::world::Options;
+
+/// No fleet or registry secret in anything the function printed (after it stopped, so nothing
+/// is still buffered).
+async fn assert_no_secret_logged<S: Stack>(world: &S, extra: &[String]) {
+    world.stop_functions_and_wait().await;
+    let mut needles = world.secret_strings(&[]);
+    needles.extend(world.registry_secrets());
+    needles.extend(extra.iter().cloned());
+    let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+    let lines = world.logs().lines();
+    assert!(lines.iter().any(|l| l.contains("answered")), "the function logged its requests (debug on): {lines:?}");
+    let leaks = world.logs().containing(&needles);
+    assert!(leaks.is_empty(), "secrets in the logs: {leaks:?}");
+}
+
+/// Create, POST again (no writes), GET, rotate, DELETE twice, with the registry's and
+/// balenaCloud's state checked at each step and no secret in the logs.
+pub async fn lifecycle<S: Stack>(target: Target) {
+    let world = S::start().await.unwrap();
+    let device = world.add_device();
+
+    // A device provisions itself with its own key.
+    let created = world.call(Call::post(target.body(&device.uuid)).bearer(&device.key)).await.unwrap();
+    assert_eq!(created.status, 201, "{}", created.raw_body);
+    assert_eq!(created.status_text(), "created");
+    assert_eq!(created.body["cloud"], S::CLOUD);
+    assert_eq!(created.body["uuid"], device.uuid.as_str());
+    assert_eq!(created.body["device_id"], S::device_id(&device.uuid));
+    assert_eq!(created.body["variables"], json!([S::CERT_VAR, S::KEY_VAR]));
+    assert!(created.body["request_id"].as_str().is_some_and(|r| !r.is_empty()));
+    assert_eq!(created.headers.get("content-type").map(String::as_str), Some("application/json"));
+    let first = world.assert_provisioned(&device, target, false).await;
+    let other_target = if target == Target::Device { Target::Service } else { Target::Device };
+    assert!(vars(&world, &device, other_target).is_empty(), "only the asked-for target holds variables");
+
+    // The same request again changes nothing.
+    world.balena.clear_requests();
+    let again = world.call(Call::post(target.body(&device.uuid)).bearer(&device.key)).await.unwrap();
+    assert_eq!((again.status, again.status_text()), (200, "already-provisioned"), "{}", again.raw_body);
+    assert_eq!(again.body["variables"], json!([]));
+    assert_eq!(balena_variable_writes(&world), 0, "nothing written to balenaCloud");
+    assert_eq!(world.assert_provisioned(&device, target, false).await, first, "the credential is unchanged");
+
+    // GET reports it, without values.
+    let query = match target {
+        Target::Device => format!("uuid={}", device.uuid),
+        Target::Service => format!("uuid={}&balena_service={}", device.uuid, crate::world::SERVICE),
+    };
+    let status = world.call(Call::get(&query).bearer(&device.key)).await.unwrap();
+    assert_eq!((status.status, status.status_text()), (200, "provisioned"), "{}", status.raw_body);
+    assert_eq!(status.body["details"]["registry"]["credentials"][0]["id"], first.id.as_str(), "{}", status.raw_body);
+    assert_eq!(status.body["details"]["variables"][S::CERT_VAR], true, "{}", status.raw_body);
+    let stored = vars(&world, &device, target);
+    assert!(
+        stored.values().all(|v| !status.raw_body.contains(v.as_str())) && !status.raw_body.contains("BEGIN"),
+        "GET never returns values"
+    );
+
+    // Rotation: a new credential stored, the old one gone from the registry.
+    let mut body = target.body(&device.uuid);
+    body["rotate"] = json!(true);
+    let rotated = world.call(Call::post(body).bearer(&device.key)).await.unwrap();
+    assert_eq!((rotated.status, rotated.status_text()), (200, "rotated"), "{}", rotated.raw_body);
+    let second = world.assert_provisioned(&device, target, false).await;
+    assert_ne!(second.id, first.id, "a new credential");
+    let remaining = world.credentials().await;
+    assert!(remaining.iter().all(|c| c.id != first.id), "the old credential is removed: {remaining:?}");
+
+    // The operator removes it; then there is nothing to remove.
+    let deleted = world.call(Call::delete(target.body(&device.uuid)).bearer(&world.secrets.operator_token)).await.unwrap();
+    assert_eq!((deleted.status, deleted.status_text()), (200, "deleted"), "{}", deleted.raw_body);
+    assert_eq!(deleted.body["variables"], json!([S::CERT_VAR, S::KEY_VAR]));
+    world.assert_gone(&device, target).await;
+    let again = world.call(Call::delete(target.body(&device.uuid)).bearer(&world.secrets.operator_token)).await.unwrap();
+    assert_eq!((again.status, again.status_text()), (200, "not-provisioned"), "{}", again.raw_body);
+    let status = world.call(Call::get(&query).bearer(&device.key)).await.unwrap();
+    assert_eq!(status.status_text(), "not-provisioned", "{}", status.raw_body);
+
+    assert_no_secret_logged(&world, std::slice::from_ref(&device.key)).await;
+    world.stop().await;
+}
+
+/// 401 for no, unusable or unknown keys; 403 for a key that cannot see the device (also for
+/// an unknown UUID); 404 for the operator asking about an unknown UUID. Nothing is created.
+pub async fn auth_failures<S: Stack>() {
+    let world = S::start().await.unwrap();
+    let device = world.add_device();
+    let other = world.add_device();
+    let body = json!({"uuid": device.uuid});
+
+    let missing = world.call(Call::post(body.clone())).await.unwrap();
+    assert_eq!((missing.status, missing.error_code()), (401, "provision.auth.missing"));
+    let scheme = world.call(Call::post(body.clone()).header("authorization", "Basic Zm9vOmJhcg==")).await.unwrap();
+    assert_eq!((scheme.status, scheme.error_code()), (401, "provision.auth.invalid"));
+    let unknown = world.call(Call::post(body.clone()).bearer("not-a-key-balena-knows")).await.unwrap();
+    assert_eq!((unknown.status, unknown.error_code()), (401, "provision.auth.invalid"));
+    let forbidden = world.call(Call::post(body.clone()).bearer(&other.key)).await.unwrap();
+    assert_eq!((forbidden.status, forbidden.error_code()), (403, "provision.auth.forbidden"));
+    assert!(forbidden.body["error"]["message"].as_str().unwrap().contains(&device.uuid[..7]));
+    let nobody = world
+        .call(Call::post(json!({"uuid": "0123456789abcdef0123456789abcdef"})).bearer(&world.secrets.operator_token))
+        .await
+        .unwrap();
+    assert_eq!((nobody.status, nobody.error_code()), (404, "provision.device.not-found"));
+    // A device key for an unknown UUID is 403, not 404: it must not learn which UUIDs exist.
+    let probe = world.call(Call::post(json!({"uuid": "0123456789abcdef0123456789abcdef"})).bearer(&other.key)).await.unwrap();
+    assert_eq!((probe.status, probe.error_code()), (403, "provision.auth.forbidden"));
+
+    assert!(!world.has_entry(&device).await, "no registry entry");
+    assert!(world.credentials().await.is_empty(), "no credential");
+    assert_eq!(balena_variable_writes(&world), 0);
+    world.stop().await;
+}
+
+/// `PROVISION_ALLOW_UNAUTHENTICATED=true` serves the published functions' open behaviour, and
+/// a key that is given is still checked.
+pub async fn unauthenticated_mode<S: Stack>() {
+    let world = S::start_with(Options { allow_unauthenticated: true, ..Options::default() }).await.unwrap();
+    let device = world.add_device();
+    let created = world.call(Call::post(Target::Service.body(&device.uuid))).await.unwrap();
+    assert_eq!(created.status, 201, "{}", created.raw_body);
+    world.assert_provisioned(&device, Target::Service, false).await;
+    let other = world.add_device();
+    let forbidden = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&other.key)).await.unwrap();
+    assert_eq!((forbidden.status, forbidden.error_code()), (403, "provision.auth.forbidden"));
+    world.stop().await;
+}
+
+/// Every caller mistake gets its status and code before any upstream call; so does `/healthz`.
+pub async fn caller_mistakes_make_no_upstream_call<S: Stack>() {
+    let world = S::start().await.unwrap();
+    let device = world.add_device();
+    for (call, status, code) in caller_mistakes(&device.uuid) {
+        let described = describe(&call);
+        let answer = world.call(call.bearer(&device.key)).await.unwrap();
+        check_mistake(&answer, status, code, &described);
+    }
+    let health = world.call(Call::new("GET", "/healthz")).await.unwrap();
+    assert_eq!((health.status, health.body.clone()), (200, json!({"status": "ok"})));
+    assert_eq!(world.balena.requests().len(), 0, "no balenaCloud call");
+    assert_eq!(world.registry_calls(), 0, "no registry call");
+    world.stop().await;
+}
+
+/// A CSR for the device's own key: the certificate carries that key, no private key is stored,
+/// the same request again is idempotent, and a CSR naming another device is refused.
+pub async fn a_device_keeps_its_key_with_a_csr<S: Stack>() {
+    let world = S::start().await.unwrap();
+    let device = world.add_device();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr_for = |cn: &str| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    };
+    let csr = csr_for(&device.uuid);
+
+    let created = world.call(Call::post(json!({"uuid": device.uuid, "csr": csr})).bearer(&device.key)).await.unwrap();
+    assert_eq!(created.status, 201, "{}", created.raw_body);
+    assert_eq!(created.body["variables"], json!([S::CERT_VAR]));
+    let registered = world.assert_provisioned(&device, Target::Device, true).await;
+    use rcgen::PublicKeyData;
+    assert_eq!(cert_public_key(&registered.cert_pem), key.der_bytes(), "the certificate is for the device's key");
+    let again = world.call(Call::post(json!({"uuid": device.uuid, "csr": csr})).bearer(&device.key)).await.unwrap();
+    assert_eq!(again.status_text(), "already-provisioned", "{}", again.raw_body);
+
+    let foreign = csr_for("00000000000000000000000000000000");
+    let refused = world.call(Call::post(json!({"uuid": device.uuid, "csr": foreign})).bearer(&device.key)).await.unwrap();
+    assert_eq!((refused.status, refused.error_code()), (400, "provision.request.bad-csr"));
+    world.stop().await;
+}
+
+/// `PROVISION_KEY_TYPE=rsa-2048`: the device gets an RSA-2048 key and a certificate for it.
+pub async fn rsa_keys_on_request<S: Stack>() {
+    let world = S::start_with(Options {
+        extra_env: vec![("PROVISION_KEY_TYPE".into(), "rsa-2048".into())],
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let device = world.add_device();
+    let created = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    assert_eq!(created.status, 201, "{}", created.raw_body);
+    let registered = world.assert_provisioned(&device, Target::Device, false).await;
+    let der = x509_parser::pem::parse_x509_pem(registered.cert_pem.as_bytes()).unwrap().1.contents;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    match cert.public_key().parsed().unwrap() {
+        x509_parser::public_key::PublicKey::RSA(rsa) => assert_eq!(rsa.key_size(), 2048),
+        other => panic!("the certificate's key is not RSA: {other:?}"),
+    }
+    let again = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    assert_eq!(again.status_text(), "already-provisioned", "{}", again.raw_body);
+    world.stop().await;
+}
+
+/// Someone empties the private key variable by hand: GET says `partial`, POST repairs it with
+/// fresh credentials.
+pub async fn a_half_provisioned_device_is_repaired<S: Stack>() {
+    let world = S::start().await.unwrap();
+    let device = world.add_device();
+    let created = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    assert_eq!(created.status, 201, "{}", created.raw_body);
+    let first = world.assert_provisioned(&device, Target::Device, false).await;
+
+    world.balena.set_device_var(device.id, S::KEY_VAR, "");
+    let status = world.call(Call::get(&format!("uuid={}", device.uuid)).bearer(&device.key)).await.unwrap();
+    assert_eq!(status.status_text(), "partial", "{}", status.raw_body);
+
+    let repaired = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    assert_eq!((repaired.status, repaired.status_text()), (200, "repaired"), "{}", repaired.raw_body);
+    let second = world.assert_provisioned(&device, Target::Device, false).await;
+    assert_ne!(second.id, first.id, "fresh credentials");
+    world.stop().await;
+}
+
+/// Every variable write fails (past the retries) after the registry holds the new credential:
+/// 502 naming the step, no active credential left, no variable, the lease released; a retry
+/// converges.
+pub async fn a_failed_balena_write_leaves_no_orphan<S: Stack>() {
+    let world = S::start().await.unwrap();
+    let device = world.add_device();
+    world.balena.inject_fault(Fault::new(500).method("POST").resource("device_environment_variable").times(100));
+    let failed = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    assert_eq!((failed.status, failed.error_code()), (502, "provision.upstream.balena"), "{}", failed.raw_body);
+    assert!(failed.body["error"]["message"].as_str().unwrap().contains("storing the variables"), "{}", failed.raw_body);
+    assert!(world.registry_calls() > 0, "the registry was reached before the write failed");
+    let active = world.active_credentials().await;
+    assert!(active.is_empty(), "no credential left that would let a device in: {active:?}");
+    assert!(world.balena.device_vars(device.id).is_empty(), "no variable left behind");
+    assert!(world.balena.device_tags(device.id).is_empty(), "the lease is released");
+
+    world.balena.clear_faults();
+    let retried = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    assert_eq!(retried.status, 201, "{}", retried.raw_body);
+    world.assert_provisioned(&device, Target::Device, false).await;
+    world.stop().await;
+}
+
+/// A 503 on a write and a 429 with Retry-After on a read are retried within the request.
+pub async fn a_transient_balena_failure_is_retried<S: Stack>() {
+    let world = S::start().await.unwrap();
+    let device = world.add_device();
+    world.balena.inject_fault(Fault::new(503).method("POST").resource("device_environment_variable").times(1));
+    world.balena.inject_fault(Fault::new(429).method("GET").resource("device").retry_after(1).times(1));
+    let created = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    assert_eq!(created.status, 201, "{}", created.raw_body);
+    world.assert_provisioned(&device, Target::Device, false).await;
+    world.stop().await;
+}
+
+/// Eight POSTs at once for one device over four function instances: one `created`, the rest
+/// `already-provisioned`, one credential, no lease left.
+pub async fn eight_concurrent_posts_end_with_one_credential<S: Stack>() {
+    let world = S::start_with(Options { instances: 4, ..Options::default() }).await.unwrap();
+    let device = world.add_device();
+    let calls = (0..8).map(|_| world.call(Call::post(Target::Service.body(&device.uuid)).bearer(&device.key)));
+    let answers = futures::future::join_all(calls).await;
+    let statuses: Vec<String> = answers
+        .into_iter()
+        .map(|a| {
+            let a = a.unwrap();
+            assert!(a.status == 200 || a.status == 201, "{}", a.raw_body);
+            a.status_text().to_string()
+        })
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| *s == "created").count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| s == "created" || s == "already-provisioned"), "{statuses:?}");
+    let registered = world.assert_provisioned(&device, Target::Service, false).await;
+    assert_eq!(world.active_credentials().await, vec![registered.id], "one active credential in the registry");
+    assert!(world.balena.device_tags(device.id).is_empty(), "no lease left");
+    world.stop().await;
+}
+
+/// Keys, tokens, the generated private key and registry secrets never reach the logs, also
+/// when calls fail.
+pub async fn no_secret_reaches_the_logs<S: Stack>() {
+    let world = S::start().await.unwrap();
+    let device = world.add_device();
+    let created = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    assert_eq!(created.status, 201, "{}", created.raw_body);
+    let key_var = world.balena.device_vars(device.id)[S::KEY_VAR].clone();
+    let key_pem = decode(&key_var);
+    world.call(Call::post(json!({"uuid": device.uuid})).bearer("wrong-key-0123456789")).await.unwrap();
+    world.balena.inject_fault(Fault::new(500).method("GET").times(100));
+    let failed = world.call(Call::post(json!({"uuid": device.uuid, "rotate": true})).bearer(&world.secrets.operator_token)).await.unwrap();
+    assert_eq!(failed.status, 502, "{}", failed.raw_body);
+    world.balena.clear_faults();
+
+    let mut secrets = vec![device.key.clone(), "wrong-key-0123456789".to_string(), key_var.clone()];
+    secrets.extend(key_pem.lines().filter(|l| !l.starts_with("-----") && l.len() > 20).map(str::to_string));
+    assert!(key_pem.contains("PRIVATE KEY"), "the stored key is a PEM private key");
+    assert_no_secret_logged(&world, &secrets).await;
+    world.stop().await;
+}
+
+/// A malformed setting stops the function at start-up with one line naming it, no panic.
+pub async fn a_bad_setting_stops_the_function_with_one_line<S: Stack>() {
+    let world = S::start_with(Options {
+        extra_env: vec![("PROVISION_ALLOW_UNAUTHENTICATED".into(), "yes".into())],
+        startup_fails: true,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let status = world.wait_for_exit().await;
+    assert!(!status.success(), "the function exits non-zero");
+    world.stop_functions_and_wait().await;
+    let lines = world.logs().lines();
+    let named: Vec<_> = lines.iter().filter(|l| l.contains("PROVISION_ALLOW_UNAUTHENTICATED")).collect();
+    assert_eq!(named.len(), 1, "one line names the variable: {lines:?}");
+    assert!(!lines.iter().any(|l| l.contains("panicked") || l.contains("backtrace")), "{lines:?}");
+    world.stop().await;
+}
+
+/// One `#[tokio::test]` per shared scenario for a world type, so every cloud runs the whole
+/// list: `provision_testkit::shared_scenarios!(AwsWorld);`
+#[macro_export]
+macro_rules! shared_scenarios {
+    ($world:ty) => {
+        mod shared {
+            use super::*;
+            use $crate::checks::Target;
+            use $crate::scenarios as s;
+
+            #[tokio::test]
+            async fn device_variables_lifecycle() {
+                s::lifecycle::<$world>(Target::Device).await;
+            }
+            #[tokio::test]
+            async fn service_variables_lifecycle() {
+                s::lifecycle::<$world>(Target::Service).await;
+            }
+            #[tokio::test]
+            async fn auth_failures() {
+                s::auth_failures::<$world>().await;
+            }
+            #[tokio::test]
+            async fn unauthenticated_mode() {
+                s::unauthenticated_mode::<$world>().await;
+            }
+            #[tokio::test]
+            async fn caller_mistakes_make_no_upstream_call() {
+                s::caller_mistakes_make_no_upstream_call::<$world>().await;
+            }
+            #[tokio::test]
+            async fn a_device_keeps_its_key_with_a_csr() {
+                s::a_device_keeps_its_key_with_a_csr::<$world>().await;
+            }
+            #[tokio::test]
+            async fn rsa_keys_on_request() {
+                s::rsa_keys_on_request::<$world>().await;
+            }
+            #[tokio::test]
+            async fn a_half_provisioned_device_is_repaired() {
+                s::a_half_provisioned_device_is_repaired::<$world>().await;
+            }
+            #[tokio::test]
+            async fn a_failed_balena_write_leaves_no_orphan() {
+                s::a_failed_balena_write_leaves_no_orphan::<$world>().await;
+            }
+            #[tokio::test]
+            async fn a_transient_balena_failure_is_retried() {
+                s::a_transient_balena_failure_is_retried::<$world>().await;
+            }
+            #[tokio::test]
+            async fn eight_concurrent_posts_end_with_one_credential() {
+                s::eight_concurrent_posts_end_with_one_credential::<$world>().await;
+            }
+            #[tokio::test]
+            async fn no_secret_reaches_the_logs() {
+                s::no_secret_reaches_the_logs::<$world>().await;
+            }
+            #[tokio::test]
+            async fn a_bad_setting_stops_the_function_with_one_line() {
+                s::a_bad_setting_stops_the_function_with_one_line::<$world>().await;
+            }
+        }
+    };
+}

@@ -45,11 +45,14 @@ pub struct Options {
     pub instances: usize,
     pub allow_unauthenticated: bool,
     pub extra_env: Vec<(String, String)>,
+    /// The settings are expected to stop the function at start-up: do not wait for it to
+    /// serve (see `wait_for_exit`).
+    pub startup_fails: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { instances: 1, allow_unauthenticated: false, extra_env: Vec::new() }
+        Options { instances: 1, allow_unauthenticated: false, extra_env: Vec::new(), startup_fails: false }
     }
 }
 
@@ -215,11 +218,13 @@ impl AwsWorld {
 pub const SHORT: Duration = Duration::from_secs(5);
 
 /// The Azure stack: the IoT Hub emulator and the compiled `provision-azure` custom handler as
-/// a real process, called over HTTP exactly as the Functions host forwards requests.
+/// real process(es), called over HTTP exactly as the Functions host forwards requests. With
+/// several instances (the host's scale-out), calls go to them in turn.
 pub struct AzureWorld {
     pub fleet: Fleet,
     pub hub: IotHubEmulator,
-    pub port: u16,
+    pub ports: Vec<u16>,
+    next: std::sync::atomic::AtomicUsize,
     pub http: reqwest::Client,
     pub functions: Functions,
     pub logs: LogBook,
@@ -246,31 +251,42 @@ impl AzureWorld {
         let policy_key = policy.key_base64.clone();
         let (fleet, hub) = tokio::join!(Fleet::start(), IotHubEmulator::start(HUB_HOST, vec![policy]));
         let (fleet, hub) = (fleet?, hub?);
-        let port = crate::process::free_port()?;
-        let mut env = fleet.function_env(&options);
-        env.extend([
-            ("CONNECTION_STRING".to_string(), hub.connection_string("balena-provision")),
-            ("AZURE_IOTHUB_ENDPOINT".to_string(), hub.url()),
-            ("FUNCTIONS_CUSTOMHANDLER_PORT".to_string(), port.to_string()),
-        ]);
-        env.extend(options.extra_env.iter().cloned());
         let binary = paths::binary("provision-azure")?;
-        let mut process = spawn_function(&binary, "provision-azure", &env, &logs)?;
-        crate::process::wait_for_port(port, &mut process, "provision-azure").await?;
+        let (mut ports, mut processes) = (Vec::new(), Vec::new());
+        for n in 0..options.instances.max(1) {
+            let port = crate::process::free_port()?;
+            let mut env = fleet.function_env(&options);
+            env.extend([
+                ("CONNECTION_STRING".to_string(), hub.connection_string("balena-provision")),
+                ("AZURE_IOTHUB_ENDPOINT".to_string(), hub.url()),
+                ("FUNCTIONS_CUSTOMHANDLER_PORT".to_string(), port.to_string()),
+            ]);
+            env.extend(options.extra_env.iter().cloned());
+            let name = format!("provision-azure#{n}");
+            let mut process = spawn_function(&binary, &name, &env, &logs)?;
+            if !options.startup_fails {
+                crate::process::wait_for_port(port, &mut process, &name).await?;
+            }
+            ports.push(port);
+            processes.push(process);
+        }
         Ok(AzureWorld {
             fleet,
             hub,
-            port,
+            ports,
+            next: Default::default(),
             http: reqwest::Client::new(),
-            functions: Functions::new(vec![process]),
+            functions: Functions::new(processes),
             logs,
             policy_key,
         })
     }
 
-    /// Calls the custom handler as the Functions host forwards a request to `/api<path>`.
+    /// Calls a custom handler as the Functions host forwards a request to `/api<path>`.
     pub async fn call(&self, call: Call) -> anyhow::Result<Answer> {
-        let mut url = format!("http://127.0.0.1:{}/api{}", self.port, call.path);
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = self.ports[turn % self.ports.len()];
+        let mut url = format!("http://127.0.0.1:{port}/api{}", call.path);
         if !call.query.is_empty() {
             url = format!("{url}?{}", call.query);
         }
