@@ -105,6 +105,10 @@ impl DeviceKey {
         PublicKeyId(self.key.der_bytes().to_vec())
     }
 
+    pub fn public_key_pem(&self) -> PublicKeyPem {
+        PublicKeyPem { pem: spki_pem(&self.key.subject_public_key_info()), rsa: !self.key.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256) }
+    }
+
     /// A PKCS#10 request for this key with the device UUID as its common name.
     pub fn csr_pem(&self, uuid: &DeviceUuid) -> Result<String, String> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
@@ -157,6 +161,7 @@ pub fn certificate_for_csr(csr: &DeviceCsr, days: i64) -> Result<String, String>
 pub struct DeviceCsr {
     pem: String,
     public_key: PublicKeyId,
+    public_key_pem: PublicKeyPem,
 }
 
 impl DeviceCsr {
@@ -181,9 +186,11 @@ impl DeviceCsr {
         if cn != uuid.as_str() {
             return Err("is for another device: its subject common name is not the device UUID".into());
         }
+        let is_rsa = matches!(info.subject_pki.parsed(), Ok(x509_parser::public_key::PublicKey::RSA(_)));
         Ok(DeviceCsr {
             pem: pem.trim().to_owned() + "\n",
             public_key: PublicKeyId(info.subject_pki.subject_public_key.data.to_vec()),
+            public_key_pem: PublicKeyPem { pem: spki_pem(info.subject_pki.raw), rsa: is_rsa },
         })
     }
 
@@ -194,6 +201,37 @@ impl DeviceCsr {
     pub fn public_key(&self) -> &PublicKeyId {
         &self.public_key
     }
+
+    pub fn public_key_pem(&self) -> &PublicKeyPem {
+        &self.public_key_pem
+    }
+}
+
+/// A public key as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo) block, for registries that take
+/// keys rather than certificates (ClearBlade's `ES256_PEM` / `RSA_PEM`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKeyPem {
+    pub pem: String,
+    /// RSA (else EC P-256).
+    pub rsa: bool,
+}
+
+fn spki_pem(der: &[u8]) -> String {
+    let body = base64_encode(der);
+    let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END PUBLIC KEY-----\n");
+    pem
+}
+
+/// The key a `PUBLIC KEY` PEM holds, if it is one.
+pub fn public_key_of_pem(pem: &str) -> Option<PublicKeyId> {
+    let der = pem_block(pem, "PUBLIC KEY")?;
+    let (_, spki) = SubjectPublicKeyInfo::from_der(&der).ok()?;
+    Some(PublicKeyId(spki.subject_public_key.data.to_vec()))
 }
 
 fn check_key_type(spki: &SubjectPublicKeyInfo<'_>) -> Result<(), String> {
@@ -336,5 +374,19 @@ mod tests {
         assert_eq!(KeyAlgorithm::parse("rsa-2048"), Some(KeyAlgorithm::Rsa2048));
         assert_eq!(KeyAlgorithm::parse("RSA"), None);
         assert_eq!(KeyAlgorithm::Rsa2048.as_str(), "rsa-2048");
+    }
+
+    #[test]
+    fn public_key_pems_name_the_same_key() {
+        for algorithm in [KeyAlgorithm::EcP256, KeyAlgorithm::Rsa2048] {
+            let key = DeviceKey::generate_with(algorithm).unwrap();
+            let pem = key.public_key_pem();
+            assert_eq!(pem.rsa, algorithm == KeyAlgorithm::Rsa2048);
+            assert!(pem.pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
+            assert_eq!(public_key_of_pem(&pem.pem), Some(key.public_key()));
+            let csr = DeviceCsr::parse(&key.csr_pem(&uuid()).unwrap(), &uuid()).unwrap();
+            assert_eq!(csr.public_key_pem(), &pem);
+        }
+        assert_eq!(public_key_of_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"), None);
     }
 }

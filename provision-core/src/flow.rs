@@ -197,11 +197,19 @@ impl Provisioner {
             .get(self.registry.private_key_variable())
             .map(|v| base64_decode(v.expose()).and_then(|pem| String::from_utf8(pem).ok()).map(Secret::new))
             .map(|pem| pem.and_then(|pem| public_key_of_private_pem(&pem).ok()));
+        // Where only the private key says which credential is the device's (ClearBlade), a
+        // device that keeps its own key has none stored: the registered key stands for it.
+        let implicit = !self.registry.variables_name_credential() && private.is_none();
         let key_consistent = match (mode, &private) {
-            (KeyMode::Csr(csr), None) => stored_key.as_ref() == Some(csr.public_key()),
+            (KeyMode::Csr(csr), None) => implicit || stored_key.as_ref() == Some(csr.public_key()),
             (KeyMode::Generated | KeyMode::Either, Some(Some(public))) => stored_key.as_ref() == Some(public),
-            (KeyMode::Either, None) => stored_key.is_some(),
+            (KeyMode::Either, None) => implicit || stored_key.is_some(),
             _ => false,
+        };
+        // A CSR's key must be the registered one (a registry that knows its keys says so).
+        let csr_key_registered = |c: &RegisteredCredential| match mode {
+            KeyMode::Csr(csr) => c.public_key.as_ref().is_none_or(|k| k == csr.public_key()),
+            _ => true,
         };
         let fixed_ok = self
             .registry
@@ -213,7 +221,7 @@ impl Provisioner {
             .credentials
             .iter()
             .filter(|_| key_consistent && fixed_ok && snapshot.state.entry)
-            .find(|c| c.active && c.complete && self.registry.names(&vars, c))
+            .find(|c| c.active && c.complete && self.registry.names(&vars, c) && csr_key_registered(c))
             .cloned();
         let extras = snapshot
             .state

@@ -19,6 +19,7 @@ pub mod secret;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod text;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,4 +73,18 @@ pub fn azure_registry_from_env() -> Result<registry::azure::IotHubRegistry, Conf
         config::url_setting("AZURE_IOTHUB_ENDPOINT", url)?;
     }
     registry::azure::IotHubRegistry::new(http_client(), connection, endpoint.as_deref())
+}
+
+/// The ClearBlade IoT Core registry from `GCP_PROJECT_ID`, `GCP_REGION`, `CB_REGISTRY_ID` and
+/// `CB_SERVICE_ACCOUNT` (base64 of the service-account JSON), as balena's published function.
+#[cfg(feature = "gcp")]
+pub fn clearblade_registry_from_env() -> Result<registry::clearblade::ClearBladeRegistry, ConfigError> {
+    use registry::clearblade::{ClearBladeRegistry, RegistryPath, ServiceAccount};
+    let lookup = |name: &str| std::env::var(name).ok();
+    let project = config::required(&lookup, "GCP_PROJECT_ID")?;
+    let region = config::required(&lookup, "GCP_REGION")?;
+    let registry = config::required(&lookup, "CB_REGISTRY_ID")?;
+    let path = RegistryPath::new(project.expose(), region.expose(), registry.expose())?;
+    let account = ServiceAccount::from_base64(config::required(&lookup, "CB_SERVICE_ACCOUNT")?.expose())?;
+    Ok(ClearBladeRegistry::new(http_client(), account, path))
 }

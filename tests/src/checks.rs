@@ -142,3 +142,47 @@ pub fn assert_azure_gone(world: &crate::world::AzureWorld, device: &Device, targ
 fn sha256_hex(data: &[u8]) -> String {
     provision_core::credentials::sha256(data).iter().map(|b| format!("{b:02X}")).collect()
 }
+
+/// The raw public key of a PEM `PUBLIC KEY` block.
+pub fn spki_public_key(pem: &str) -> Vec<u8> {
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("a PEM block");
+    let (_, spki) = SubjectPublicKeyInfo::from_der(&parsed.contents).expect("a SubjectPublicKeyInfo");
+    spki.subject_public_key.data.to_vec()
+}
+
+/// The device is fully provisioned on ClearBlade: the device `balena-<uuid>` exists with
+/// exactly one key; the variables hold the paths balena's published function stores and
+/// (unless `csr`) the private key of that one key.
+pub fn assert_gcp_provisioned(world: &crate::world::GcpWorld, device: &Device, target: Target, csr: bool) -> Vec<u8> {
+    use crate::world::{GCP_PROJECT, GCP_REGION, GCP_REGISTRY};
+    let registered = world.device(&device.uuid).expect("the ClearBlade device exists");
+    assert_ne!(registered["blocked"], true, "the device is not blocked");
+    let keys = world.public_keys(&device.uuid).expect("the device's keys");
+    assert_eq!(keys.len(), 1, "exactly one key registered: {keys:?}");
+    let credential = &registered["credentials"][0]["publicKey"];
+    let public = spki_public_key(&keys[0]);
+    let vars = vars(world, device, target);
+    let id = format!("balena-{}", device.uuid);
+    let expected_path = format!("projects/{GCP_PROJECT}/locations/{GCP_REGION}/registries/{GCP_REGISTRY}/devices/{id}");
+    assert_eq!(vars.get("GCP_CLIENT_PATH"), Some(&expected_path), "{vars:?}");
+    assert_eq!(vars.get("GCP_DATA_TOPIC_ROOT"), Some(&format!("/devices/{id}")));
+    assert_eq!(vars.get("GCP_PROJECT_ID").map(String::as_str), Some(GCP_PROJECT));
+    if csr {
+        assert!(!vars.contains_key("GCP_PRIVATE_KEY"), "no private key stored for a CSR");
+    } else {
+        let key = decode(vars.get("GCP_PRIVATE_KEY").expect("GCP_PRIVATE_KEY stored"));
+        assert!(key.contains("PRIVATE KEY"), "GCP_PRIVATE_KEY is a PEM private key");
+        assert_eq!(private_key_public_key(&key), public, "the stored key is the registered key's private half");
+        let rsa = rcgen::KeyPair::from_pem(&key).unwrap().is_compatible(&rcgen::PKCS_RSA_SHA256);
+        assert_eq!(credential["format"], if rsa { "RSA_PEM" } else { "ES256_PEM" });
+    }
+    public
+}
+
+/// Nothing of the device is left on ClearBlade or in its variables.
+pub fn assert_gcp_gone(world: &crate::world::GcpWorld, device: &Device, target: Target) {
+    assert!(world.device(&device.uuid).is_none(), "the ClearBlade device is deleted");
+    let vars = vars(world, device, target);
+    let left: Vec<&String> = vars.keys().filter(|k| k.starts_with("GCP_")).collect();
+    assert!(left.is_empty(), "variables removed: {left:?}");
+}

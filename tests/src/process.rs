@@ -62,6 +62,14 @@ impl Process {
         }
     }
 
+    /// Sends SIGTERM (how Cloud Run and the Functions host stop an instance), without waiting.
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let pid = self.child.id().ok_or_else(|| anyhow::anyhow!("{} has already exited", self.name))?;
+        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        Ok(())
+    }
+
     /// Waits for the process to exit by itself (and its output to be read), at most `limit`.
     pub async fn wait(&mut self, limit: std::time::Duration) -> anyhow::Result<std::process::ExitStatus> {
         let status = tokio::time::timeout(limit, self.child.wait())
@@ -78,8 +86,9 @@ async fn pump(stream: impl tokio::io::AsyncRead + Unpin, logs: LogBook, label: S
     let echo = std::env::var_os("PROVISION_TEST_ECHO").is_some();
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        let line = format!("[{label}] {line}");
         if echo {
-            eprintln!("[{label}] {line}");
+            eprintln!("{line}");
         }
         logs.push(line);
     }

@@ -56,7 +56,7 @@ pub fn describe(call: &Call) -> String {
 // into one test per scenario in a cloud's test file.
 
 use crate::Fault;
-use crate::checks::{Target, balena_variable_writes, cert_public_key, decode, vars};
+use crate::checks::{Target, balena_variable_writes, decode, vars};
 use crate::stack::Stack;
 use crate::world::Options;
 
@@ -87,7 +87,7 @@ pub async fn lifecycle<S: Stack>(target: Target) {
     assert_eq!(created.body["cloud"], S::CLOUD);
     assert_eq!(created.body["uuid"], device.uuid.as_str());
     assert_eq!(created.body["device_id"], S::device_id(&device.uuid));
-    assert_eq!(created.body["variables"], json!([S::CERT_VAR, S::KEY_VAR]));
+    assert_eq!(created.body["variables"], json!(S::all_variables()));
     assert!(created.body["request_id"].as_str().is_some_and(|r| !r.is_empty()));
     assert_eq!(created.headers.get("content-type").map(String::as_str), Some("application/json"));
     let first = world.assert_provisioned(&device, target, false).await;
@@ -110,7 +110,7 @@ pub async fn lifecycle<S: Stack>(target: Target) {
     let status = world.call(Call::get(&query).bearer(&device.key)).await.unwrap();
     assert_eq!((status.status, status.status_text()), (200, "provisioned"), "{}", status.raw_body);
     assert_eq!(status.body["details"]["registry"]["credentials"][0]["id"], first.id.as_str(), "{}", status.raw_body);
-    assert_eq!(status.body["details"]["variables"][S::CERT_VAR], true, "{}", status.raw_body);
+    assert_eq!(status.body["details"]["variables"][S::CSR_VARS[0]], true, "{}", status.raw_body);
     let stored = vars(&world, &device, target);
     assert!(
         stored.values().all(|v| !status.raw_body.contains(v.as_str())) && !status.raw_body.contains("BEGIN"),
@@ -130,7 +130,7 @@ pub async fn lifecycle<S: Stack>(target: Target) {
     // The operator removes it; then there is nothing to remove.
     let deleted = world.call(Call::delete(target.body(&device.uuid)).bearer(&world.secrets.operator_token)).await.unwrap();
     assert_eq!((deleted.status, deleted.status_text()), (200, "deleted"), "{}", deleted.raw_body);
-    assert_eq!(deleted.body["variables"], json!([S::CERT_VAR, S::KEY_VAR]));
+    assert_eq!(deleted.body["variables"], json!(S::all_variables()));
     world.assert_gone(&device, target).await;
     let again = world.call(Call::delete(target.body(&device.uuid)).bearer(&world.secrets.operator_token)).await.unwrap();
     assert_eq!((again.status, again.status_text()), (200, "not-provisioned"), "{}", again.raw_body);
@@ -218,10 +218,10 @@ pub async fn a_device_keeps_its_key_with_a_csr<S: Stack>() {
 
     let created = world.call(Call::post(json!({"uuid": device.uuid, "csr": csr})).bearer(&device.key)).await.unwrap();
     assert_eq!(created.status, 201, "{}", created.raw_body);
-    assert_eq!(created.body["variables"], json!([S::CERT_VAR]));
+    assert_eq!(created.body["variables"], json!(S::CSR_VARS));
     let registered = world.assert_provisioned(&device, Target::Device, true).await;
     use rcgen::PublicKeyData;
-    assert_eq!(cert_public_key(&registered.cert_pem), key.der_bytes(), "the certificate is for the device's key");
+    assert_eq!(registered.public_key, key.der_bytes(), "the registered credential is for the device's key");
     let again = world.call(Call::post(json!({"uuid": device.uuid, "csr": csr})).bearer(&device.key)).await.unwrap();
     assert_eq!(again.status_text(), "already-provisioned", "{}", again.raw_body);
 
@@ -231,7 +231,7 @@ pub async fn a_device_keeps_its_key_with_a_csr<S: Stack>() {
     world.stop().await;
 }
 
-/// `PROVISION_KEY_TYPE=rsa-2048`: the device gets an RSA-2048 key and a certificate for it.
+/// `PROVISION_KEY_TYPE=rsa-2048`: the device gets an RSA-2048 key, and the registry that key.
 pub async fn rsa_keys_on_request<S: Stack>() {
     let world = S::start_with(Options {
         extra_env: vec![("PROVISION_KEY_TYPE".into(), "rsa-2048".into())],
@@ -243,12 +243,11 @@ pub async fn rsa_keys_on_request<S: Stack>() {
     let created = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
     assert_eq!(created.status, 201, "{}", created.raw_body);
     let registered = world.assert_provisioned(&device, Target::Device, false).await;
-    let der = x509_parser::pem::parse_x509_pem(registered.cert_pem.as_bytes()).unwrap().1.contents;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    match cert.public_key().parsed().unwrap() {
-        x509_parser::public_key::PublicKey::RSA(rsa) => assert_eq!(rsa.key_size(), 2048),
-        other => panic!("the certificate's key is not RSA: {other:?}"),
-    }
+    let stored_key = decode(&world.balena.device_vars(device.id)[S::KEY_VAR]);
+    let key = rcgen::KeyPair::from_pem(&stored_key).expect("the stored private key parses");
+    assert!(key.is_compatible(&rcgen::PKCS_RSA_SHA256), "the stored key is RSA");
+    // An RSA-2048 public key (modulus and exponent, DER) is 270 bytes.
+    assert_eq!(registered.public_key.len(), 270, "a 2048-bit RSA key is registered");
     let again = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
     assert_eq!(again.status_text(), "already-provisioned", "{}", again.raw_body);
     world.stop().await;

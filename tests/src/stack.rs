@@ -7,7 +7,7 @@ use std::ops::Deref;
 use crate::checks::{self, Target};
 use crate::events::{Answer, Call};
 use crate::process::LogBook;
-use crate::world::{AwsWorld, AzureWorld, Device, Fleet, Options};
+use crate::world::{AwsWorld, AzureWorld, Device, Fleet, GcpWorld, GCP_REGION, GCP_REGISTRY, Options};
 
 /// One credential in the registry, as the scenarios see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,16 +21,26 @@ pub struct Credential {
 /// The credential a fully provisioned device uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Registered {
+    /// Certificate id, thumbprint or key fingerprint: whatever the registry calls it.
     pub id: String,
-    pub cert_pem: String,
+    /// The raw public key it authenticates (the SPKI's subjectPublicKey bits).
+    pub public_key: Vec<u8>,
 }
 
 #[allow(async_fn_in_trait)]
 pub trait Stack: Sized + Deref<Target = Fleet> {
     /// The `cloud` field of every answer.
     const CLOUD: &'static str;
-    const CERT_VAR: &'static str;
+    /// The variables written when the device sends a CSR (sorted), i.e. all but the key.
+    const CSR_VARS: &'static [&'static str];
     const KEY_VAR: &'static str;
+
+    /// Every variable written for a generated key, sorted (as answers list them).
+    fn all_variables() -> Vec<&'static str> {
+        let mut all: Vec<&'static str> = Self::CSR_VARS.iter().copied().chain([Self::KEY_VAR]).collect();
+        all.sort();
+        all
+    }
 
     async fn start_with(options: Options) -> anyhow::Result<Self>;
 
@@ -88,7 +98,7 @@ pub trait Stack: Sized + Deref<Target = Fleet> {
 
 impl Stack for AwsWorld {
     const CLOUD: &'static str = "aws";
-    const CERT_VAR: &'static str = "AWS_CERT";
+    const CSR_VARS: &'static [&'static str] = &["AWS_CERT"];
     const KEY_VAR: &'static str = "AWS_PRIVATE_KEY";
 
     async fn start_with(options: Options) -> anyhow::Result<Self> {
@@ -101,7 +111,7 @@ impl Stack for AwsWorld {
 
     async fn assert_provisioned(&self, device: &Device, target: Target, csr: bool) -> Registered {
         let cert = checks::assert_aws_provisioned(self, device, target, csr).await;
-        Registered { id: cert.id, cert_pem: cert.pem }
+        Registered { id: cert.id, public_key: checks::cert_public_key(&cert.pem) }
     }
 
     async fn assert_gone(&self, device: &Device, target: Target) {
@@ -166,7 +176,7 @@ impl Stack for AwsWorld {
 
 impl Stack for AzureWorld {
     const CLOUD: &'static str = "azure";
-    const CERT_VAR: &'static str = "AZURE_CERT";
+    const CSR_VARS: &'static [&'static str] = &["AZURE_CERT"];
     const KEY_VAR: &'static str = "AZURE_PRIVATE_KEY";
 
     async fn start_with(options: Options) -> anyhow::Result<Self> {
@@ -179,8 +189,8 @@ impl Stack for AzureWorld {
 
     async fn assert_provisioned(&self, device: &Device, target: Target, csr: bool) -> Registered {
         let thumbprint = checks::assert_azure_provisioned(self, device, target, csr);
-        let cert_pem = checks::decode(&checks::vars(self, device, target)[Self::CERT_VAR]);
-        Registered { id: thumbprint, cert_pem }
+        let cert_pem = checks::decode(&checks::vars(self, device, target)["AZURE_CERT"]);
+        Registered { id: thumbprint, public_key: checks::cert_public_key(&cert_pem) }
     }
 
     async fn assert_gone(&self, device: &Device, target: Target) {
@@ -228,7 +238,7 @@ impl Stack for AzureWorld {
     fn describe(&self) -> String {
         format!(
             "provision-azure (custom handler) on 127.0.0.1:{}; IoT Hub emulator for {} at {}; balenaCloud emulator at {}",
-            self.ports[0],
+            self.http.ports[0],
             self.hub.hub_host(),
             self.hub.url(),
             self.balena.url()
@@ -249,4 +259,96 @@ impl Stack for AzureWorld {
             _ => format!("IoT Hub: no device {}", &device.uuid[..7]),
         }
     }
+}
+
+impl Stack for GcpWorld {
+    const CLOUD: &'static str = "gcp";
+    const CSR_VARS: &'static [&'static str] = &["GCP_CLIENT_PATH", "GCP_DATA_TOPIC_ROOT", "GCP_PROJECT_ID"];
+    const KEY_VAR: &'static str = "GCP_PRIVATE_KEY";
+
+    fn device_id(uuid: &str) -> String {
+        format!("balena-{uuid}")
+    }
+
+    async fn start_with(options: Options) -> anyhow::Result<Self> {
+        GcpWorld::start_with(options).await
+    }
+
+    async fn call(&self, call: Call) -> anyhow::Result<Answer> {
+        GcpWorld::call(self, call).await
+    }
+
+    async fn assert_provisioned(&self, device: &Device, target: Target, csr: bool) -> Registered {
+        let public_key = checks::assert_gcp_provisioned(self, device, target, csr);
+        Registered { id: fingerprint(&public_key), public_key }
+    }
+
+    async fn assert_gone(&self, device: &Device, target: Target) {
+        checks::assert_gcp_gone(self, device, target)
+    }
+
+    async fn credentials(&self) -> Vec<Credential> {
+        let mut all = Vec::new();
+        for id in self.clearblade.device_ids(GCP_REGION, GCP_REGISTRY) {
+            let blocked = self.clearblade.device(GCP_REGION, GCP_REGISTRY, &id).is_some_and(|d| d["blocked"] == true);
+            for pem in self.clearblade.public_keys(GCP_REGION, GCP_REGISTRY, &id).unwrap_or_default() {
+                all.push(Credential { id: fingerprint(&checks::spki_public_key(&pem)), active: !blocked });
+            }
+        }
+        all
+    }
+
+    async fn has_entry(&self, device: &Device) -> bool {
+        self.device(&device.uuid).is_some()
+    }
+
+    fn registry_calls(&self) -> usize {
+        self.clearblade.requests().len()
+    }
+
+    fn logs(&self) -> &LogBook {
+        &self.logs
+    }
+
+    fn registry_secrets(&self) -> Vec<String> {
+        let mut secrets = self.clearblade.secrets();
+        secrets.push(self.clearblade.service_account_base64());
+        secrets
+    }
+
+    async fn stop_functions_and_wait(&self) {
+        self.functions.stop_and_wait().await
+    }
+
+    async fn wait_for_exit(&self) -> std::process::ExitStatus {
+        self.functions.wait_for_exit().await
+    }
+
+    async fn stop(self) {
+        GcpWorld::stop(self).await
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "provision-cloudrun on 127.0.0.1:{}; ClearBlade IoT Core emulator at {} (registry {GCP_REGISTRY} in {GCP_REGION}); balenaCloud emulator at {}",
+            self.http.ports[0],
+            self.clearblade.url(),
+            self.balena.url()
+        )
+    }
+
+    async fn registry_summary(&self, device: &Device) -> String {
+        match (self.device(&device.uuid), self.public_keys(&device.uuid)) {
+            (Some(d), Some(keys)) => {
+                let shown: Vec<String> = keys.iter().map(|pem| format!("{}…", &fingerprint(&checks::spki_public_key(pem))[..12])).collect();
+                format!("ClearBlade: device {} with keys {shown:?}", d["id"].as_str().unwrap_or("?"))
+            }
+            _ => format!("ClearBlade: no device balena-{}", &device.uuid[..7]),
+        }
+    }
+}
+
+/// The function's id for a key: the first 8 bytes of its SHA-256, hex (what GET reports).
+fn fingerprint(public_key: &[u8]) -> String {
+    provision_core::credentials::sha256(public_key)[..8].iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use provision_emulators::balena::BalenaEmulator;
+use provision_emulators::clearblade::ClearBladeEmulator;
 use provision_emulators::iothub::{IotHubEmulator, Policy};
 use provision_emulators::lambda_runtime::{InvocationOutcome, LambdaRuntimeEmulator};
 use tokio::process::Command;
@@ -48,11 +49,14 @@ pub struct Options {
     /// The settings are expected to stop the function at start-up: do not wait for it to
     /// serve (see `wait_for_exit`).
     pub startup_fails: bool,
+    /// Serve through `provision-cloudrun` with `PROVISION_CLOUD` set to the world's cloud,
+    /// instead of the cloud's own host (Lambda, the custom handler).
+    pub cloudrun: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { instances: 1, allow_unauthenticated: false, extra_env: Vec::new(), startup_fails: false }
+        Options { instances: 1, allow_unauthenticated: false, extra_env: Vec::new(), startup_fails: false, cloudrun: false }
     }
 }
 
@@ -123,7 +127,12 @@ impl Functions {
         }
     }
 
-    /// Waits for the first process to exit by itself (a start-up failure).
+    /// Sends SIGTERM to the first process.
+    pub async fn terminate_first(&self) -> anyhow::Result<()> {
+        self.0.lock().await.first().ok_or_else(|| anyhow::anyhow!("no function process"))?.terminate()
+    }
+
+    /// Waits for the first process to exit by itself (a start-up failure, or after SIGTERM).
     pub async fn wait_for_exit(&self) -> std::process::ExitStatus {
         let mut processes = self.0.lock().await;
         let first = processes.first_mut().expect("a function process");
@@ -141,13 +150,97 @@ fn spawn_function(binary: &std::path::Path, name: &str, env: &[(String, String)]
     Process::spawn(name, command, logs)
 }
 
+/// Function processes that are HTTP servers (the custom handler, Cloud Run), each on its own
+/// port; calls go to them in turn, as a load balancer would.
+pub struct HttpFunctions {
+    pub ports: Vec<u16>,
+    /// Put before the contract's path: `/api` for the Functions host's routes.
+    prefix: &'static str,
+    next: std::sync::atomic::AtomicUsize,
+    http: reqwest::Client,
+}
+
+impl HttpFunctions {
+    /// Starts `instances` processes of `binary`, each with `env` plus its port in `port_var`,
+    /// and (unless the start-up is expected to fail) waits until each listens.
+    async fn start(
+        binary: &str,
+        env: &[(String, String)],
+        port_var: &str,
+        prefix: &'static str,
+        options: &Options,
+        logs: &LogBook,
+    ) -> anyhow::Result<(HttpFunctions, Functions)> {
+        let path = paths::binary(binary)?;
+        let (mut ports, mut processes) = (Vec::new(), Vec::new());
+        for n in 0..options.instances.max(1) {
+            let port = crate::process::free_port()?;
+            let mut env = env.to_vec();
+            env.push((port_var.to_string(), port.to_string()));
+            env.extend(options.extra_env.iter().cloned());
+            let name = format!("{binary}#{n}");
+            let mut process = spawn_function(&path, &name, &env, logs)?;
+            if !options.startup_fails {
+                crate::process::wait_for_port(port, &mut process, &name).await?;
+            }
+            ports.push(port);
+            processes.push(process);
+        }
+        let http = HttpFunctions { ports, prefix, next: Default::default(), http: reqwest::Client::new() };
+        Ok((http, Functions::new(processes)))
+    }
+
+    /// Sends the call to the next instance, as its host would forward it.
+    pub async fn call(&self, call: Call) -> anyhow::Result<Answer> {
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = self.ports[turn % self.ports.len()];
+        let mut url = format!("http://127.0.0.1:{port}{}{}", self.prefix, call.path);
+        if !call.query.is_empty() {
+            url = format!("{url}?{}", call.query);
+        }
+        let method = reqwest::Method::from_bytes(call.method.as_bytes())?;
+        let mut request = self.http.request(method, url);
+        for (name, value) in &call.headers {
+            request = request.header(name, value);
+        }
+        if let Some(body) = call.body {
+            request = request.body(body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect();
+        let raw_body = response.text().await?;
+        let body = serde_json::from_str(&raw_body).unwrap_or(serde_json::Value::Null);
+        Ok(Answer { status, headers, body, raw_body })
+    }
+}
+
+/// How a world's function is reached.
+pub enum Host {
+    /// Real processes polling the Lambda Runtime API emulator.
+    Lambda(LambdaRuntimeEmulator),
+    /// Real processes serving HTTP.
+    Http(HttpFunctions),
+}
+
+/// Starts `provision-cloudrun` serving `cloud` with `env`.
+async fn start_cloudrun(cloud: &str, env: &[(String, String)], options: &Options, logs: &LogBook) -> anyhow::Result<(HttpFunctions, Functions)> {
+    let mut env = env.to_vec();
+    env.push(("PROVISION_CLOUD".into(), cloud.into()));
+    HttpFunctions::start("provision-cloudrun", &env, "PORT", "", options, logs).await
+}
+
 pub struct AwsWorld {
     pub fleet: Fleet,
     pub moto: Moto,
     /// What the function reaches moto through: counts the function's connections to AWS.
     pub aws_proxy: CountingProxy,
     pub iot: aws_sdk_iot::Client,
-    pub runtime: LambdaRuntimeEmulator,
+    pub host: Host,
     pub functions: Functions,
     pub logs: LogBook,
 }
@@ -166,30 +259,41 @@ impl AwsWorld {
 
     pub async fn start_with(options: Options) -> anyhow::Result<AwsWorld> {
         let logs = LogBook::default();
-        let (fleet, moto, runtime) = tokio::join!(Fleet::start(), Moto::start(&logs), LambdaRuntimeEmulator::start());
-        let (fleet, moto, runtime) = (fleet?, moto?, runtime?);
+        let (fleet, moto) = tokio::join!(Fleet::start(), Moto::start(&logs));
+        let (fleet, moto) = (fleet?, moto?);
         let iot = moto.client().await;
         aws::create_device_policy(&iot).await?;
 
-        let binary = paths::binary("provision-lambda")?;
         let aws_proxy = CountingProxy::start(moto.port).await?;
-        let mut env: Vec<(String, String)> = runtime.function_env("provision");
-        env.extend(moto.function_env());
+        let mut env: Vec<(String, String)> = moto.function_env();
         env.push(("AWS_ENDPOINT_URL".into(), aws_proxy.endpoint()));
         env.extend(fleet.function_env(&options));
         env.push(("AWS_IOT_POLICY".into(), aws::POLICY.to_string()));
-        env.extend(options.extra_env.iter().cloned());
-        let mut functions = Vec::new();
-        for n in 0..options.instances.max(1) {
-            functions.push(spawn_function(&binary, &format!("provision-lambda#{n}"), &env, &logs)?);
-        }
-        Ok(AwsWorld { fleet, moto, aws_proxy, iot, runtime, functions: Functions::new(functions), logs })
+        let (host, functions) = if options.cloudrun {
+            let (http, functions) = start_cloudrun("aws", &env, &options, &logs).await?;
+            (Host::Http(http), functions)
+        } else {
+            let runtime = LambdaRuntimeEmulator::start().await?;
+            env.extend(runtime.function_env("provision"));
+            env.extend(options.extra_env.iter().cloned());
+            let binary = paths::binary("provision-lambda")?;
+            let mut functions = Vec::new();
+            for n in 0..options.instances.max(1) {
+                functions.push(spawn_function(&binary, &format!("provision-lambda#{n}"), &env, &logs)?);
+            }
+            (Host::Lambda(runtime), Functions::new(functions))
+        };
+        Ok(AwsWorld { fleet, moto, aws_proxy, iot, host, functions, logs })
     }
 
     /// Calls the function as AWS would for a function URL request: through the Lambda Runtime
-    /// API, to a real `provision-lambda` process.
+    /// API, to a real `provision-lambda` process (or over HTTP to `provision-cloudrun`).
     pub async fn call(&self, call: Call) -> anyhow::Result<Answer> {
-        let invocation = self.runtime.invoke(call.function_url_event(), aws::INVOKE_TIMEOUT).await?;
+        let runtime = match &self.host {
+            Host::Http(http) => return http.call(call).await,
+            Host::Lambda(runtime) => runtime,
+        };
+        let invocation = runtime.invoke(call.function_url_event(), aws::INVOKE_TIMEOUT).await?;
         match invocation.outcome {
             InvocationOutcome::Response(value) => Answer::from_lambda_response(&value),
             InvocationOutcome::Error(error) => anyhow::bail!("the function reported an invocation error: {error}"),
@@ -209,7 +313,9 @@ impl AwsWorld {
     /// Stops everything; the processes' logs stay readable through `logs`.
     pub async fn stop(self) {
         self.stop_functions_and_wait().await;
-        self.runtime.shutdown().await;
+        if let Host::Lambda(runtime) = self.host {
+            runtime.shutdown().await;
+        }
         self.fleet.balena.shutdown().await;
         self.moto.stop().await;
     }
@@ -223,9 +329,7 @@ pub const SHORT: Duration = Duration::from_secs(5);
 pub struct AzureWorld {
     pub fleet: Fleet,
     pub hub: IotHubEmulator,
-    pub ports: Vec<u16>,
-    next: std::sync::atomic::AtomicUsize,
-    pub http: reqwest::Client,
+    pub http: HttpFunctions,
     pub functions: Functions,
     pub logs: LogBook,
     pub policy_key: String,
@@ -251,68 +355,91 @@ impl AzureWorld {
         let policy_key = policy.key_base64.clone();
         let (fleet, hub) = tokio::join!(Fleet::start(), IotHubEmulator::start(HUB_HOST, vec![policy]));
         let (fleet, hub) = (fleet?, hub?);
-        let binary = paths::binary("provision-azure")?;
-        let (mut ports, mut processes) = (Vec::new(), Vec::new());
-        for n in 0..options.instances.max(1) {
-            let port = crate::process::free_port()?;
-            let mut env = fleet.function_env(&options);
-            env.extend([
-                ("CONNECTION_STRING".to_string(), hub.connection_string("balena-provision")),
-                ("AZURE_IOTHUB_ENDPOINT".to_string(), hub.url()),
-                ("FUNCTIONS_CUSTOMHANDLER_PORT".to_string(), port.to_string()),
-            ]);
-            env.extend(options.extra_env.iter().cloned());
-            let name = format!("provision-azure#{n}");
-            let mut process = spawn_function(&binary, &name, &env, &logs)?;
-            if !options.startup_fails {
-                crate::process::wait_for_port(port, &mut process, &name).await?;
-            }
-            ports.push(port);
-            processes.push(process);
-        }
-        Ok(AzureWorld {
-            fleet,
-            hub,
-            ports,
-            next: Default::default(),
-            http: reqwest::Client::new(),
-            functions: Functions::new(processes),
-            logs,
-            policy_key,
-        })
+        let mut env = fleet.function_env(&options);
+        env.extend([
+            ("CONNECTION_STRING".to_string(), hub.connection_string("balena-provision")),
+            ("AZURE_IOTHUB_ENDPOINT".to_string(), hub.url()),
+        ]);
+        let (http, functions) = if options.cloudrun {
+            start_cloudrun("azure", &env, &options, &logs).await?
+        } else {
+            HttpFunctions::start("provision-azure", &env, "FUNCTIONS_CUSTOMHANDLER_PORT", "/api", &options, &logs).await?
+        };
+        Ok(AzureWorld { fleet, hub, http, functions, logs, policy_key })
     }
 
     /// Calls a custom handler as the Functions host forwards a request to `/api<path>`.
     pub async fn call(&self, call: Call) -> anyhow::Result<Answer> {
-        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = self.ports[turn % self.ports.len()];
-        let mut url = format!("http://127.0.0.1:{port}/api{}", call.path);
-        if !call.query.is_empty() {
-            url = format!("{url}?{}", call.query);
-        }
-        let method = reqwest::Method::from_bytes(call.method.as_bytes())?;
-        let mut request = self.http.request(method, url);
-        for (name, value) in &call.headers {
-            request = request.header(name, value);
-        }
-        if let Some(body) = call.body {
-            request = request.body(body);
-        }
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
-            .collect();
-        let raw_body = response.text().await?;
-        let body = serde_json::from_str(&raw_body).unwrap_or(serde_json::Value::Null);
-        Ok(Answer { status, headers, body, raw_body })
+        self.http.call(call).await
     }
 
     pub async fn stop(self) {
         self.functions.stop_and_wait().await;
         self.hub.shutdown().await;
+        self.fleet.balena.shutdown().await;
+    }
+}
+
+pub const GCP_PROJECT: &str = "balena-provision-test";
+pub const GCP_REGION: &str = "us-central1";
+pub const GCP_REGISTRY: &str = "balena-fleet";
+
+/// The GCP stack: the ClearBlade IoT Core emulator and the compiled `provision-cloudrun` as
+/// real process(es), called over HTTP as Cloud Run forwards requests.
+pub struct GcpWorld {
+    pub fleet: Fleet,
+    pub clearblade: ClearBladeEmulator,
+    pub http: HttpFunctions,
+    pub functions: Functions,
+    pub logs: LogBook,
+}
+
+impl std::ops::Deref for GcpWorld {
+    type Target = Fleet;
+    fn deref(&self) -> &Fleet {
+        &self.fleet
+    }
+}
+
+impl GcpWorld {
+    pub async fn start() -> anyhow::Result<GcpWorld> {
+        Self::start_with(Options::default()).await
+    }
+
+    /// Cloud Run is this world's host whether or not `options.cloudrun` says so.
+    pub async fn start_with(options: Options) -> anyhow::Result<GcpWorld> {
+        let logs = LogBook::default();
+        let (fleet, clearblade) = tokio::join!(Fleet::start(), ClearBladeEmulator::start(GCP_PROJECT, &[(GCP_REGION, GCP_REGISTRY)]));
+        let (fleet, clearblade) = (fleet?, clearblade?);
+        let mut env = fleet.function_env(&options);
+        env.extend([
+            ("GCP_PROJECT_ID".to_string(), GCP_PROJECT.to_string()),
+            ("GCP_REGION".to_string(), GCP_REGION.to_string()),
+            ("CB_REGISTRY_ID".to_string(), GCP_REGISTRY.to_string()),
+            ("CB_SERVICE_ACCOUNT".to_string(), clearblade.service_account_base64()),
+        ]);
+        let (http, functions) = start_cloudrun("gcp", &env, &options, &logs).await?;
+        Ok(GcpWorld { fleet, clearblade, http, functions, logs })
+    }
+
+    /// Calls the service as Cloud Run forwards a request.
+    pub async fn call(&self, call: Call) -> anyhow::Result<Answer> {
+        self.http.call(call).await
+    }
+
+    /// The registry's device for a balena device (`balena-<uuid>`).
+    pub fn device(&self, uuid: &str) -> Option<serde_json::Value> {
+        self.clearblade.device(GCP_REGION, GCP_REGISTRY, &format!("balena-{uuid}"))
+    }
+
+    /// The PEM keys the registry holds for a balena device.
+    pub fn public_keys(&self, uuid: &str) -> Option<Vec<String>> {
+        self.clearblade.public_keys(GCP_REGION, GCP_REGISTRY, &format!("balena-{uuid}"))
+    }
+
+    pub async fn stop(self) {
+        self.functions.stop_and_wait().await;
+        self.clearblade.shutdown().await;
         self.fleet.balena.shutdown().await;
     }
 }

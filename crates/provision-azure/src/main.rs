@@ -19,6 +19,7 @@ Environment:
   PROVISION_OPERATOR_TOKEN        optional operator bearer token (16+ characters)
   PROVISION_ALLOW_UNAUTHENTICATED 'true' accepts callers without credentials
   PROVISION_REQUEST_BUDGET_MS     time budget of one request (default 25000)
+  PROVISION_KEY_TYPE              ec-p256 (default) or rsa-2048
   RUST_LOG                        log filter (default info)";
 
 #[tokio::main]
@@ -33,7 +34,7 @@ async fn main() {
         )
         .with_ansi(false)
         .init();
-    let (service, port) = match configure() {
+    let (service, port, limits) = match configure() {
         Ok(configured) => configured,
         Err(e) => {
             eprintln!("provision-azure: {e}");
@@ -48,13 +49,16 @@ async fn main() {
         }
     };
     tracing::info!(port, cloud = service.cloud(), "listening");
-    if let Err(e) = provision_core::server::serve(listener, Arc::new(service), provision_core::server::shutdown_signal()).await {
+    // The Functions host stops a worker with SIGTERM; requests in flight get their budget.
+    let grace = limits.request_timeout;
+    let shutdown = provision_core::server::shutdown_signal();
+    if let Err(e) = provision_core::server::serve(listener, Arc::new(service), limits, shutdown, grace).await {
         eprintln!("provision-azure: server failed: {e}");
         std::process::exit(1);
     }
 }
 
-fn configure() -> Result<(provision_core::Service, u16), provision_core::ConfigError> {
+fn configure() -> Result<(provision_core::Service, u16, provision_core::server::Limits), provision_core::ConfigError> {
     let settings = provision_core::Settings::from_env()?;
     let registry = provision_core::azure_registry_from_env()?;
     let port = match std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT").ok().filter(|v| !v.is_empty()) {
@@ -63,5 +67,6 @@ fn configure() -> Result<(provision_core::Service, u16), provision_core::ConfigE
             .parse::<u16>()
             .map_err(|_| provision_core::ConfigError::new("FUNCTIONS_CUSTOMHANDLER_PORT", "must be a port number"))?,
     };
-    Ok((provision_core::build(&settings, Arc::new(registry)), port))
+    let limits = provision_core::server::Limits::for_budget(settings.request_budget);
+    Ok((provision_core::build(&settings, Arc::new(registry)), port, limits))
 }

@@ -87,7 +87,9 @@ impl Service {
         Ok((uuid, outcome))
     }
 
-    fn success(&self, uuid: &str, outcome: Outcome, request_id: &str) -> Response<Bytes> {
+    fn success(&self, uuid: &str, mut outcome: Outcome, request_id: &str) -> Response<Bytes> {
+        // Sorted, so the answer does not depend on the order the writes were made in.
+        outcome.variables.sort();
         let mut body = json!({
             "status": outcome.status.as_str(),
             "uuid": uuid,

@@ -15,7 +15,8 @@ use serde_json::json;
 
 use crate::api::ids::{DeviceUuid, ServiceName};
 use crate::error::UpstreamFailure;
-use crate::retry::{Attempt, Deadline, RetryPolicy};
+use crate::retry::{Deadline, RetryPolicy};
+use crate::upstream::{self, Answer};
 use crate::secret::Secret;
 use odata::{any_name, encode, literal};
 
@@ -119,12 +120,6 @@ struct VarRow {
 struct TagRow {
     tag_key: String,
     value: String,
-}
-
-/// An answer that retrying will not change.
-struct Answer {
-    status: StatusCode,
-    body: bytes::Bytes,
 }
 
 impl BalenaClient {
@@ -308,8 +303,7 @@ impl BalenaClient {
         if answer.status.is_success() { Ok(()) } else { Err(refused(&answer)) }
     }
 
-    /// One logical call with retries: 429, 5xx and transport errors are retried; any other
-    /// answer is returned for the caller to read.
+    /// One logical call with retries (see [`upstream::send`]).
     async fn send(
         &self,
         deadline: Deadline,
@@ -318,38 +312,14 @@ impl BalenaClient {
         key: &Secret,
         body: Option<serde_json::Value>,
     ) -> Result<Answer, UpstreamFailure> {
-        self.retry
-            .run(deadline, || {
-                let mut request = self.http.request(method.clone(), url).bearer_auth(key.expose());
-                if let Some(body) = &body {
-                    request = request.json(body);
-                }
-                async move {
-                    let response = match request.send().await {
-                        Ok(r) => r,
-                        Err(e) => return Attempt::Retry(UpstreamFailure::Unavailable { detail: transport_detail(&e) }),
-                    };
-                    let status = response.status();
-                    let retry_after = response
-                        .headers()
-                        .get(http::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(std::time::Duration::from_secs);
-                    let body = match response.bytes().await {
-                        Ok(b) => b,
-                        Err(e) => return Attempt::Retry(UpstreamFailure::Unavailable { detail: transport_detail(&e) }),
-                    };
-                    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-                        Attempt::Retry(UpstreamFailure::Throttled { retry_after })
-                    } else if status.is_server_error() {
-                        Attempt::Retry(UpstreamFailure::Unavailable { detail: format!("answered {status}") })
-                    } else {
-                        Attempt::Done(Answer { status, body })
-                    }
-                }
-            })
-            .await
+        upstream::send(&self.retry, deadline, || {
+            let request = self.http.request(method.clone(), url).bearer_auth(key.expose());
+            match &body {
+                Some(body) => request.json(body),
+                None => request,
+            }
+        })
+        .await
     }
 }
 
@@ -357,26 +327,6 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, UpstreamFailu
     serde_json::from_slice(body).map_err(|e| UpstreamFailure::Unavailable { detail: format!("unreadable answer: {e}") })
 }
 
-/// A final non-success answer. The body of a pinejs error is a short text; it is cut, and it
-/// never holds a value we sent (values go in bodies, which pinejs does not echo in errors).
 fn refused(answer: &Answer) -> UpstreamFailure {
-    let text: String = String::from_utf8_lossy(&answer.body).chars().filter(|c| !c.is_control()).take(160).collect();
-    UpstreamFailure::Refused { status: answer.status.as_u16(), detail: text }
-}
-
-fn transport_detail(e: &reqwest::Error) -> String {
-    // reqwest's message includes the URL, and a guarded delete's URL holds the value it
-    // guards on (a private key, possibly): cut the URL out.
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "transport error"
-    };
-    let mut text = e.to_string();
-    if let Some(url) = e.url() {
-        text = text.replace(url.as_str(), "<url>");
-    }
-    format!("{kind}: {text}")
+    answer.refused()
 }

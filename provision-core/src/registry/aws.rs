@@ -190,6 +190,7 @@ impl Registry for AwsIotRegistry {
                 locator: Some(arn.to_owned()),
                 public_key: pem.as_deref().and_then(|p| certificate_facts(p).ok()).map(|f| f.public_key),
                 certificate_pem: pem,
+                key_pem: None,
                 active,
                 complete: active && policy_attached,
             }))
@@ -229,6 +230,7 @@ impl Registry for AwsIotRegistry {
                 locator: Some(cert.certificate_arn()?.to_owned()),
                 public_key: Some(material.public_key()),
                 certificate_pem: Some(cert.certificate_pem()?.to_owned()),
+                key_pem: None,
                 active: false,
                 complete: false,
             })

@@ -277,6 +277,7 @@ impl Registry for IotHubRegistry {
                 locator: Some(slot.to_owned()),
                 public_key: None,
                 certificate_pem: None,
+                key_pem: None,
                 active: usable,
                 complete: usable,
             })
@@ -304,6 +305,7 @@ impl Registry for IotHubRegistry {
                 locator: None,
                 public_key: Some(facts.public_key),
                 certificate_pem: Some(pem),
+                key_pem: None,
                 active: false,
                 complete: false,
             },

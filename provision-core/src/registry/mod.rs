@@ -6,6 +6,8 @@
 pub mod aws;
 #[cfg(feature = "azure")]
 pub mod azure;
+#[cfg(feature = "gcp")]
+pub mod clearblade;
 
 use std::collections::BTreeMap;
 
@@ -46,6 +48,8 @@ pub struct RegisteredCredential {
     pub public_key: Option<PublicKeyId>,
     /// The certificate, where the registry issues or keeps one.
     pub certificate_pem: Option<String>,
+    /// The public key as the registry holds it, where it registers keys (ClearBlade).
+    pub key_pem: Option<crate::credentials::PublicKeyPem>,
     /// The registry accepts it for authentication.
     pub active: bool,
     /// Everything a device needs is attached (AWS: the policy and the thing).
@@ -127,6 +131,13 @@ pub trait Registry: Send + Sync {
     /// public key.
     fn names(&self, vars: &BTreeMap<String, Secret>, credential: &RegisteredCredential) -> bool {
         credential.public_key.is_some() && self.stored_public_key(vars) == credential.public_key
+    }
+
+    /// Whether the stored variables always say which credential is the device's (a certificate
+    /// variable). ClearBlade's say it only through the private key: a device that keeps its own
+    /// key (`csr`) has none stored, and then the registered key is taken as its.
+    fn variables_name_credential(&self) -> bool {
+        true
     }
 
     /// Variables whose values follow from the device alone, not from a credential (ClearBlade's

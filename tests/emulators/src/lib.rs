@@ -4,6 +4,7 @@
 //! the balenaCloud and IoT Hub ones can be told to fail on purpose and to answer slowly.
 
 pub mod balena;
+pub mod clearblade;
 pub mod cli;
 mod common;
 pub mod iothub;

@@ -1,7 +1,7 @@
 //! `provision-demo`: runs the whole local stack of each cloud and provisions a demo device end
 //! to end, printing what each step did to balenaCloud and to the cloud's IoT registry.
 
-use provision_testkit::checks::{Target, decode, vars};
+use provision_testkit::checks::{Target, vars};
 use provision_testkit::events::{Answer, Call};
 use provision_testkit::stack::Stack;
 use provision_testkit::world::{AwsWorld, AzureWorld, Device};
@@ -90,11 +90,10 @@ async fn step<S: Stack>(world: &S, device: &Device, title: &str, call: Call) -> 
     println!("   upstream: {} balenaCloud calls {calls:?}; {} {unit}", calls.len(), world.registry_calls() - registry_before);
     let stored = vars(world, device, Target::Service);
     let names: Vec<&String> = stored.keys().collect();
-    match stored.get(S::CERT_VAR) {
-        Some(cert) => {
-            let pem = decode(cert);
-            let first = pem.lines().nth(1).unwrap_or("");
-            println!("   balenaCloud: service variables {names:?}; {} begins {}...", S::CERT_VAR, &first[..first.len().min(24)]);
+    match stored.get(S::CSR_VARS[0]) {
+        Some(value) => {
+            let shown: String = value.chars().take(40).collect();
+            println!("   balenaCloud: service variables {names:?}; {} = {shown}...", S::CSR_VARS[0]);
         }
         None => println!("   balenaCloud: service variables {names:?}"),
     }

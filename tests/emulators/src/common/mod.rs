@@ -1,5 +1,5 @@
-//! What the balenaCloud and IoT Hub emulators share: the test hooks (injected faults, the
-//! request log, latency), the server plumbing (bind, serve, shut down), strict
+//! What the emulators share: the test hooks (injected faults, the request log, latency), the
+//! server plumbing (bind, serve, shut down), HTTPS with a test CA made at start, strict
 //! percent-decoding and the UTC calendar.
 
 pub(crate) mod fault;
@@ -7,6 +7,7 @@ pub(crate) mod hooks;
 pub(crate) mod percent;
 pub(crate) mod server;
 pub(crate) mod time;
+pub(crate) mod tls;
 
 use std::sync::{Mutex, MutexGuard};
 

@@ -56,7 +56,6 @@
 
 mod auth;
 mod registry;
-mod tls;
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -79,6 +78,7 @@ use registry::{AuthType, Device, DeviceSpec};
 use crate::common::fault::{Matcher, Rule, emulator_fault};
 use crate::common::hooks::{self, Hooks, test_hooks};
 use crate::common::server::{self, Servers};
+use crate::common::tls;
 use crate::common::{self, lock};
 
 /// The largest request body accepted.
@@ -303,7 +303,7 @@ impl IotHubEmulator {
                 bail!("the key of policy {:?} is not base64", p.name);
             }
         }
-        let pki = tls::make_pki(hub_host)?;
+        let pki = tls::make_pki("IoT Hub", Some(hub_host))?;
         let config = Arc::new(Config {
             hub_host: hub_host.to_string(),
             policies,
@@ -312,7 +312,7 @@ impl IotHubEmulator {
 
         let (listener, addr) = server::bind(http).await?;
         let (tls_tcp, tls_addr) = server::bind(https).await?;
-        let tls_listener = tls::TlsListener::new(tls_tcp, pki.server_config)
+        let tls_listener = tls::TlsListener::new(tls_tcp, pki.server_config, "iothub emulator")
             .context("reading the bound TLS address")?;
 
         let shared: Shared = Arc::default();

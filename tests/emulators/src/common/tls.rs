@@ -21,17 +21,21 @@ use tokio_rustls::server::TlsStream;
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A CA and a server certificate it signed, for `127.0.0.1`, `localhost` and the hub host.
+/// A CA and a server certificate it signed, for `127.0.0.1`, `localhost` and any extra hosts.
 pub(crate) struct TestPki {
     pub(crate) ca_pem: String,
     pub(crate) server_config: Arc<ServerConfig>,
 }
 
-pub(crate) fn make_pki(hub_host: &str) -> anyhow::Result<TestPki> {
+/// Makes a CA named `provision-emulators <emulator> test CA` and a server certificate it signed
+/// for `127.0.0.1`, `localhost` and `extra_host` (when given; also the certificate's common
+/// name), with a TLS server configuration serving that certificate.
+pub(crate) fn make_pki(emulator: &str, extra_host: Option<&str>) -> anyhow::Result<TestPki> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "provision-emulators IoT Hub test CA");
+    ca_params.distinguished_name.push(
+        DnType::CommonName,
+        format!("provision-emulators {emulator} test CA"),
+    );
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -42,8 +46,10 @@ pub(crate) fn make_pki(hub_host: &str) -> anyhow::Result<TestPki> {
         .context("making the test CA")?;
 
     let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-    if !names.iter().any(|n| n.eq_ignore_ascii_case(hub_host)) {
-        names.push(hub_host.to_string());
+    if let Some(host) = extra_host
+        && !names.iter().any(|n| n.eq_ignore_ascii_case(host))
+    {
+        names.push(host.to_string());
     }
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     for name in &names {
@@ -57,7 +63,9 @@ pub(crate) fn make_pki(hub_host: &str) -> anyhow::Result<TestPki> {
         };
         params.subject_alt_names.push(san);
     }
-    params.distinguished_name.push(DnType::CommonName, hub_host);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, extra_host.unwrap_or("127.0.0.1"));
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
@@ -85,6 +93,7 @@ pub(crate) fn make_pki(hub_host: &str) -> anyhow::Result<TestPki> {
 
 /// An [`axum::serve::Listener`] yielding connections whose TLS handshake is done. The handshakes
 /// run in their own tasks, fed by an accept loop; both stop when the listener is dropped.
+/// `name` (e.g. `iothub emulator`) starts its log lines.
 pub(crate) struct TlsListener {
     rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,
@@ -92,7 +101,11 @@ pub(crate) struct TlsListener {
 }
 
 impl TlsListener {
-    pub(crate) fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<TlsListener> {
+    pub(crate) fn new(
+        tcp: TcpListener,
+        config: Arc<ServerConfig>,
+        name: &'static str,
+    ) -> std::io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (tx, rx) = mpsc::channel(64);
@@ -101,7 +114,7 @@ impl TlsListener {
                 let (stream, peer) = match tcp.accept().await {
                     Ok(accepted) => accepted,
                     Err(e) => {
-                        tracing::debug!(error = %e, "iothub emulator: TLS accept failed");
+                        tracing::debug!(error = %e, "{name}: TLS accept failed");
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     }
@@ -117,10 +130,10 @@ impl TlsListener {
                             let _ = tx.send((tls, peer)).await;
                         }
                         Ok(Err(e)) => {
-                            tracing::debug!(error = %e, %peer, "iothub emulator: TLS handshake failed");
+                            tracing::debug!(error = %e, %peer, "{name}: TLS handshake failed");
                         }
                         Err(_) => {
-                            tracing::debug!(%peer, "iothub emulator: TLS handshake timed out");
+                            tracing::debug!(%peer, "{name}: TLS handshake timed out");
                         }
                     }
                 });

@@ -1,0 +1,535 @@
+//! ClearBlade IoT Core (the API-compatible successor of Google Cloud IoT Core) as a
+//! [`Registry`]: devices `balena-<uuid>` in one registry, each credential the public key of a
+//! key pair (`ES256_PEM`, or `RSA_PEM` for RSA keys).
+//!
+//! Access takes two steps. The service account (`CB_SERVICE_ACCOUNT`: `systemKey`, `token`,
+//! `url`) asks the admin system for the registry's own credentials
+//! (`getRegistryCredentials`: its system key, a service-account token and its regional URL);
+//! those are cached for the registry and fetched again when the registry refuses its token.
+//! Device calls go to `{url}/api/v/4/webhook/execute/{registry system key}/cloudiot_devices`.
+//!
+//! Rotation is safe at every instant because a device may hold several credentials: the new
+//! key is added beside the one the variables name, and the old one is removed only after the
+//! new variables are stored.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Cloud, Material, RegisteredCredential, Registration, Registry, RegistryState};
+use crate::api::ids::DeviceUuid;
+use crate::config::ConfigError;
+use crate::credentials::{PublicKeyId, PublicKeyPem, base64_decode, base64_encode, public_key_of_pem, public_key_of_private_pem};
+use crate::error::{ProvisionError, UpstreamFailure};
+use crate::retry::{Deadline, RetryPolicy};
+use crate::secret::Secret;
+use crate::text::uri_component;
+use crate::upstream::{self, Answer};
+
+pub const KEY_VAR: &str = "GCP_PRIVATE_KEY";
+pub const CLIENT_PATH_VAR: &str = "GCP_CLIENT_PATH";
+pub const TOPIC_ROOT_VAR: &str = "GCP_DATA_TOPIC_ROOT";
+pub const PROJECT_VAR: &str = "GCP_PROJECT_ID";
+const VARIABLES: &[&str] = &[KEY_VAR, CLIENT_PATH_VAR, TOPIC_ROOT_VAR, PROJECT_VAR];
+const TOKEN_HEADER: &str = "ClearBlade-UserToken";
+
+/// The service account ClearBlade issues (the JSON file, base64 in `CB_SERVICE_ACCOUNT`).
+#[derive(Clone)]
+pub struct ServiceAccount {
+    system_key: String,
+    token: Secret,
+    url: String,
+}
+
+impl std::fmt::Debug for ServiceAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAccount").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl ServiceAccount {
+    /// Reads the base64 of the service-account JSON. Errors never repeat the value.
+    pub fn from_base64(value: &str) -> Result<Self, ConfigError> {
+        const NAME: &str = "CB_SERVICE_ACCOUNT";
+        let bytes = base64_decode(value.trim()).ok_or_else(|| ConfigError::new(NAME, "is not base64 (it holds the base64 of the service-account JSON file)"))?;
+        let json: Value = serde_json::from_slice(&bytes).map_err(|_| ConfigError::new(NAME, "does not decode to JSON (expected the service-account JSON file, base64)"))?;
+        let field = |name: &str| {
+            json.get(name)
+                .and_then(Value::as_str)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| v.trim().to_owned())
+                .ok_or_else(|| ConfigError::new(NAME, format!("has no '{name}' (expected systemKey, token, url)")))
+        };
+        let (system_key, token, url) = (field("systemKey")?, field("token")?, field("url")?);
+        crate::config::url_setting(NAME, &url).map_err(|_| ConfigError::new(NAME, "has a 'url' that is not an http(s) URL"))?;
+        if !system_key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(ConfigError::new(NAME, "has a 'systemKey' that is not a ClearBlade system key"));
+        }
+        Ok(ServiceAccount { system_key, token: Secret::new(token), url: url.trim_end_matches('/').to_owned() })
+    }
+}
+
+/// Where the registry is: `projects/{project}/locations/{region}/registries/{registry}`.
+#[derive(Clone, Debug)]
+pub struct RegistryPath {
+    pub project: String,
+    pub region: String,
+    pub registry: String,
+}
+
+impl RegistryPath {
+    /// Checks the three names so they can go into paths unescaped.
+    pub fn new(project: &str, region: &str, registry: &str) -> Result<Self, ConfigError> {
+        let project_ok = (6..=30).contains(&project.len())
+            && project.starts_with(|c: char| c.is_ascii_lowercase())
+            && project.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !project_ok {
+            return Err(ConfigError::new("GCP_PROJECT_ID", "must be a Google Cloud project id (6-30 lowercase letters, digits, hyphens)"));
+        }
+        if region.is_empty() || region.len() > 40 || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(ConfigError::new("GCP_REGION", "must be a region name such as us-central1"));
+        }
+        let registry_ok = (3..=255).contains(&registry.len())
+            && registry.starts_with(|c: char| c.is_ascii_alphabetic())
+            && registry.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._+~%".contains(&b));
+        if !registry_ok {
+            return Err(ConfigError::new("CB_REGISTRY_ID", "must be a registry id (3-255 characters, starting with a letter)"));
+        }
+        Ok(RegistryPath { project: project.into(), region: region.into(), registry: registry.into() })
+    }
+
+    pub fn path(&self) -> String {
+        format!("projects/{}/locations/{}/registries/{}", self.project, self.region, self.registry)
+    }
+}
+
+/// The registry's own credentials, as `getRegistryCredentials` hands them out.
+struct RegistryAccess {
+    system_key: String,
+    token: Secret,
+    url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AccessAnswer {
+    system_key: String,
+    service_account_token: String,
+    url: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct DeviceResource {
+    #[serde(default)]
+    credentials: Vec<DeviceCredential>,
+    #[serde(default)]
+    blocked: bool,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(rename_all = "camelCase")]
+struct DeviceCredential {
+    public_key: Option<PublicKeyCredential>,
+    expiration_time: Option<String>,
+}
+
+#[derive(Deserialize, Clone)]
+struct PublicKeyCredential {
+    format: String,
+    key: String,
+}
+
+pub struct ClearBladeRegistry {
+    http: reqwest::Client,
+    account: ServiceAccount,
+    path: RegistryPath,
+    retry: RetryPolicy,
+    /// This registry's access, fetched once and again when its token is refused. One registry
+    /// instance serves one (region, registry), so this is the cache per (region, registry).
+    access: tokio::sync::Mutex<Option<Arc<RegistryAccess>>>,
+}
+
+impl ClearBladeRegistry {
+    pub fn new(http: reqwest::Client, account: ServiceAccount, path: RegistryPath) -> Self {
+        ClearBladeRegistry { http, account, path, retry: RetryPolicy::default(), access: tokio::sync::Mutex::new(None) }
+    }
+
+    fn device_path(&self, device_id: &str) -> String {
+        format!("{}/devices/{device_id}", self.path.path())
+    }
+
+    /// The registry's access, from the cache or from the admin system.
+    async fn access(&self, deadline: Deadline, refresh: bool) -> Result<Arc<RegistryAccess>, UpstreamFailure> {
+        let mut cached = self.access.lock().await;
+        if let Some(access) = cached.as_ref().filter(|_| !refresh) {
+            return Ok(access.clone());
+        }
+        let url = format!("{}/api/v/1/code/{}/getRegistryCredentials", self.account.url, self.account.system_key);
+        let body = json!({"region": self.path.region, "registry": self.path.registry, "project": self.path.project});
+        let answer = upstream::send(&self.retry, deadline, || {
+            self.http.post(&url).header(TOKEN_HEADER, self.account.token.expose()).json(&body)
+        })
+        .await?;
+        if !answer.status.is_success() {
+            return Err(google_failure(&answer));
+        }
+        let got: AccessAnswer = answer.parse()?;
+        let access = Arc::new(RegistryAccess {
+            system_key: got.system_key,
+            token: Secret::new(got.service_account_token),
+            url: got.url.trim_end_matches('/').to_owned(),
+        });
+        *cached = Some(access.clone());
+        Ok(access)
+    }
+
+    /// One device call; a refused token (401/403) fetches the registry's access again once.
+    async fn devices_call(
+        &self,
+        deadline: Deadline,
+        method: reqwest::Method,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Answer, UpstreamFailure> {
+        let mut refresh = false;
+        loop {
+            let access = self.access(deadline, refresh).await?;
+            let mut url = format!("{}/api/v/4/webhook/execute/{}/cloudiot_devices", access.url, access.system_key);
+            for (n, (name, value)) in query.iter().enumerate() {
+                url.push(if n == 0 { '?' } else { '&' });
+                url.push_str(&format!("{name}={}", uri_component(value)));
+            }
+            let answer = upstream::send(&self.retry, deadline, || {
+                let request = self.http.request(method.clone(), &url).header(TOKEN_HEADER, access.token.expose());
+                match body {
+                    Some(body) => request.json(body),
+                    None => request,
+                }
+            })
+            .await?;
+            let refused_token = matches!(answer.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+            if refused_token && !refresh {
+                tracing::info!(status = answer.status.as_u16(), "ClearBlade refused the registry token; fetching it again");
+                refresh = true;
+                continue;
+            }
+            return Ok(answer);
+        }
+    }
+
+    async fn get_device(&self, deadline: Deadline, device_id: &str) -> Result<Option<DeviceResource>, UpstreamFailure> {
+        let name = self.device_path(device_id);
+        let answer = self.devices_call(deadline, reqwest::Method::GET, &[("name", &name)], None).await?;
+        match answer.status {
+            s if s.is_success() => answer.parse().map(Some),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(google_failure(&answer)),
+        }
+    }
+
+    async fn set_credentials(&self, deadline: Deadline, device_id: &str, credentials: &[Value]) -> Result<(), UpstreamFailure> {
+        let name = self.device_path(device_id);
+        let body = json!({"credentials": credentials});
+        let query = [("name", name.as_str()), ("updateMask", "credentials")];
+        let answer = self.devices_call(deadline, reqwest::Method::PATCH, &query, Some(&body)).await?;
+        if answer.status.is_success() { Ok(()) } else { Err(google_failure(&answer)) }
+    }
+
+    async fn delete_device(&self, deadline: Deadline, device_id: &str) -> Result<(), UpstreamFailure> {
+        let name = self.device_path(device_id);
+        let answer = self.devices_call(deadline, reqwest::Method::DELETE, &[("name", &name)], None).await?;
+        match answer.status {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Ok(()),
+            _ => Err(google_failure(&answer)),
+        }
+    }
+}
+
+/// A Google-style error (`{"error": {"code", "message", "status"}}`) as a failure that names
+/// the status and message (which never hold a token: ClearBlade does not echo headers).
+fn google_failure(answer: &Answer) -> UpstreamFailure {
+    let parsed: Option<Value> = serde_json::from_slice(&answer.body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    match error.and_then(|e| e.get("message")).and_then(Value::as_str) {
+        Some(message) => {
+            let status = error.and_then(|e| e.get("status")).and_then(Value::as_str).unwrap_or("");
+            let detail: String = format!("{status} {message}").trim().chars().filter(|c| !c.is_control()).take(160).collect();
+            UpstreamFailure::Refused { status: answer.status.as_u16(), detail }
+        }
+        None => answer.refused(),
+    }
+}
+
+/// The credential JSON for a public key.
+fn credential_json(key: &PublicKeyPem) -> Value {
+    let format = if key.rsa { "RSA_PEM" } else { "ES256_PEM" };
+    json!({"publicKey": {"format": format, "key": key.pem}})
+}
+
+/// A registered credential from the device resource. Its id is the key's fingerprint, so
+/// the same key is the same credential whichever order the registry lists them in.
+fn registered(credential: &DeviceCredential, blocked: bool, now: &str) -> Option<RegisteredCredential> {
+    let public = credential.public_key.as_ref()?;
+    let key_id = match public.format.as_str() {
+        "ES256_PEM" | "RSA_PEM" => public_key_of_pem(&public.key),
+        "ES256_X509_PEM" | "RSA_X509_PEM" => crate::credentials::certificate_facts(&public.key).ok().map(|f| f.public_key),
+        _ => None,
+    };
+    let id = match &key_id {
+        Some(key) => key.fingerprint(),
+        None => crate::credentials::sha256(public.key.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect(),
+    };
+    // An expiration time in the past disables the key; the zero time means none.
+    let expired = credential
+        .expiration_time
+        .as_deref()
+        .filter(|t| !t.starts_with("1970-01-01T00:00:00"))
+        .is_some_and(|t| t.get(..19).is_some_and(|t| t <= now));
+    let usable = key_id.is_some() && !blocked && !expired;
+    Some(RegisteredCredential {
+        id,
+        locator: None,
+        public_key: key_id,
+        certificate_pem: None,
+        key_pem: Some(PublicKeyPem { pem: public.key.clone(), rsa: public.format.starts_with("RSA") }),
+        active: usable,
+        complete: usable,
+    })
+}
+
+fn utc_now() -> String {
+    let now = ::time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
+}
+
+#[async_trait]
+impl Registry for ClearBladeRegistry {
+    fn cloud(&self) -> Cloud {
+        Cloud::Gcp
+    }
+
+    /// `balena-<uuid>`, as balena's published function names them, so fleets migrate in place.
+    fn device_id(&self, uuid: &DeviceUuid) -> String {
+        format!("balena-{}", uuid.as_str())
+    }
+
+    fn variable_names(&self) -> &'static [&'static str] {
+        VARIABLES
+    }
+
+    fn private_key_variable(&self) -> &'static str {
+        KEY_VAR
+    }
+
+    fn stored_public_key(&self, vars: &BTreeMap<String, Secret>) -> Option<PublicKeyId> {
+        let pem = base64_decode(vars.get(KEY_VAR)?.expose())?;
+        public_key_of_private_pem(&Secret::new(String::from_utf8(pem).ok()?)).ok()
+    }
+
+    /// The stored private key's public half is the registered key; with no private key stored
+    /// (the device sent a CSR and keeps its key) any registered key may be the device's.
+    fn names(&self, vars: &BTreeMap<String, Secret>, credential: &RegisteredCredential) -> bool {
+        match self.stored_public_key(vars) {
+            Some(stored) => credential.public_key.as_ref() == Some(&stored),
+            None => !vars.contains_key(KEY_VAR),
+        }
+    }
+
+    fn variables_name_credential(&self) -> bool {
+        false
+    }
+
+    fn fixed_variables(&self, uuid: &DeviceUuid) -> Vec<(&'static str, String)> {
+        let id = self.device_id(uuid);
+        vec![
+            (CLIENT_PATH_VAR, self.device_path(&id)),
+            (TOPIC_ROOT_VAR, format!("/devices/{id}")),
+            (PROJECT_VAR, self.path.project.clone()),
+        ]
+    }
+
+    fn variables(&self, uuid: &DeviceUuid, _credential: &RegisteredCredential, private_key: Option<&Secret>) -> Vec<(&'static str, Secret)> {
+        let mut vars = Vec::new();
+        if let Some(key) = private_key {
+            vars.push((KEY_VAR, Secret::new(base64_encode(key.expose().as_bytes()))));
+        }
+        vars.extend(self.fixed_variables(uuid).into_iter().map(|(name, value)| (name, Secret::new(value))));
+        vars
+    }
+
+    async fn inspect(&self, deadline: Deadline, device_id: &str) -> Result<RegistryState, UpstreamFailure> {
+        let Some(device) = self.get_device(deadline, device_id).await? else {
+            return Ok(RegistryState::default());
+        };
+        let now = utc_now();
+        let credentials = device.credentials.iter().filter_map(|c| registered(c, device.blocked, &now)).collect();
+        Ok(RegistryState { entry: true, credentials, revision: None })
+    }
+
+    /// Only prepares the key: nothing reaches the registry before the flow holds the device's
+    /// lease (`activate`), so concurrent requests never create and roll back each other's
+    /// devices.
+    async fn register(
+        &self,
+        _deadline: Deadline,
+        _uuid: &DeviceUuid,
+        state: &RegistryState,
+        material: Material<'_>,
+    ) -> Result<Registration, ProvisionError> {
+        let key = match material {
+            Material::Generated(key) => key.public_key_pem(),
+            Material::Csr(csr) => csr.public_key_pem().clone(),
+        };
+        let credential = RegisteredCredential {
+            id: material.public_key().fingerprint(),
+            locator: None,
+            public_key: Some(material.public_key()),
+            certificate_pem: None,
+            key_pem: Some(key),
+            active: false,
+            complete: false,
+        };
+        Ok(Registration { credential, created_entry: !state.entry })
+    }
+
+    /// Creates the device holding the new key, or sets an existing device's keys to `keep`
+    /// (the one the variables name until they change) and the new one; stale keys go now, as
+    /// nothing names them.
+    async fn activate(
+        &self,
+        deadline: Deadline,
+        uuid: &DeviceUuid,
+        state: &RegistryState,
+        keep: Option<&RegisteredCredential>,
+        credential: &RegisteredCredential,
+    ) -> Result<(), ProvisionError> {
+        let keys: Vec<Value> = keep
+            .filter(|k| k.id != credential.id)
+            .into_iter()
+            .chain(std::iter::once(credential))
+            .filter_map(|c| c.key_pem.as_ref().map(credential_json))
+            .collect();
+        let device_id = self.device_id(uuid);
+        if state.entry {
+            return self
+                .set_credentials(deadline, &device_id, &keys)
+                .await
+                .map_err(|f| ProvisionError::cloud("adding the new key to the device", f));
+        }
+        let body = json!({"id": device_id, "credentials": keys});
+        let answer = self
+            .devices_call(deadline, reqwest::Method::POST, &[], Some(&body))
+            .await
+            .map_err(|f| ProvisionError::cloud("creating the device", f))?;
+        if answer.status.is_success() {
+            Ok(())
+        } else {
+            // 409: made since the state was read; the flow undoes this attempt and re-reads.
+            Err(ProvisionError::cloud("creating the device", google_failure(&answer)))
+        }
+    }
+
+    /// Removes these keys from the device, reading its keys afresh; the device goes when none
+    /// would remain (a device with no key is of no use, and DELETE removes it anyway).
+    async fn revoke(&self, deadline: Deadline, device_id: &str, credentials: &[RegisteredCredential]) -> Result<(), UpstreamFailure> {
+        let Some(device) = self.get_device(deadline, device_id).await? else { return Ok(()) };
+        let now = utc_now();
+        let gone: Vec<&str> = credentials.iter().map(|c| c.id.as_str()).collect();
+        let (dropped, kept): (Vec<&DeviceCredential>, Vec<&DeviceCredential>) = device
+            .credentials
+            .iter()
+            .partition(|c| registered(c, device.blocked, &now).is_some_and(|r| gone.contains(&r.id.as_str())));
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        if kept.is_empty() {
+            return self.delete_device(deadline, device_id).await;
+        }
+        let keys: Vec<Value> = kept
+            .into_iter()
+            .filter_map(|c| {
+                let public = c.public_key.as_ref()?;
+                let mut credential = json!({"publicKey": {"format": public.format, "key": public.key}});
+                if let Some(expiry) = &c.expiration_time {
+                    credential["expirationTime"] = json!(expiry);
+                }
+                Some(credential)
+            })
+            .collect();
+        self.set_credentials(deadline, device_id, &keys).await
+    }
+
+    async fn remove_entry(&self, deadline: Deadline, device_id: &str) -> Result<(), UpstreamFailure> {
+        self.delete_device(deadline, device_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(json: &Value) -> String {
+        base64_encode(json.to_string().as_bytes())
+    }
+
+    #[test]
+    fn service_account_is_checked_without_repeating_it() {
+        let good = json!({"systemKey": "abc123", "token": "tok-secret", "url": "https://iot.clearblade.com", "project": "p"});
+        let account = ServiceAccount::from_base64(&b64(&good)).unwrap();
+        assert!(!format!("{account:?}").contains("tok-secret"));
+        for (bad, says) in [
+            ("%%%".to_string(), "not base64"),
+            (base64_encode(b"not json"), "JSON"),
+            (b64(&json!({"systemKey": "abc", "url": "https://x"})), "'token'"),
+            (b64(&json!({"systemKey": "abc", "token": "tok-secret", "url": "ftp://x"})), "'url'"),
+        ] {
+            let err = ServiceAccount::from_base64(&bad).unwrap_err();
+            assert_eq!(err.variable, "CB_SERVICE_ACCOUNT");
+            assert!(err.problem.contains(says), "{}", err.problem);
+            assert!(!err.to_string().contains("tok-secret"));
+        }
+    }
+
+    #[test]
+    fn registry_names_are_checked() {
+        assert!(RegistryPath::new("my-project", "us-central1", "balena-fleet").is_ok());
+        assert_eq!(RegistryPath::new("My_Project", "us-central1", "r1x").unwrap_err().variable, "GCP_PROJECT_ID");
+        assert_eq!(RegistryPath::new("my-project", "us/central1", "r1x").unwrap_err().variable, "GCP_REGION");
+        assert_eq!(RegistryPath::new("my-project", "us-central1", "1reg").unwrap_err().variable, "CB_REGISTRY_ID");
+        assert_eq!(RegistryPath::new("my-project", "us-central1", "reg/../x").unwrap_err().variable, "CB_REGISTRY_ID");
+    }
+
+    #[test]
+    fn credentials_expire_and_blocked_devices_have_none_usable() {
+        let key = crate::credentials::DeviceKey::generate().unwrap().public_key_pem();
+        let credential = |expiry: Option<&str>| DeviceCredential {
+            public_key: Some(PublicKeyCredential { format: "ES256_PEM".into(), key: key.pem.clone() }),
+            expiration_time: expiry.map(str::to_owned),
+        };
+        let now = "2026-11-23T12:00:00";
+        assert!(registered(&credential(None), false, now).unwrap().active);
+        assert!(registered(&credential(Some("1970-01-01T00:00:00Z")), false, now).unwrap().active);
+        assert!(registered(&credential(Some("2030-01-01T00:00:00Z")), false, now).unwrap().active);
+        assert!(!registered(&credential(Some("2020-01-01T00:00:00Z")), false, now).unwrap().active);
+        assert!(!registered(&credential(None), true, now).unwrap().active);
+        let garbage = DeviceCredential {
+            public_key: Some(PublicKeyCredential { format: "ES256_PEM".into(), key: "nope".into() }),
+            expiration_time: None,
+        };
+        assert!(!registered(&garbage, false, now).unwrap().active);
+    }
+}
