@@ -4,20 +4,21 @@
 use provision_testkit::checks::{Target, vars};
 use provision_testkit::events::{Answer, Call};
 use provision_testkit::stack::Stack;
-use provision_testkit::world::{AwsWorld, AzureWorld, Device};
+use provision_testkit::world::{AwsWorld, AzureWorld, Device, GcpWorld};
 use serde_json::json;
 
 const HELP: &str = "provision-demo: provision a demo balena device into each cloud's IoT registry, locally
 
 For each cloud asked for, starts its local stack (AWS: moto, the Lambda Runtime API emulator
 and the compiled provision-lambda; Azure: the IoT Hub emulator and the compiled provision-azure
-custom handler; both: the balenaCloud emulator), then, as the device (with its own balena API
+custom handler; GCP: the ClearBlade IoT Core emulator and the compiled provision-cloudrun; all:
+the balenaCloud emulator), then, as the device (with its own balena API
 key), provisions it with service variables for its cloud-relay service, asks again, reads the
 status, rotates the certificate, is refused for another device's key, and is deprovisioned by
 the operator, twice. Prints each answer, the upstream calls it cost and what changed.
 
-Usage: scripts/demo [aws|azure|all]     (installs moto into .venv and builds first)
-       provision-demo [aws|azure|all] [--help]     (default: all)";
+Usage: scripts/demo [aws|azure|gcp|all]     (installs moto into .venv and builds first)
+       provision-demo [aws|azure|gcp|all] [--help]     (default: all)";
 
 #[tokio::main]
 async fn main() {
@@ -27,18 +28,18 @@ async fn main() {
         return;
     }
     let which = match args.first().map(String::as_str) {
-        None | Some("all") => vec!["aws", "azure"],
-        Some("aws") => vec!["aws"],
-        Some("azure") => vec!["azure"],
+        None | Some("all") => vec!["aws", "azure", "gcp"],
+        Some(cloud @ ("aws" | "azure" | "gcp")) => vec![cloud],
         Some(other) => {
-            eprintln!("provision-demo: unknown cloud '{other}': use aws, azure or all (see --help)");
+            eprintln!("provision-demo: unknown cloud '{other}': use aws, azure, gcp or all (see --help)");
             std::process::exit(2);
         }
     };
     for cloud in which {
         let result = match cloud {
             "aws" => run::<AwsWorld>("AWS IoT Core").await,
-            _ => run::<AzureWorld>("Azure IoT Hub").await,
+            "azure" => run::<AzureWorld>("Azure IoT Hub").await,
+            _ => run::<GcpWorld>("GCP: ClearBlade IoT Core").await,
         };
         if let Err(e) = result {
             eprintln!("demo failed ({cloud}): {e:#}");
