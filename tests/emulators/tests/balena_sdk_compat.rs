@@ -3,48 +3,21 @@
 //! removes device and service variables and tags, and this test checks it passed and what the
 //! emulator saw. Needs `node` and `npm ci --prefix tests/compat`.
 
-use std::path::PathBuf;
-use std::process::Stdio;
+mod support;
+
 use std::time::Duration;
 
-use provision_emulators::balena::{BalenaEmulator, Fault, RecordedRequest};
+use provision_emulators::balena::{BalenaEmulator, Fault};
+use support::{NodeScript, assert_script_passed, compat_dir, position, require_package, saw};
 
 const KEY: &str = "compat-user-key";
 const UUID: &str = "0123456789abcdef0123456789abcdef";
 const SERVICE: &str = "main";
 
-fn repo_root() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .join("..")
-        .join("..")
-        .canonicalize()
-        .expect("the repository root exists")
-}
-
-fn saw(reqs: &[RecordedRequest], method: &str, resource: &str, status: u16) -> bool {
-    reqs.iter()
-        .any(|r| r.method == method && r.resource == resource && r.status == status)
-}
-
-fn position(reqs: &[RecordedRequest], method: &str, resource: &str, status: u16) -> Option<usize> {
-    reqs.iter()
-        .position(|r| r.method == method && r.resource == resource && r.status == status)
-}
-
 #[tokio::test]
 async fn real_balena_sdk_works_against_the_emulator() {
-    let compat = repo_root().join("tests").join("compat");
-    let script = compat.join("balena-sdk-compat.mjs");
-    assert!(
-        compat
-            .join("node_modules")
-            .join("balena-sdk")
-            .join("package.json")
-            .is_file(),
-        "tests/compat/node_modules is missing: run `npm ci --prefix tests/compat` (from the \
-         repository root) to install the pinned balena-sdk, then run this test again"
-    );
+    let compat = compat_dir();
+    require_package(&compat, "balena-sdk", "tests/compat/node_modules");
 
     let emu = BalenaEmulator::start().await.expect("emulator starts");
     let app = emu.add_application("CompatFleet");
@@ -61,33 +34,16 @@ async fn real_balena_sdk_works_against_the_emulator() {
             .skip(1),
     );
 
-    let run = tokio::process::Command::new("node")
-        .arg(&script)
+    let output = NodeScript::new(&compat, "balena-sdk-compat.mjs")
         .args([emu.url().as_str(), KEY, UUID, SERVICE])
-        .current_dir(&compat)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = match tokio::time::timeout(Duration::from_secs(180), run).await {
-        Err(_) => panic!("node {} did not finish within 180 s", script.display()),
-        Ok(Err(e)) => {
-            panic!("could not run `node` ({e}); install Node.js to run the balena-sdk compat test")
-        }
-        Ok(Ok(output)) => output,
-    };
+        .output(180, "balena-sdk")
+        .await;
     let reqs = emu.requests();
     let log: Vec<String> = reqs
         .iter()
         .map(|r| format!("{} {} {}", r.status, r.method, r.path_and_query))
         .collect();
-    assert!(
-        output.status.success(),
-        "balena-sdk compat script failed ({})\n--- stdout\n{}\n--- stderr\n{}\n--- requests the emulator saw\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-        log.join("\n"),
-    );
+    assert_script_passed(&output, "balena-sdk", &log.join("\n"));
 
     // Every request the SDK sent was understood: nothing but the injected 429, the upserts'
     // 409s and successes.

@@ -8,12 +8,11 @@
 //! The client always dials port 443 of the host in its URLs (a `host:port` goes to DNS whole),
 //! so the script routes its https.Agent to the emulator's port; see the script's header.
 
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
+mod support;
 
 use provision_emulators::clearblade::{ClearBladeEmulator, Fault, RecordedRequest};
 use serde_json::Value;
+use support::{NodeScript, assert_script_passed, compat_dir, require_package, saw, temp_file};
 
 const PROJECT: &str = "provision-test";
 const REGION: &str = "us-central1";
@@ -22,48 +21,13 @@ const DEVICE: &str = "balena-compat-1";
 const KEPT: &str = "balena-compat-kept";
 const THROTTLED: &str = "balena-compat-throttled";
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("..")
-        .canonicalize()
-        .expect("the repository root exists")
-}
-
-/// Deletes the file when the test ends, however it ends.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn temp_file(prefix: &str, ext: &str, contents: &str) -> TempFile {
-    let path =
-        std::env::temp_dir().join(format!("{prefix}-{}.{ext}", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&path, contents).expect("temp file written");
-    TempFile(path)
-}
-
-fn saw(reqs: &[RecordedRequest], method: &str, device: &str, status: u16) -> bool {
-    reqs.iter()
-        .any(|r| r.method == method && r.device.as_deref() == Some(device) && r.status == status)
-}
-
 #[tokio::test]
 async fn real_clearblade_iot_works_against_the_emulator() {
-    let compat = repo_root().join("tests").join("compat");
-    let script = compat.join("clearblade-compat.mjs");
-    assert!(
-        compat
-            .join("node_modules")
-            .join("@clearblade")
-            .join("iot")
-            .join("package.json")
-            .is_file(),
-        "tests/compat/node_modules/@clearblade/iot is missing: run `npm ci --prefix tests/compat` \
-         (from the repository root) to install the pinned @clearblade/iot, then run this test again"
+    let compat = compat_dir();
+    require_package(
+        &compat,
+        "@clearblade/iot",
+        "tests/compat/node_modules/@clearblade/iot",
     );
 
     let emu = ClearBladeEmulator::start(PROJECT, &[(REGION, REGISTRY), ("europe-west1", "other")])
@@ -83,8 +47,7 @@ async fn real_clearblade_iot_works_against_the_emulator() {
             .retry_after(1),
     );
 
-    let run = tokio::process::Command::new("node")
-        .arg(&script)
+    let output = NodeScript::new(&compat, "clearblade-compat.mjs")
         .env("CLEARBLADE_CONFIGURATION", &sa.0)
         .env("CB_REGION", REGION)
         .env("CB_REGISTRY", REGISTRY)
@@ -94,17 +57,8 @@ async fn real_clearblade_iot_works_against_the_emulator() {
         .env("KEY2_PEM", &key2)
         .env("CB_THROTTLED_ID", THROTTLED)
         .env("NODE_EXTRA_CA_CERTS", &ca.0)
-        .current_dir(&compat)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = match tokio::time::timeout(Duration::from_secs(120), run).await {
-        Err(_) => panic!("node {} did not finish within 120 s", script.display()),
-        Ok(Err(e)) => panic!(
-            "could not run `node` ({e}); install Node.js to run the @clearblade/iot compat test"
-        ),
-        Ok(Ok(output)) => output,
-    };
+        .output(120, "@clearblade/iot")
+        .await;
     let reqs = emu.requests();
     let log: Vec<String> = reqs
         .iter()
@@ -121,13 +75,7 @@ async fn real_clearblade_iot_works_against_the_emulator() {
         })
         .collect();
     let log = log.join("\n");
-    assert!(
-        output.status.success(),
-        "@clearblade/iot compat script failed ({})\n--- stdout\n{}\n--- stderr\n{}\n--- requests the emulator saw\n{log}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
+    assert_script_passed(&output, "@clearblade/iot", &log);
 
     // State: the first device is gone, the kept one has the two keys in the order sent.
     assert!(emu.device(REGION, REGISTRY, DEVICE).is_none(), "{log}");

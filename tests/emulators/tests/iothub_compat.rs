@@ -8,60 +8,29 @@
 //! keeps the hub host name (the SDK signs for it, sends it as SNI and checks the certificate
 //! against it) and the script routes the SDK's https.Agent to 127.0.0.1:<TLS port>.
 
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
+mod support;
 
 use provision_emulators::iothub::{Fault, IotHubEmulator, Policy, RecordedRequest};
+use support::{NodeScript, TempFile, assert_script_passed, compat_dir, require_package, saw};
 
 const HUB: &str = "provision-test.azure-devices.net";
 const KEY: &str = "b3duZXIta2V5LWZvci10aGUtaW90aHViLXRlc3RzLi4=";
 const DEVICE: &str = "compat-device-1";
 const THROTTLED: &str = "compat-throttled";
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("..")
-        .canonicalize()
-        .expect("the repository root exists")
-}
-
-fn saw(reqs: &[RecordedRequest], method: &str, device: &str, status: u16) -> bool {
-    reqs.iter()
-        .any(|r| r.method == method && r.device_id.as_deref() == Some(device) && r.status == status)
-}
-
-/// Deletes the CA file when the test ends, however it ends.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn real_azure_iothub_works_against_the_emulator() {
-    let compat = repo_root().join("tests").join("compat");
-    let script = compat.join("iothub-compat.mjs");
-    assert!(
-        compat
-            .join("node_modules")
-            .join("azure-iothub")
-            .join("package.json")
-            .is_file(),
-        "tests/compat/node_modules/azure-iothub is missing: run `npm ci --prefix tests/compat` \
-         (from the repository root) to install the pinned azure-iothub, then run this test again"
+    let compat = compat_dir();
+    require_package(
+        &compat,
+        "azure-iothub",
+        "tests/compat/node_modules/azure-iothub",
     );
 
     let emu = IotHubEmulator::start(HUB, vec![Policy::new("iothubowner", KEY, true)])
         .await
         .expect("emulator starts");
-    let ca = TempFile(std::env::temp_dir().join(format!(
-        "iothub-emulator-ca-{}.pem",
-        uuid::Uuid::new_v4().simple()
-    )));
+    let ca = TempFile::new("iothub-emulator-ca", "pem");
     std::fs::write(&ca.0, emu.ca_pem()).expect("CA file written");
     // The SDK does not retry registry calls: the script expects a ThrottlingError here.
     emu.inject_fault(
@@ -71,8 +40,7 @@ async fn real_azure_iothub_works_against_the_emulator() {
             .retry_after(1),
     );
 
-    let run = tokio::process::Command::new("node")
-        .arg(&script)
+    let output = NodeScript::new(&compat, "iothub-compat.mjs")
         .env(
             "IOTHUB_CONNECTION_STRING",
             emu.connection_string("iothubowner"),
@@ -81,19 +49,8 @@ async fn real_azure_iothub_works_against_the_emulator() {
         .env("DEVICE_ID", DEVICE)
         .env("IOTHUB_THROTTLED_ID", THROTTLED)
         .env("NODE_EXTRA_CA_CERTS", &ca.0)
-        .current_dir(&compat)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = match tokio::time::timeout(Duration::from_secs(120), run).await {
-        Err(_) => panic!("node {} did not finish within 120 s", script.display()),
-        Ok(Err(e)) => {
-            panic!(
-                "could not run `node` ({e}); install Node.js to run the azure-iothub compat test"
-            )
-        }
-        Ok(Ok(output)) => output,
-    };
+        .output(120, "azure-iothub")
+        .await;
     let reqs = emu.requests();
     let log: Vec<String> = reqs
         .iter()
@@ -104,15 +61,8 @@ async fn real_azure_iothub_works_against_the_emulator() {
             )
         })
         .collect();
-    assert!(
-        output.status.success(),
-        "azure-iothub compat script failed ({})\n--- stdout\n{}\n--- stderr\n{}\n--- requests the emulator saw\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-        log.join("\n"),
-    );
     let log = log.join("\n");
+    assert_script_passed(&output, "azure-iothub", &log);
 
     // The device and the sas one the script made are gone.
     assert!(emu.device(DEVICE).is_none(), "{log}");
