@@ -7,6 +7,7 @@
 
 pub mod aws;
 pub mod checks;
+pub mod corpus;
 pub mod events;
 pub mod paths;
 pub mod process;

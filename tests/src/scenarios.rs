@@ -372,6 +372,58 @@ pub async fn a_bad_setting_stops_the_function_with_one_line<S: Stack>() {
     world.stop().await;
 }
 
+/// Every case of the hostile-input corpus gets its exact status and code (JSON, with a request
+/// id), and only the cases that need balenaCloud reach an upstream; nothing is ever written.
+pub async fn hostile_corpus<S: Stack>() {
+    let world = S::start().await.unwrap();
+    let device = world.add_device();
+    let other = world.add_device();
+    let cases = crate::corpus::load();
+    assert!(cases.len() >= 80, "the corpus holds at least 80 requests: {}", cases.len());
+    let material = crate::corpus::Material::new(&device.uuid);
+    let callers = crate::corpus::Callers {
+        device_key: &device.key,
+        other_key: &other.key,
+        operator_token: &world.secrets.operator_token,
+    };
+    let mut failures = Vec::new();
+    for case in &cases {
+        let (balena_before, registry_before) = (world.balena.requests().len(), world.registry_calls());
+        let answer = match world.call(case.call(&material, &callers)).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                failures.push(format!("{}: no answer: {e:#}", case.name));
+                continue;
+            }
+        };
+        let upstream = world.balena.requests().len() - balena_before + world.registry_calls() - registry_before;
+        let code = answer.body["error"]["code"].as_str().map(str::to_string);
+        let mut wrong = Vec::new();
+        if answer.status != case.expect.status {
+            wrong.push(format!("status {} (expected {})", answer.status, case.expect.status));
+        }
+        if let Some(expected) = &case.expect.code {
+            if code.as_deref() != Some(expected.as_str()) {
+                wrong.push(format!("code {code:?} (expected {expected})"));
+            }
+            if answer.headers.get("content-type").map(String::as_str) != Some("application/json") || !answer.body["request_id"].is_string() {
+                wrong.push("not a JSON error with a request id".into());
+            }
+        }
+        if !case.upstream && upstream > 0 {
+            wrong.push(format!("{upstream} upstream calls (expected none)"));
+        }
+        if !wrong.is_empty() {
+            failures.push(format!("{}: {} — {}", case.name, wrong.join(", "), &answer.raw_body[..answer.raw_body.len().min(200)]));
+        }
+    }
+    assert_eq!(balena_variable_writes(&world), 0, "nothing written to balenaCloud");
+    assert!(world.credentials().await.is_empty(), "nothing registered");
+    assert!(failures.is_empty(), "{} of {} corpus cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    println!("hostile corpus ({}): {} cases, all as expected", S::CLOUD, cases.len());
+    world.stop().await;
+}
+
 /// One `#[tokio::test]` per shared scenario for a world type, so every cloud runs the whole
 /// list: `provision_testkit::shared_scenarios!(AwsWorld);`
 #[macro_export]
@@ -429,6 +481,10 @@ macro_rules! shared_scenarios {
             #[tokio::test]
             async fn no_secret_reaches_the_logs() {
                 s::no_secret_reaches_the_logs::<$world>().await;
+            }
+            #[tokio::test]
+            async fn hostile_corpus() {
+                s::hostile_corpus::<$world>().await;
             }
             #[tokio::test]
             async fn a_bad_setting_stops_the_function_with_one_line() {

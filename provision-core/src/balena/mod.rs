@@ -140,7 +140,7 @@ impl BalenaClient {
         let answer = self.send(deadline, reqwest::Method::GET, &url, key, None).await?;
         match answer.status {
             s if s.is_success() => {
-                let rows: Rows<IdRow> = parse(&answer.body)?;
+                let rows: Rows<IdRow> = answer.parse()?;
                 Ok(if rows.d.is_empty() { Visibility::Invisible } else { Visibility::Visible })
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(Visibility::KeyRejected),
@@ -176,7 +176,7 @@ impl BalenaClient {
         if !answer.status.is_success() {
             return Err(refused(&answer));
         }
-        let rows: Rows<DeviceRow> = parse(&answer.body)?;
+        let rows: Rows<DeviceRow> = answer.parse()?;
         let Some(row) = rows.d.into_iter().next() else {
             return Ok(None);
         };
@@ -291,7 +291,7 @@ impl BalenaClient {
         if !answer.status.is_success() {
             return Err(refused(&answer));
         }
-        let rows: Rows<TagRow> = parse(&answer.body)?;
+        let rows: Rows<TagRow> = answer.parse()?;
         Ok(rows.d.into_iter().next().map(|t| t.value))
     }
 
@@ -321,10 +321,6 @@ impl BalenaClient {
         })
         .await
     }
-}
-
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, UpstreamFailure> {
-    serde_json::from_slice(body).map_err(|e| UpstreamFailure::Unavailable { detail: format!("unreadable answer: {e}") })
 }
 
 fn refused(answer: &Answer) -> UpstreamFailure {

@@ -66,6 +66,7 @@ pub struct RegistryState {
 }
 
 /// The certificate stored base64-encoded in `cert_var`, read back (AWS_CERT, AZURE_CERT).
+#[cfg(any(feature = "aws", feature = "azure"))]
 pub(crate) fn stored_certificate(vars: &BTreeMap<String, Secret>, cert_var: &str) -> Option<crate::credentials::CertificateFacts> {
     let pem = crate::credentials::base64_decode(vars.get(cert_var)?.expose())?;
     crate::credentials::certificate_facts(std::str::from_utf8(&pem).ok()?).ok()
@@ -73,6 +74,7 @@ pub(crate) fn stored_certificate(vars: &BTreeMap<String, Secret>, cert_var: &str
 
 /// The variables of a certificate credential: base64 of its PEM, and of the private key when
 /// this function made it (as balena's published functions store them).
+#[cfg(any(feature = "aws", feature = "azure"))]
 pub(crate) fn certificate_variables(
     (cert_var, key_var): (&'static str, &'static str),
     credential: &RegisteredCredential,
