@@ -424,6 +424,41 @@ pub async fn hostile_corpus<S: Stack>() {
     world.stop().await;
 }
 
+/// Twenty POSTs and DELETEs for one device, interleaved and all at once over four instances:
+/// each answers (no deadlock, no 5xx but the contract's `busy`), the device ends either fully
+/// provisioned or fully removed, and one more POST converges to one credential.
+pub async fn twenty_interleaved_posts_and_deletes<S: Stack>() {
+    let world = S::start_with(Options { instances: 4, ..Options::default() }).await.unwrap();
+    let device = world.add_device();
+    let operator = world.secrets.operator_token.clone();
+    let calls = (0..20).map(|n| {
+        let call = if n % 2 == 0 {
+            Call::post(Target::Service.body(&device.uuid)).bearer(&device.key)
+        } else {
+            Call::delete(Target::Service.body(&device.uuid)).bearer(&operator)
+        };
+        world.call(call)
+    });
+    for answer in futures::future::join_all(calls).await {
+        let answer = answer.unwrap();
+        let ok = matches!(answer.status, 200 | 201) || (answer.status == 503 && answer.error_code() == "provision.device.busy");
+        assert!(ok, "{} {}", answer.status, answer.raw_body);
+    }
+    assert!(world.balena.device_tags(device.id).is_empty(), "no lease left");
+    if vars(&world, &device, Target::Service).is_empty() {
+        world.assert_gone(&device, Target::Service).await;
+        assert!(world.active_credentials().await.is_empty(), "removed: no credential left active");
+    } else {
+        let registered = world.assert_provisioned(&device, Target::Service, false).await;
+        assert_eq!(world.active_credentials().await, vec![registered.id], "provisioned: one active credential");
+    }
+    let last = world.call(Call::post(Target::Service.body(&device.uuid)).bearer(&device.key)).await.unwrap();
+    assert!(matches!(last.status, 200 | 201), "{}", last.raw_body);
+    let registered = world.assert_provisioned(&device, Target::Service, false).await;
+    assert_eq!(world.active_credentials().await, vec![registered.id], "one active credential in the registry");
+    world.stop().await;
+}
+
 /// One `#[tokio::test]` per shared scenario for a world type, so every cloud runs the whole
 /// list: `provision_testkit::shared_scenarios!(AwsWorld);`
 #[macro_export]
@@ -481,6 +516,10 @@ macro_rules! shared_scenarios {
             #[tokio::test]
             async fn no_secret_reaches_the_logs() {
                 s::no_secret_reaches_the_logs::<$world>().await;
+            }
+            #[tokio::test]
+            async fn twenty_interleaved_posts_and_deletes() {
+                s::twenty_interleaved_posts_and_deletes::<$world>().await;
             }
             #[tokio::test]
             async fn hostile_corpus() {

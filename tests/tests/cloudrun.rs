@@ -70,3 +70,23 @@ async fn sigterm_lets_the_request_in_flight_finish() {
     assert!(refused.is_err(), "no new requests after shutdown");
     world.stop().await;
 }
+
+/// Two hundred devices provisioned at once through one Cloud Run process: every one answers
+/// `created` and ends fully provisioned; nothing is lost and no lease is left.
+#[tokio::test]
+async fn two_hundred_devices_through_one_process() {
+    let world = GcpWorld::start().await.unwrap();
+    let devices: Vec<_> = (0..200).map(|_| world.add_device()).collect();
+    let calls = devices.iter().map(|d| world.call(Call::post(json!({"uuid": d.uuid})).bearer(&d.key)));
+    let answers = futures::future::join_all(calls).await;
+    for (device, answer) in devices.iter().zip(answers) {
+        let answer = answer.unwrap();
+        assert_eq!((answer.status, answer.status_text()), (201, "created"), "{}: {}", device.uuid, answer.raw_body);
+    }
+    for device in &devices {
+        world.assert_provisioned(device, Target::Device, false).await;
+        assert!(world.balena.device_tags(device.id).is_empty(), "no lease left");
+    }
+    assert_eq!(world.active_credentials().await.len(), 200, "one key per device, no more");
+    world.stop().await;
+}
