@@ -30,6 +30,9 @@ pub struct Settings {
     pub request_budget: Duration,
     /// The key pair made for devices that send no CSR (`PROVISION_KEY_TYPE`).
     pub key_algorithm: KeyAlgorithm,
+    /// How long one attempt of one upstream call may take before it is abandoned and retried
+    /// (`PROVISION_UPSTREAM_TIMEOUT_MS`).
+    pub upstream_timeout: Duration,
 }
 
 pub const DEFAULT_BALENA_API_URL: &str = "https://api.balena-cloud.com";
@@ -71,13 +74,28 @@ impl Settings {
             Some(v) => KeyAlgorithm::parse(v)
                 .ok_or_else(|| ConfigError::new("PROVISION_KEY_TYPE", "must be 'ec-p256' (the default) or 'rsa-2048'"))?,
         };
+        let upstream_timeout = upstream_timeout(&lookup)?;
         Ok(Settings {
             balena_api_key,
             balena_api_url,
             auth: AuthPolicy { operator_token, allow_unauthenticated },
             request_budget,
             key_algorithm,
+            upstream_timeout,
         })
+    }
+}
+
+/// `PROVISION_UPSTREAM_TIMEOUT_MS`: one attempt's limit for every upstream call (default 8 s).
+/// A hung upstream costs at most this per attempt, so the retries and the clean-up after a
+/// failure still fit in the request's budget.
+pub fn upstream_timeout(lookup: &impl Fn(&str) -> Option<String>) -> Result<Duration, ConfigError> {
+    match lookup("PROVISION_UPSTREAM_TIMEOUT_MS").filter(|v| !v.trim().is_empty()) {
+        None => Ok(Duration::from_secs(8)),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(ms) if (50..=60_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+            _ => Err(ConfigError::new("PROVISION_UPSTREAM_TIMEOUT_MS", "must be a whole number of milliseconds from 50 to 60000")),
+        },
     }
 }
 
@@ -112,6 +130,18 @@ mod tests {
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn upstream_timeout_is_bounded() {
+        let base = [("BALENA_API_KEY", "k")];
+        assert_eq!(settings(&base).unwrap().upstream_timeout, Duration::from_secs(8));
+        let set = settings(&[("BALENA_API_KEY", "k"), ("PROVISION_UPSTREAM_TIMEOUT_MS", "250")]).unwrap();
+        assert_eq!(set.upstream_timeout, Duration::from_millis(250));
+        for bad in ["0", "49", "60001", "fast", "-1"] {
+            let err = settings(&[("BALENA_API_KEY", "k"), ("PROVISION_UPSTREAM_TIMEOUT_MS", bad)]).unwrap_err();
+            assert_eq!(err.variable, "PROVISION_UPSTREAM_TIMEOUT_MS", "{bad}");
+        }
     }
 
     #[test]

@@ -100,6 +100,9 @@ enum KeyMode<'a> {
 struct Assessment {
     /// The stored variables name an active, complete credential, consistently.
     usable: Option<RegisteredCredential>,
+    /// The active credential the stored variables name, usable or not: it stays registered
+    /// until new variables replace it, so the variables never name a credential that is gone.
+    named: Option<RegisteredCredential>,
     /// Credentials other than the usable one.
     extras: Vec<RegisteredCredential>,
 }
@@ -132,8 +135,14 @@ impl Provisioner {
         self.registry.as_ref()
     }
 
+    /// The part of the budget kept back from the work for undoing it: a hung upstream may use
+    /// up the work's share, and the clean-up after it must still fit before the answer is due.
+    fn reserve(&self) -> Duration {
+        self.budget / 4
+    }
+
     pub async fn run(&self, request: ProvisionRequest, caller: Caller, request_id: &str) -> Result<Outcome, ProvisionError> {
-        let deadline = Deadline::after(self.budget);
+        let deadline = Deadline::after(self.budget - self.reserve());
         // The caller's proof, balenaCloud's state and the registry's state do not depend on each
         // other: one round trip for all three. Nothing is changed before the proof is checked.
         let (proof, snapshot) = tokio::join!(self.check_caller(deadline, &caller, &request.uuid), self.read(deadline, &request));
@@ -230,7 +239,8 @@ impl Provisioner {
             .filter(|c| matched.as_ref().is_none_or(|m| m.id != c.id))
             .cloned()
             .collect();
-        Assessment { usable: matched, extras }
+        let named = matched.clone().or_else(|| snapshot.state.credentials.iter().find(|c| c.active && self.registry.names(&vars, c)).cloned());
+        Assessment { usable: matched, named, extras }
     }
 
     fn report(&self, uuid: &DeviceUuid, device_id: String, snapshot: &Snapshot) -> Outcome {
@@ -312,9 +322,19 @@ impl Provisioner {
                     return result;
                 }
                 (leased, registered) => {
+                    let deadline = deadline.extended(self.reserve());
                     if let Ok(registration) = &registered {
-                        // Another request is working on this device: this credential is not needed.
+                        // Another request is working on this device, or the lease could not be
+                        // taken: this credential is not needed.
                         self.discard(deadline, &device_id, &registration.credential).await;
+                        // An entry made here goes too, unless another request holds the lease
+                        // (it may be using the entry: creating one is idempotent).
+                        if registration.created_entry
+                            && leased.is_err()
+                            && let Err(f) = self.registry.remove_entry(deadline, &device_id).await
+                        {
+                            tracing::error!(error = %f, "could not remove the registry entry this request made");
+                        }
                     }
                     match leased {
                         Ok(true) => {
@@ -363,6 +383,7 @@ impl Provisioner {
         }
         // Undo this request's variables (only where they still hold our values), then the
         // credential: variables never name a revoked credential.
+        let deadline = deadline.extended(self.reserve());
         let undo = vars.iter().zip(&created).filter(|(_, r)| matches!(r, Ok(true))).map(|((name, value), _)| {
             self.balena.delete_var_if(deadline, snapshot.target, name, value)
         });
@@ -429,14 +450,25 @@ impl Provisioner {
             if remove_private { self.balena.delete_vars(deadline, snapshot.target, &[private_name]).await } else { Ok(()) }
         };
         let (activated, written, removed) = tokio::join!(
-            self.registry.activate(deadline, &request.uuid, &snapshot.state, assessment.usable.as_ref(), credential),
+            self.registry.activate(deadline, &request.uuid, &snapshot.state, assessment.named.as_ref(), credential),
             futures::future::join_all(writes),
             removal,
         );
         let store_failure = written.into_iter().chain(std::iter::once(removed)).find_map(Result::err);
         if let (Ok(()), None) = (&activated, &store_failure) {
             // Only now, with the new credential stored and usable, do the old ones go.
-            self.revoke_all(deadline, &device_id, &snapshot.state.credentials).await?;
+            if let Err(e) = self.revoke_all(deadline, &device_id, &snapshot.state.credentials).await {
+                // An old credential that still works must stay named by the variables: put them
+                // back and drop the new one. One that no longer works is only litter, which the
+                // next request clears; the device has what it needs.
+                if self.still_active(deadline, &device_id, &snapshot.state.credentials).await {
+                    let cleanup = deadline.extended(self.reserve());
+                    self.restore(cleanup, snapshot.target, &snapshot.record.vars, &vars).await;
+                    self.discard(cleanup, &device_id, credential).await;
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "an old credential is disabled but not yet deleted; the next request removes it");
+            }
             let mut variables: Vec<String> = vars.iter().map(|(n, _)| n.to_string()).collect();
             if remove_private {
                 variables.push(private_name.to_string());
@@ -444,10 +476,11 @@ impl Provisioner {
             return Ok(Outcome { status, device_id, variables, details: None });
         }
         // Put the variables back as they were, then drop the new credential.
-        self.restore(deadline, snapshot.target, &snapshot.record.vars, &vars).await;
-        self.discard(deadline, &device_id, credential).await;
+        let cleanup = deadline.extended(self.reserve());
+        self.restore(cleanup, snapshot.target, &snapshot.record.vars, &vars).await;
+        self.discard(cleanup, &device_id, credential).await;
         if registration.created_entry
-            && let Err(f) = self.registry.remove_entry(deadline, &device_id).await
+            && let Err(f) = self.registry.remove_entry(cleanup, &device_id).await
         {
             tracing::error!(error = %f, "could not remove the registry entry this request made");
         }
@@ -490,7 +523,13 @@ impl Provisioner {
                 .await
                 .map_err(|f| ProvisionError::balena("deleting the variables", f))?;
         }
-        self.revoke_all(deadline, &device_id, &snapshot.state.credentials).await?;
+        if let Err(e) = self.revoke_all(deadline, &device_id, &snapshot.state.credentials).await {
+            // A credential that still works must stay named by the variables: put them back.
+            if !present.is_empty() && self.still_active(deadline, &device_id, &snapshot.state.credentials).await {
+                self.recreate(deadline.extended(self.reserve()), snapshot.target, &snapshot.record.vars).await;
+            }
+            return Err(e);
+        }
         if snapshot.state.entry {
             self.registry
                 .remove_entry(deadline, &device_id)
@@ -508,6 +547,29 @@ impl Provisioner {
             .revoke(deadline, device_id, credentials)
             .await
             .map_err(|f| ProvisionError::cloud("revoking an old credential", f))
+    }
+
+    /// Whether any of `credentials` still lets a device in, as far as the registry says now (a
+    /// registry that cannot be read counts as "yes": the variables are then put back).
+    async fn still_active(&self, deadline: Deadline, device_id: &str, credentials: &[RegisteredCredential]) -> bool {
+        match self.registry.inspect(deadline.extended(self.reserve()), device_id).await {
+            Ok(state) => state.credentials.iter().any(|c| c.active && credentials.iter().any(|old| old.id == c.id)),
+            Err(f) => {
+                tracing::warn!(error = %f, "could not re-read the registry after a failed revocation");
+                true
+            }
+        }
+    }
+
+    /// Stores again variables this request deleted (those that another request has stored in
+    /// the meantime are left as they are).
+    async fn recreate(&self, deadline: Deadline, target: VarTarget, before: &BTreeMap<String, StoredVar>) {
+        let steps = before.iter().map(|(name, old)| self.balena.create_var(deadline, target, name, &old.value));
+        for result in futures::future::join_all(steps).await {
+            if let Err(f) = result {
+                tracing::error!(error = %f, "could not store a variable again after a failed revocation");
+            }
+        }
     }
 
     /// Best-effort removal of a credential this request made and no longer needs.
@@ -566,6 +628,7 @@ impl Provisioner {
 
     async fn release(&self, deadline: Deadline, device: i64, lease: &Lease) {
         // Released even when the budget is spent: a leftover lease would stall the next request.
+        let deadline = deadline.extended(self.reserve());
         let deadline = if deadline.remaining() < Duration::from_secs(2) { Deadline::after(Duration::from_secs(2)) } else { deadline };
         if let Err(f) = self.balena.drop_lease(deadline, device, lease.value()).await {
             tracing::error!(error = %f, "could not release the device lease; it expires by itself");

@@ -44,7 +44,7 @@ pub fn build(settings: &Settings, registry: Arc<dyn Registry>) -> Service {
         http_client(),
         &settings.balena_api_url,
         settings.balena_api_key.clone(),
-        retry::RetryPolicy::default(),
+        retry::RetryPolicy::with_attempt_timeout(settings.upstream_timeout),
     );
     let provisioner = flow::Provisioner::new(balena, registry, settings.request_budget).with_key_algorithm(settings.key_algorithm);
     Service::new(provisioner, settings.auth.clone())
@@ -54,7 +54,8 @@ pub fn build(settings: &Settings, registry: Arc<dyn Registry>) -> Service {
 #[cfg(feature = "aws")]
 pub async fn aws_registry_from_env() -> Result<registry::aws::AwsIotRegistry, ConfigError> {
     let policy = config::required(&|name| std::env::var(name).ok(), "AWS_IOT_POLICY")?;
-    let sdk = registry::aws::AwsIotRegistry::sdk_config().await;
+    let attempt = config::upstream_timeout(&|name| std::env::var(name).ok())?;
+    let sdk = registry::aws::AwsIotRegistry::sdk_config(attempt).await;
     if sdk.region().is_none() {
         return Err(ConfigError::new("AWS_REGION", "is required and not set"));
     }
@@ -72,7 +73,16 @@ pub fn azure_registry_from_env() -> Result<registry::azure::IotHubRegistry, Conf
     if let Some(url) = &endpoint {
         config::url_setting("AZURE_IOTHUB_ENDPOINT", url)?;
     }
-    registry::azure::IotHubRegistry::new(http_client(), connection, endpoint.as_deref())
+    let attempt = config::upstream_timeout(&lookup)?;
+    // azure_core's pipeline has no per-try limit of its own: the transport's timeout is one.
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(attempt)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("balena-provision/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ConfigError::new("PROVISION_UPSTREAM_TIMEOUT_MS", format!("cannot build the HTTP client: {e}")))?;
+    registry::azure::IotHubRegistry::new(http, connection, endpoint.as_deref())
 }
 
 /// The ClearBlade IoT Core registry from `GCP_PROJECT_ID`, `GCP_REGION`, `CB_REGISTRY_ID` and
@@ -86,5 +96,6 @@ pub fn clearblade_registry_from_env() -> Result<registry::clearblade::ClearBlade
     let registry = config::required(&lookup, "CB_REGISTRY_ID")?;
     let path = RegistryPath::new(project.expose(), region.expose(), registry.expose())?;
     let account = ServiceAccount::from_base64(config::required(&lookup, "CB_SERVICE_ACCOUNT")?.expose())?;
-    Ok(ClearBladeRegistry::new(http_client(), account, path))
+    let attempt = config::upstream_timeout(&lookup)?;
+    Ok(ClearBladeRegistry::new(http_client(), account, path).with_retry(retry::RetryPolicy::with_attempt_timeout(attempt)))
 }

@@ -24,6 +24,11 @@ impl Deadline {
     pub fn instant(&self) -> Instant {
         self.0
     }
+
+    /// The same deadline moved `by` later: the time kept back for cleaning up after a failure.
+    pub fn extended(&self, by: Duration) -> Self {
+        Deadline(self.0 + by)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -46,6 +51,13 @@ impl Default for RetryPolicy {
             max_delay: Duration::from_secs(2),
             attempt_timeout: Duration::from_secs(8),
         }
+    }
+}
+
+impl RetryPolicy {
+    /// The default policy with one attempt's time limit set.
+    pub fn with_attempt_timeout(attempt_timeout: Duration) -> Self {
+        RetryPolicy { attempt_timeout, ..RetryPolicy::default() }
     }
 }
 

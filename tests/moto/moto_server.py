@@ -1,10 +1,16 @@
-"""moto_server with one correction: CreateCertificateFromCsr issues the certificate for the
-CSR's own public key, as AWS IoT does.
+"""moto_server with two corrections, each making moto do what AWS IoT does:
+
+* CreateCertificateFromCsr issues the certificate for the CSR's own public key;
+* DeleteCertificate with forceDelete also removes the certificate's policy attachments.
 
 moto (5.2.x) answers CreateCertificateFromCsr with a certificate for a fresh RSA key it makes
 itself and throws away, keeping only the CSR's subject. Real AWS IoT signs the public key in the
 CSR (that is the point of the call: the device keeps its private key). Without this correction
-no key a client holds could ever match the certificate it was issued. Everything else is moto's.
+no key a client holds could ever match the certificate it was issued.
+
+moto (5.2.x) force-deletes a certificate but keeps its policy attachments; every later
+DeleteCertificate in the account then looks those up, finds no certificate, and answers 404
+ResourceNotFound for a certificate that exists. Everything else is moto's.
 
 Usage: python moto_server.py [moto_server options]   (e.g. -H 127.0.0.1 -p 5000)
 """
@@ -46,6 +52,18 @@ def create_certificate_from_csr(self, csr, set_as_active):
 
 
 IoTBackend.create_certificate_from_csr = create_certificate_from_csr
+
+_moto_delete_certificate = IoTBackend.delete_certificate
+
+
+def delete_certificate(self, certificate_id, force_delete):
+    arn = self.describe_certificate(certificate_id).arn
+    _moto_delete_certificate(self, certificate_id, force_delete)
+    for attachment in [key for key in self.principal_policies if key[0] == arn]:
+        del self.principal_policies[attachment]
+
+
+IoTBackend.delete_certificate = delete_certificate
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -121,12 +121,39 @@ async fn describe(iot: &Client, arn: &str) -> anyhow::Result<CertInfo> {
 
 /// Every certificate in the account with its status, attached or not (orphans show here).
 pub async fn all_certificates(iot: &Client) -> anyhow::Result<Vec<(String, bool)>> {
-    let out = iot.list_certificates().page_size(250).send().await?;
-    Ok(out
-        .certificates()
+    Ok(certificate_pages(iot)
+        .await?
         .iter()
         .map(|c| (c.certificate_id().unwrap_or_default().to_string(), c.status() == Some(&CertificateStatus::Active)))
         .collect())
+}
+
+/// Every page of ListCertificates (250 to a page).
+async fn certificate_pages(iot: &Client) -> anyhow::Result<Vec<aws_sdk_iot::types::Certificate>> {
+    let mut all = Vec::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let out = iot.list_certificates().page_size(250).set_marker(marker.take()).send().await?;
+        all.extend(out.certificates().iter().cloned());
+        match out.next_marker() {
+            Some(next) if !next.is_empty() => marker = Some(next.to_string()),
+            _ => return Ok(all),
+        }
+    }
+}
+
+/// Active certificates attached to no thing but `except`'s: credentials that work and that no
+/// device's variables can name (orphans).
+pub async fn orphan_certificates(iot: &Client, except: &str) -> anyhow::Result<Vec<String>> {
+    let mut orphans = Vec::new();
+    for cert in certificate_pages(iot).await?.iter().filter(|c| c.status() == Some(&CertificateStatus::Active)) {
+        let (Some(id), Some(arn)) = (cert.certificate_id(), cert.certificate_arn()) else { continue };
+        let things = iot.list_principal_things().principal(arn).send().await?;
+        if things.things().iter().all(|t| t == except) {
+            orphans.push(id.to_string());
+        }
+    }
+    Ok(orphans)
 }
 
 pub async fn thing_exists(iot: &Client, thing: &str) -> anyhow::Result<bool> {

@@ -9,10 +9,12 @@ pub mod aws;
 pub mod checks;
 pub mod corpus;
 pub mod events;
+pub mod fault_matrix;
 pub mod paths;
 pub mod process;
 pub mod proxy;
 pub mod scenarios;
+pub mod secrets;
 pub mod stack;
 pub mod world;
 

@@ -7,19 +7,37 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// Every line a set of processes printed, shared so a test can read them at the end.
+/// Every line a set of processes printed, and every answer body they gave, shared so a test
+/// (and the secret audit when a world stops) can read them at the end.
 #[derive(Clone, Default)]
-pub struct LogBook(Arc<Mutex<Vec<String>>>);
+pub struct LogBook(Arc<Mutex<Book>>);
+
+#[derive(Default)]
+struct Book {
+    lines: Vec<String>,
+    answers: Vec<String>,
+}
 
 impl LogBook {
     pub fn lines(&self) -> Vec<String> {
-        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+        self.0.lock().map(|b| b.lines.clone()).unwrap_or_default()
     }
 
     pub fn push(&self, line: String) {
-        if let Ok(mut lines) = self.0.lock() {
-            lines.push(line);
+        if let Ok(mut book) = self.0.lock() {
+            book.lines.push(line);
         }
+    }
+
+    /// Keeps an answer's body (error bodies included) for the secret audit.
+    pub fn record_answer(&self, body: &str) {
+        if let Ok(mut book) = self.0.lock() {
+            book.answers.push(body.to_string());
+        }
+    }
+
+    pub fn answers(&self) -> Vec<String> {
+        self.0.lock().map(|b| b.answers.clone()).unwrap_or_default()
     }
 
     /// Lines that contain any of `needles` (a secret check: expect none).

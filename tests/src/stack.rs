@@ -7,7 +7,7 @@ use std::ops::Deref;
 use crate::checks::{self, Target};
 use crate::events::{Answer, Call};
 use crate::process::LogBook;
-use crate::world::{AwsWorld, AzureWorld, Device, Fleet, GcpWorld, GCP_REGION, GCP_REGISTRY, Options};
+use crate::world::{AwsWorld, AzureWorld, Device, Faults, Fleet, GcpWorld, GCP_REGION, GCP_REGISTRY, Options};
 
 /// One credential in the registry, as the scenarios see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +90,16 @@ pub trait Stack: Sized + Deref<Target = Fleet> {
     /// The registry's view of the device in one line, for the demo.
     async fn registry_summary(&self, device: &Device) -> String;
 
+    /// The fault proxies, for a world started with `Options::faults`.
+    fn faults(&self) -> Option<&Faults>;
+
+    /// Whether the registry has an entry for the device, and the credentials it holds for it.
+    async fn registered(&self, device: &Device) -> (bool, Vec<Credential>);
+
+    /// The id of the credential the device's stored variables name (`None` without variables;
+    /// an id no registry holds when they name one that is not registered).
+    async fn named(&self, device: &Device, target: Target) -> Option<String>;
+
     /// Credentials that would let a device in.
     async fn active_credentials(&self) -> Vec<String> {
         self.credentials().await.into_iter().filter(|c| c.active).map(|c| c.id).collect()
@@ -137,6 +147,30 @@ impl Stack for AwsWorld {
 
     fn registry_secrets(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    fn faults(&self) -> Option<&Faults> {
+        self.faults.as_ref()
+    }
+
+    async fn registered(&self, device: &Device) -> (bool, Vec<Credential>) {
+        match crate::aws::thing_certificates(&self.iot, &device.uuid).await.expect("moto lists the thing's certificates") {
+            None => (false, Vec::new()),
+            Some(certs) => (true, certs.into_iter().map(|c| Credential { id: c.id, active: c.active }).collect()),
+        }
+    }
+
+    async fn named(&self, device: &Device, target: Target) -> Option<String> {
+        let stored = checks::vars(self, device, target).get("AWS_CERT").map(|v| checks::decode(v))?;
+        let same = |pem: &str| stored.split_whitespace().eq(pem.split_whitespace());
+        let certs = crate::aws::thing_certificates(&self.iot, &device.uuid).await.expect("moto lists the thing's certificates");
+        Some(
+            certs
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| same(&c.pem))
+                .map_or_else(|| format!("unregistered {}", fingerprint(stored.as_bytes())), |c| c.id),
+        )
     }
 
     async fn stop_functions_and_wait(&self) {
@@ -221,6 +255,22 @@ impl Stack for AzureWorld {
 
     fn registry_secrets(&self) -> Vec<String> {
         vec![self.policy_key.clone()]
+    }
+
+    fn faults(&self) -> Option<&Faults> {
+        self.faults.as_ref()
+    }
+
+    async fn registered(&self, device: &Device) -> (bool, Vec<Credential>) {
+        let Some(registered) = self.hub.device(&device.uuid) else { return (false, Vec::new()) };
+        let enabled = registered["status"] == "enabled";
+        let (primary, secondary) = self.hub.thumbprints(&device.uuid).unwrap_or_default();
+        (true, primary.into_iter().chain(secondary).map(|id| Credential { id, active: enabled }).collect())
+    }
+
+    async fn named(&self, device: &Device, target: Target) -> Option<String> {
+        let cert = checks::decode(checks::vars(self, device, target).get("AZURE_CERT")?);
+        Some(checks::thumbprint(&cert))
     }
 
     async fn stop_functions_and_wait(&self) {
@@ -314,6 +364,22 @@ impl Stack for GcpWorld {
         let mut secrets = self.clearblade.secrets();
         secrets.push(self.clearblade.service_account_base64());
         secrets
+    }
+
+    fn faults(&self) -> Option<&Faults> {
+        self.faults.as_ref()
+    }
+
+    async fn registered(&self, device: &Device) -> (bool, Vec<Credential>) {
+        let Some(registered) = self.device(&device.uuid) else { return (false, Vec::new()) };
+        let blocked = registered["blocked"] == true;
+        let keys = self.public_keys(&device.uuid).unwrap_or_default();
+        (true, keys.iter().map(|pem| Credential { id: fingerprint(&checks::spki_public_key(pem)), active: !blocked }).collect())
+    }
+
+    async fn named(&self, device: &Device, target: Target) -> Option<String> {
+        let key = checks::decode(checks::vars(self, device, target).get("GCP_PRIVATE_KEY")?);
+        Some(fingerprint(&checks::private_key_public_key(&key)))
     }
 
     async fn stop_functions_and_wait(&self) {

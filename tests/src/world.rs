@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use provision_emulators::balena::BalenaEmulator;
 use provision_emulators::clearblade::ClearBladeEmulator;
+use provision_emulators::fault_proxy::{FaultProxy, Flavour, Traffic};
 use provision_emulators::iothub::{IotHubEmulator, Policy};
 use provision_emulators::lambda_runtime::{InvocationOutcome, LambdaRuntimeEmulator};
 use tokio::process::Command;
@@ -52,12 +53,43 @@ pub struct Options {
     /// Serve through `provision-cloudrun` with `PROVISION_CLOUD` set to the world's cloud,
     /// instead of the cloud's own host (Lambda, the custom handler).
     pub cloudrun: bool,
+    /// Put fault proxies in front of balenaCloud and the registry (the world's `faults`).
+    pub faults: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { instances: 1, allow_unauthenticated: false, extra_env: Vec::new(), startup_fails: false, cloudrun: false }
+        Options { instances: 1, allow_unauthenticated: false, extra_env: Vec::new(), startup_fails: false, cloudrun: false, faults: false }
     }
+}
+
+/// Fault proxies in front of a world's balenaCloud and registry, sharing one log and plan.
+pub struct Faults {
+    pub traffic: Traffic,
+    pub balena: FaultProxy,
+    pub registry: FaultProxy,
+}
+
+impl Faults {
+    /// Proxies to `balena_url`'s and `registry_url`'s ports, when `options.faults` says so.
+    async fn start(options: &Options, balena_url: &str, registry_url: &str, registry: &'static str, flavour: Flavour) -> anyhow::Result<Option<Faults>> {
+        if !options.faults {
+            return Ok(None);
+        }
+        let traffic = Traffic::new();
+        let balena = FaultProxy::start("balena", port_of(balena_url)?, Flavour::Balena, traffic.clone()).await?;
+        let registry = FaultProxy::start(registry, port_of(registry_url)?, flavour, traffic.clone()).await?;
+        Ok(Some(Faults { traffic, balena, registry }))
+    }
+}
+
+/// The port of an `http://127.0.0.1:PORT` URL.
+fn port_of(url: &str) -> anyhow::Result<u16> {
+    url.trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no port in {url}"))
 }
 
 /// The balenaCloud side every world has: the emulator, a fleet with two services, the
@@ -66,6 +98,8 @@ pub struct Fleet {
     pub balena: BalenaEmulator,
     pub secrets: Secrets,
     pub application: i64,
+    /// The API keys of every device added, for the secret audit.
+    device_keys: std::sync::Mutex<Vec<String>>,
 }
 
 impl Fleet {
@@ -76,7 +110,7 @@ impl Fleet {
         let application = balena.add_application("fleet");
         balena.add_service(application, SERVICE);
         balena.add_service(application, "main");
-        Ok(Fleet { balena, secrets, application })
+        Ok(Fleet { balena, secrets, application, device_keys: Default::default() })
     }
 
     /// A new device of the fleet with a random UUID and its own API key.
@@ -85,20 +119,32 @@ impl Fleet {
         let id = self.balena.add_device(self.application, &uuid);
         let key = format!("devkey{}", uuid::Uuid::new_v4().simple());
         self.balena.add_device_key(id, &key);
+        if let Ok(mut keys) = self.device_keys.lock() {
+            keys.push(key.clone());
+        }
         Device { uuid, id, key }
     }
 
-    /// Every secret this fleet knows, for log checks.
+    /// Every secret this fleet knows (the keys of every device added included), for log checks.
     pub fn secret_strings(&self, devices: &[&Device]) -> Vec<String> {
         let mut all = vec![self.secrets.function_key.clone(), self.secrets.operator_token.clone()];
         all.extend(devices.iter().map(|d| d.key.clone()));
+        all.extend(self.device_keys.lock().map(|k| k.clone()).unwrap_or_default());
         all
     }
 
-    /// The settings every function binary takes for balenaCloud and callers.
-    fn function_env(&self, options: &Options) -> Vec<(String, String)> {
+    /// The secret audit (see `secrets`): run by every world as it stops, its functions stopped.
+    fn audit(&self, world: &str, logs: &LogBook, registry_secrets: &[String]) {
+        let mut known = self.secret_strings(&[]);
+        known.extend(registry_secrets.iter().cloned());
+        crate::secrets::assert_none(world, logs, &known);
+    }
+
+    /// The settings every function binary takes for balenaCloud and callers (balenaCloud
+    /// reached through the fault proxy when there is one).
+    fn function_env(&self, options: &Options, faults: &Option<Faults>) -> Vec<(String, String)> {
         [
-            ("BALENA_API_URL", self.balena.url()),
+            ("BALENA_API_URL", faults.as_ref().map_or_else(|| self.balena.url(), |f| f.balena.url())),
             ("BALENA_API_KEY", self.secrets.function_key.clone()),
             ("PROVISION_OPERATOR_TOKEN", self.secrets.operator_token.clone()),
             ("PROVISION_ALLOW_UNAUTHENTICATED", options.allow_unauthenticated.to_string()),
@@ -158,6 +204,8 @@ pub struct HttpFunctions {
     prefix: &'static str,
     next: std::sync::atomic::AtomicUsize,
     http: reqwest::Client,
+    /// Where answers are kept for the secret audit.
+    logs: LogBook,
 }
 
 impl HttpFunctions {
@@ -186,7 +234,7 @@ impl HttpFunctions {
             ports.push(port);
             processes.push(process);
         }
-        let http = HttpFunctions { ports, prefix, next: Default::default(), http: reqwest::Client::new() };
+        let http = HttpFunctions { ports, prefix, next: Default::default(), http: reqwest::Client::new(), logs: logs.clone() };
         Ok((http, Functions::new(processes)))
     }
 
@@ -214,6 +262,7 @@ impl HttpFunctions {
             .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
             .collect();
         let raw_body = response.text().await?;
+        self.logs.record_answer(&raw_body);
         let body = serde_json::from_str(&raw_body).unwrap_or(serde_json::Value::Null);
         Ok(Answer { status, headers, body, raw_body })
     }
@@ -243,6 +292,7 @@ pub struct AwsWorld {
     pub host: Host,
     pub functions: Functions,
     pub logs: LogBook,
+    pub faults: Option<Faults>,
 }
 
 impl std::ops::Deref for AwsWorld {
@@ -265,9 +315,10 @@ impl AwsWorld {
         aws::create_device_policy(&iot).await?;
 
         let aws_proxy = CountingProxy::start(moto.port).await?;
+        let faults = Faults::start(&options, &fleet.balena.url(), &aws_proxy.endpoint(), "aws", Flavour::Aws).await?;
         let mut env: Vec<(String, String)> = moto.function_env();
-        env.push(("AWS_ENDPOINT_URL".into(), aws_proxy.endpoint()));
-        env.extend(fleet.function_env(&options));
+        env.push(("AWS_ENDPOINT_URL".into(), faults.as_ref().map_or_else(|| aws_proxy.endpoint(), |f| f.registry.url())));
+        env.extend(fleet.function_env(&options, &faults));
         env.push(("AWS_IOT_POLICY".into(), aws::POLICY.to_string()));
         let (host, functions) = if options.cloudrun {
             let (http, functions) = start_cloudrun("aws", &env, &options, &logs).await?;
@@ -283,7 +334,7 @@ impl AwsWorld {
             }
             (Host::Lambda(runtime), Functions::new(functions))
         };
-        Ok(AwsWorld { fleet, moto, aws_proxy, iot, host, functions, logs })
+        Ok(AwsWorld { fleet, moto, aws_proxy, iot, host, functions, logs, faults })
     }
 
     /// Calls the function as AWS would for a function URL request: through the Lambda Runtime
@@ -295,7 +346,11 @@ impl AwsWorld {
         };
         let invocation = runtime.invoke(call.function_url_event(), aws::INVOKE_TIMEOUT).await?;
         match invocation.outcome {
-            InvocationOutcome::Response(value) => Answer::from_lambda_response(&value),
+            InvocationOutcome::Response(value) => {
+                let answer = Answer::from_lambda_response(&value)?;
+                self.logs.record_answer(&answer.raw_body);
+                Ok(answer)
+            }
             InvocationOutcome::Error(error) => anyhow::bail!("the function reported an invocation error: {error}"),
         }
     }
@@ -313,6 +368,8 @@ impl AwsWorld {
     /// Stops everything; the processes' logs stay readable through `logs`.
     pub async fn stop(self) {
         self.stop_functions_and_wait().await;
+        let moto_keys: Vec<String> = self.moto.function_env().into_iter().filter(|(k, _)| k.contains("SECRET")).map(|(_, v)| v).collect();
+        self.fleet.audit("aws", &self.logs, &moto_keys);
         if let Host::Lambda(runtime) = self.host {
             runtime.shutdown().await;
         }
@@ -333,6 +390,7 @@ pub struct AzureWorld {
     pub functions: Functions,
     pub logs: LogBook,
     pub policy_key: String,
+    pub faults: Option<Faults>,
 }
 
 impl std::ops::Deref for AzureWorld {
@@ -355,17 +413,18 @@ impl AzureWorld {
         let policy_key = policy.key_base64.clone();
         let (fleet, hub) = tokio::join!(Fleet::start(), IotHubEmulator::start(HUB_HOST, vec![policy]));
         let (fleet, hub) = (fleet?, hub?);
-        let mut env = fleet.function_env(&options);
+        let faults = Faults::start(&options, &fleet.balena.url(), &hub.url(), "iothub", Flavour::IotHub).await?;
+        let mut env = fleet.function_env(&options, &faults);
         env.extend([
             ("CONNECTION_STRING".to_string(), hub.connection_string("balena-provision")),
-            ("AZURE_IOTHUB_ENDPOINT".to_string(), hub.url()),
+            ("AZURE_IOTHUB_ENDPOINT".to_string(), faults.as_ref().map_or_else(|| hub.url(), |f| f.registry.url())),
         ]);
         let (http, functions) = if options.cloudrun {
             start_cloudrun("azure", &env, &options, &logs).await?
         } else {
             HttpFunctions::start("provision-azure", &env, "FUNCTIONS_CUSTOMHANDLER_PORT", "/api", &options, &logs).await?
         };
-        Ok(AzureWorld { fleet, hub, http, functions, logs, policy_key })
+        Ok(AzureWorld { fleet, hub, http, functions, logs, policy_key, faults })
     }
 
     /// Calls a custom handler as the Functions host forwards a request to `/api<path>`.
@@ -375,6 +434,7 @@ impl AzureWorld {
 
     pub async fn stop(self) {
         self.functions.stop_and_wait().await;
+        self.fleet.audit("azure", &self.logs, &[self.policy_key.clone(), self.hub.connection_string("balena-provision")]);
         self.hub.shutdown().await;
         self.fleet.balena.shutdown().await;
     }
@@ -392,6 +452,7 @@ pub struct GcpWorld {
     pub http: HttpFunctions,
     pub functions: Functions,
     pub logs: LogBook,
+    pub faults: Option<Faults>,
 }
 
 impl std::ops::Deref for GcpWorld {
@@ -411,15 +472,26 @@ impl GcpWorld {
         let logs = LogBook::default();
         let (fleet, clearblade) = tokio::join!(Fleet::start(), ClearBladeEmulator::start(GCP_PROJECT, &[(GCP_REGION, GCP_REGISTRY)]));
         let (fleet, clearblade) = (fleet?, clearblade?);
-        let mut env = fleet.function_env(&options);
+        let faults = Faults::start(&options, &fleet.balena.url(), &clearblade.url(), "clearblade", Flavour::ClearBlade).await?;
+        // Through the proxy, the service account names it; the emulator then answers with the
+        // proxy's address for the registry's calls too (it names the address it was called at).
+        let service_account = match &faults {
+            None => clearblade.service_account_base64(),
+            Some(f) => {
+                let mut account = clearblade.service_account_json();
+                account["url"] = serde_json::Value::String(f.registry.url());
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, account.to_string())
+            }
+        };
+        let mut env = fleet.function_env(&options, &faults);
         env.extend([
             ("GCP_PROJECT_ID".to_string(), GCP_PROJECT.to_string()),
             ("GCP_REGION".to_string(), GCP_REGION.to_string()),
             ("CB_REGISTRY_ID".to_string(), GCP_REGISTRY.to_string()),
-            ("CB_SERVICE_ACCOUNT".to_string(), clearblade.service_account_base64()),
+            ("CB_SERVICE_ACCOUNT".to_string(), service_account),
         ]);
         let (http, functions) = start_cloudrun("gcp", &env, &options, &logs).await?;
-        Ok(GcpWorld { fleet, clearblade, http, functions, logs })
+        Ok(GcpWorld { fleet, clearblade, http, functions, logs, faults })
     }
 
     /// Calls the service as Cloud Run forwards a request.
@@ -439,6 +511,9 @@ impl GcpWorld {
 
     pub async fn stop(self) {
         self.functions.stop_and_wait().await;
+        let mut registry_secrets = self.clearblade.secrets();
+        registry_secrets.push(self.clearblade.service_account_base64());
+        self.fleet.audit("gcp", &self.logs, &registry_secrets);
         self.clearblade.shutdown().await;
         self.fleet.balena.shutdown().await;
     }

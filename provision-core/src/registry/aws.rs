@@ -34,7 +34,7 @@ impl AwsIotRegistry {
     /// The SDK configuration from the standard AWS environment (region, credentials,
     /// `AWS_ENDPOINT_URL[_IOT]`), with the SDK's own retries and timeouts set for a function
     /// that must answer within its budget.
-    pub async fn sdk_config() -> aws_config::SdkConfig {
+    pub async fn sdk_config(attempt_timeout: Duration) -> aws_config::SdkConfig {
         use aws_config::retry::RetryConfig;
         use aws_config::timeout::TimeoutConfig;
         aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -47,7 +47,7 @@ impl AwsIotRegistry {
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(8))
+                    .operation_attempt_timeout(attempt_timeout)
                     .operation_timeout(Duration::from_secs(20))
                     .build(),
             )
@@ -310,14 +310,12 @@ impl AwsIotRegistry {
                 Err(f) => return Err(f.failure),
             },
         };
-        // Deactivate and detach together: from the first instant the certificate no longer
-        // authenticates. A forced delete then removes it with its policy attachment.
-        let (inactive, principal) = tokio::join!(
-            call(deadline, self.client.update_certificate().certificate_id(id).new_status(CertificateStatus::Inactive).send()),
-            call(deadline, self.client.detach_thing_principal().thing_name(thing).principal(&arn).send()),
-        );
-        ok_if_gone(inactive)?;
-        ok_if_gone(principal)?;
+        // Deactivate first, alone: if that fails the certificate is exactly as it was (still
+        // attached, still named by the variables, which the caller then keeps); once it has
+        // succeeded the certificate no longer authenticates, and what follows is tidying. A
+        // forced delete then removes it with its policy attachment.
+        ok_if_gone(call(deadline, self.client.update_certificate().certificate_id(id).new_status(CertificateStatus::Inactive).send()).await)?;
+        ok_if_gone(call(deadline, self.client.detach_thing_principal().thing_name(thing).principal(&arn).send()).await)?;
         // Detaching a thing propagates asynchronously in AWS: a DeleteConflict right after it is
         // expected and worth a few short retries.
         let mut wait = Duration::from_millis(100);

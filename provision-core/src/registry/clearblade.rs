@@ -159,6 +159,12 @@ impl ClearBladeRegistry {
         ClearBladeRegistry { http, account, path, retry: RetryPolicy::default(), access: tokio::sync::Mutex::new(None) }
     }
 
+    /// Retries and one attempt's time limit for every call to ClearBlade.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
     fn device_path(&self, device_id: &str) -> String {
         format!("{}/devices/{device_id}", self.path.path())
     }

@@ -7,5 +7,6 @@ pub mod balena;
 pub mod clearblade;
 pub mod cli;
 mod common;
+pub mod fault_proxy;
 pub mod iothub;
 pub mod lambda_runtime;

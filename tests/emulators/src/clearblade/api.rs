@@ -204,6 +204,8 @@ struct Incoming {
     query: String,
     /// `Some(Err(()))` when the header is not visible ASCII.
     token: Option<Result<String, ()>>,
+    /// The `Host` header: the address the caller used (a proxy's, in front of the emulator).
+    host: Option<String>,
 }
 
 fn token_header(headers: &HeaderMap) -> Option<Result<String, ()>> {
@@ -242,6 +244,7 @@ pub(super) async fn handle(AxumState(ctx): AxumState<Ctx>, req: Request) -> Resp
         path: uri.path().to_string(),
         query: uri.query().unwrap_or("").to_string(),
         token: token_header(req.headers()),
+        host: req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string),
     };
     let path_and_query = uri
         .path_and_query()
@@ -324,7 +327,7 @@ fn serve(
             if req.method != Method::POST {
                 return Err(method_not_allowed(&req.method, "getRegistryCredentials"));
             }
-            registry_credentials(config, tls, body)
+            registry_credentials(config, tls, req.host.as_deref(), body)
         }
         Route::Webhook {
             system_key,
@@ -364,7 +367,7 @@ fn method_not_allowed(method: &Method, what: &str) -> ApiError {
     )
 }
 
-fn registry_credentials(config: &Config, tls: bool, body: &[u8]) -> Result<Response, ApiError> {
+fn registry_credentials(config: &Config, tls: bool, host: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("Invalid JSON payload received. {e}")))?;
     let field = |name: &str| -> Result<&str, ApiError> {
@@ -391,7 +394,12 @@ fn registry_credentials(config: &Config, tls: bool, body: &[u8]) -> Result<Respo
         &json!({
             "systemKey": r.system_key,
             "serviceAccountToken": r.token,
-            "url": config.url(tls),
+            // Over plain HTTP, the address the caller used: a proxy in front of the emulator
+            // (tests that inject faults) then sees the device calls too.
+            "url": match host {
+                Some(host) if !tls => format!("http://{host}"),
+                _ => config.url(tls),
+            },
         }),
     ))
 }

@@ -6,8 +6,8 @@
 //! * `POST /api/v/1/code/{adminSystemKey}/getRegistryCredentials` with
 //!   `ClearBlade-UserToken: {admin token}` and `{"region","registry","project"}`: 200
 //!   `{"systemKey","serviceAccountToken","url"}`, the registry's own key and token and the
-//!   regional URL, which is this emulator (its HTTPS URL when the request came over TLS, its
-//!   HTTP one otherwise). A wrong system key or token is 401; a body without the three strings
+//!   regional URL, which is this emulator (its HTTPS URL when the request came over TLS, the
+//!   `http://{Host header}` the caller used otherwise). A wrong system key or token is 401; a body without the three strings
 //!   400; an unknown project, region or registry 404 `NOT_FOUND`.
 //! * Under `/api/v/4/webhook/execute/{registrySystemKey}/cloudiot_devices`, with
 //!   `ClearBlade-UserToken: {serviceAccountToken}` of that registry (anything else is 401
