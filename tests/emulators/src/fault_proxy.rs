@@ -92,6 +92,8 @@ struct State {
     invocation: Option<String>,
     log: Vec<Exchange>,
     epoch: Option<Instant>,
+    /// Added before every request is relayed or faulted (a far-away upstream).
+    latency: Duration,
 }
 
 impl State {
@@ -133,6 +135,15 @@ impl Traffic {
         state.seen.clear();
         state.log.clear();
         state.epoch = Some(Instant::now());
+    }
+
+    /// Delays every request by `latency` from now on (kept by `plan` and `clear`).
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+
+    fn latency(&self) -> Duration {
+        self.lock().latency
     }
 
     /// How many requests the plan has failed so far.
@@ -376,6 +387,10 @@ async fn relay(inbound: TcpStream, upstream: &'static str, target_port: u16, fla
         let body = inbound.body(framing(request.headers, Framing::None)).await?;
         let label = label(upstream, &method, &target);
         let (index, fault) = traffic.admit(label, &method, &target, invocation.as_deref());
+        let latency = traffic.latency();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         match fault {
             Some(FaultKind::Reset) => {
                 let stream = inbound.stream;
@@ -442,6 +457,23 @@ async fn relay(inbound: TcpStream, upstream: &'static str, target_port: u16, fla
             return Ok(());
         }
     }
+}
+
+/// The sequential depth of a log: the longest chain of exchanges each of which started only
+/// after the one before it had finished (calls made one after another, as opposed to at once).
+pub fn sequential_depth(log: &[Exchange]) -> usize {
+    let mut order: Vec<&Exchange> = log.iter().collect();
+    order.sort_by_key(|e| e.started);
+    let mut depth: Vec<usize> = Vec::with_capacity(order.len());
+    for (i, e) in order.iter().enumerate() {
+        let before = (0..i)
+            .filter(|&j| order[j].finished.is_some_and(|f| f <= e.started))
+            .map(|j| depth[j])
+            .max()
+            .unwrap_or(0);
+        depth.push(before + 1);
+    }
+    depth.into_iter().max().unwrap_or(0)
 }
 
 /// A whole HTTP/1.1 answer for a faked failure, and its status.
@@ -575,6 +607,23 @@ mod tests {
         assert!(traffic.admit("x GET /b".into(), "GET", "/b", None).1.is_none());
         assert_eq!(traffic.fired(), 2);
         assert_eq!(traffic.log().len(), 6);
+    }
+
+    #[test]
+    fn depth_counts_calls_made_one_after_another() {
+        let at = |start: u64, end: u64| Exchange {
+            label: String::new(),
+            method: "GET".into(),
+            target: "/".into(),
+            started: Duration::from_millis(start),
+            finished: Some(Duration::from_millis(end)),
+            status: Some(200),
+            fault: None,
+        };
+        // Two at once, then one after both, then two at once again: depth 3.
+        let log = [at(0, 10), at(1, 12), at(13, 20), at(21, 30), at(21, 25)];
+        assert_eq!(sequential_depth(&log), 3);
+        assert_eq!(sequential_depth(&[]), 0);
     }
 
     #[test]
