@@ -43,8 +43,9 @@ pub enum ProvisionError {
     TooLarge { limit: usize },
     #[error("content type must be application/json, got {got}")]
     BadContentType { got: String },
-    #[error("method {method} is not allowed; use GET, POST or DELETE")]
-    BadMethod { method: String },
+    /// `allow` lists the methods the path serves, as the `Allow` header does.
+    #[error("method {method} is not allowed here; use one of {allow}")]
+    BadMethod { method: String, allow: &'static str },
     #[error("no Authorization header: send 'Authorization: Bearer <device API key or operator token>'")]
     AuthMissing,
     #[error("{0}")]
@@ -124,6 +125,29 @@ impl ProvisionError {
     }
 }
 
+/// Every code an error answer can carry, with its HTTP status. `deploy/openapi.yaml` must list
+/// exactly these (`tests/tests/openapi.rs` compares them); the unit test below fails when an
+/// error the code can make is missing here, or an entry here is one no error makes.
+pub const ALL_CODES: &[(&str, u16)] = &[
+    (codes::NO_BODY, 400),
+    (codes::BAD_JSON, 400),
+    (codes::BAD_UUID, 400),
+    (codes::BAD_SERVICE, 400),
+    (codes::BAD_CSR, 400),
+    ("provision.request.bad-method", 405),
+    ("provision.request.too-large", 413),
+    ("provision.request.bad-content-type", 415),
+    ("provision.auth.missing", 401),
+    ("provision.auth.invalid", 401),
+    ("provision.auth.forbidden", 403),
+    ("provision.device.not-found", 404),
+    ("provision.device.busy", 503),
+    ("provision.upstream.balena", 502),
+    ("provision.upstream.cloud", 502),
+    ("provision.upstream.throttled", 503),
+    ("provision.internal", 500),
+];
+
 /// Codes for caller mistakes, as the published functions name them.
 pub mod codes {
     pub const NO_BODY: &str = "provision.request.no-body";
@@ -131,4 +155,75 @@ pub mod codes {
     pub const BAD_UUID: &str = "provision.request.bad-uuid";
     pub const BAD_SERVICE: &str = "provision.request.bad-service";
     pub const BAD_CSR: &str = "provision.request.bad-csr";
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// One error of every kind the code can make: every variant, every caller-mistake code, and
+    /// every upstream system with every way it fails. The match below has no wildcard, so a new
+    /// variant does not compile until it is named there, next to the list it must join.
+    fn one_of_each() -> Vec<ProvisionError> {
+        let failures = [
+            UpstreamFailure::Throttled { retry_after: None },
+            UpstreamFailure::Refused { status: 400, detail: "no".into() },
+            UpstreamFailure::Unavailable { detail: "down".into() },
+        ];
+        let mut all: Vec<ProvisionError> = [codes::NO_BODY, codes::BAD_JSON, codes::BAD_UUID, codes::BAD_SERVICE, codes::BAD_CSR]
+            .into_iter()
+            .map(|code| ProvisionError::bad_request(code, "m"))
+            .collect();
+        all.extend([
+            ProvisionError::TooLarge { limit: 1 },
+            ProvisionError::BadContentType { got: "x".into() },
+            ProvisionError::BadMethod { method: "PUT".into(), allow: "GET" },
+            ProvisionError::AuthMissing,
+            ProvisionError::AuthInvalid("x".into()),
+            ProvisionError::Forbidden("x".into()),
+            ProvisionError::DeviceNotFound("x".into()),
+            ProvisionError::Busy("x".into()),
+            ProvisionError::Internal("x".into()),
+        ]);
+        for failure in failures {
+            all.push(ProvisionError::balena("step", failure.clone()));
+            all.push(ProvisionError::cloud("step", failure));
+        }
+        for error in &all {
+            match error {
+                ProvisionError::BadRequest { .. }
+                | ProvisionError::TooLarge { .. }
+                | ProvisionError::BadContentType { .. }
+                | ProvisionError::BadMethod { .. }
+                | ProvisionError::AuthMissing
+                | ProvisionError::AuthInvalid(_)
+                | ProvisionError::Forbidden(_)
+                | ProvisionError::DeviceNotFound(_)
+                | ProvisionError::Busy(_)
+                | ProvisionError::Upstream { .. }
+                | ProvisionError::Internal(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn all_codes_is_every_code_with_its_status() {
+        let made: BTreeSet<(&str, u16)> = one_of_each().iter().map(|e| (e.code(), e.status().as_u16())).collect();
+        let listed: BTreeSet<(&str, u16)> = ALL_CODES.iter().copied().collect();
+        assert_eq!(listed.len(), ALL_CODES.len(), "ALL_CODES lists a code twice");
+        assert_eq!(made, listed, "ALL_CODES and the codes errors carry differ");
+        // One status per code: a client may branch on either.
+        let codes: BTreeSet<&str> = ALL_CODES.iter().map(|(code, _)| *code).collect();
+        assert_eq!(codes.len(), ALL_CODES.len(), "a code with two statuses");
+    }
+
+    #[test]
+    fn retry_after_goes_with_every_503_and_nothing_else() {
+        for error in one_of_each() {
+            assert_eq!(error.retry_after().is_some(), error.status() == StatusCode::SERVICE_UNAVAILABLE, "{}", error.code());
+        }
+    }
 }

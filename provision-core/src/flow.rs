@@ -347,7 +347,7 @@ impl Provisioner {
                 }
             }
         }
-        self.acquire(deadline, device, &lease).await?;
+        self.acquire(deadline, &request.uuid, device, &lease).await?;
         let result = self.provision_leased(deadline, request, device_id, rotate, mode).await;
         self.release(deadline, device, &lease).await;
         result
@@ -504,7 +504,7 @@ impl Provisioner {
         }
         let lease = Lease::new(request_id, self.budget);
         let device = snapshot.record.device_id;
-        self.acquire(deadline, device, &lease).await?;
+        self.acquire(deadline, &request.uuid, device, &lease).await?;
         let result = self.deprovision_leased(deadline, request, device_id).await;
         self.release(deadline, device, &lease).await;
         result
@@ -596,7 +596,7 @@ impl Provisioner {
 
     /// Waits for the device's lease, within half the remaining budget, breaking a lease whose
     /// holder outlived its own budget (a crashed instance).
-    async fn acquire(&self, deadline: Deadline, device: i64, lease: &Lease) -> Result<(), ProvisionError> {
+    async fn acquire(&self, deadline: Deadline, uuid: &DeviceUuid, device: i64, lease: &Lease) -> Result<(), ProvisionError> {
         let give_up = tokio::time::Instant::now() + deadline.remaining() / 2;
         let mut wait = Duration::from_millis(20);
         loop {
@@ -619,7 +619,7 @@ impl Provisioner {
             }
             let pause = wait.mul_f64(0.5 + fastrand::f64());
             if tokio::time::Instant::now() + pause >= give_up {
-                return Err(ProvisionError::Busy(format!("{device}")));
+                return Err(ProvisionError::Busy(uuid.to_string()));
             }
             tokio::time::sleep(pause).await;
             wait = (wait * 2).min(Duration::from_millis(400));

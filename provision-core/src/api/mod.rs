@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Method, Response, StatusCode, header};
 use serde_json::json;
 
 use crate::auth::{self, AuthPolicy};
@@ -48,7 +48,13 @@ impl Service {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let method = request.method().clone();
         if route(request.uri().path()) == Route::Health {
-            return json_response(StatusCode::OK, &json!({"status": "ok"}), None);
+            // GET and HEAD (GET without the body) only, as for any resource with an `Allow`:
+            // a 200 to DELETE /healthz would say that something was deleted.
+            return if method == Method::GET || method == Method::HEAD {
+                json_response(StatusCode::OK, &json!({"status": "ok"}), None)
+            } else {
+                error_response(&request::bad_method(&method, request::HEALTH_METHODS), &request_id)
+            };
         }
         let served = AssertUnwindSafe(self.serve(request, &request_id)).catch_unwind().await;
         let (response, outcome_text) = match served {
@@ -112,8 +118,8 @@ pub fn error_response(error: &ProvisionError, request_id: &str) -> Response<Byte
     }
     let body = json!({"error": {"code": error.code(), "message": error.to_string()}, "request_id": request_id});
     let mut response = json_response(status, &body, error.retry_after());
-    if status == StatusCode::METHOD_NOT_ALLOWED {
-        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+    if let ProvisionError::BadMethod { allow, .. } = error {
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     }
     response
 }

@@ -12,6 +12,12 @@ use crate::error::{ProvisionError, codes};
 /// Largest body accepted, as the contract says.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The methods the provisioning endpoint serves, as its 405 answers' `Allow` header lists them.
+pub const PROVISION_METHODS: &str = "GET, POST, DELETE";
+
+/// The methods the health check serves (`HEAD` is `GET` without the body).
+pub const HEALTH_METHODS: &str = "GET, HEAD";
+
 /// What the caller asks for.
 #[derive(Debug)]
 pub enum Operation {
@@ -63,7 +69,7 @@ pub fn parse(method: &Method, headers: &HeaderMap, query: Option<&str>, body: &B
     match *method {
         Method::GET => parse_query(query),
         Method::POST | Method::DELETE => parse_body(method, headers, body),
-        _ => Err(ProvisionError::BadMethod { method: method.as_str().chars().take(32).collect() }),
+        _ => Err(bad_method(method, PROVISION_METHODS)),
     }
 }
 
@@ -72,17 +78,18 @@ fn parse_query(query: Option<&str>) -> Result<ProvisionRequest, ProvisionError> 
     let mut service = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_encoding::percent_decode_str(&value.replace('+', " "))
-            .decode_utf8()
-            .map_err(|_| ProvisionError::bad_request(codes::BAD_UUID, "query string is not valid UTF-8"))?
-            .into_owned();
-        let slot = match key {
-            "uuid" => &mut uuid,
-            "balena_service" => &mut service,
+        // Other parameters are ignored, whatever they hold; a mistake in one of ours is named
+        // by that parameter's code.
+        let (slot, code) = match key {
+            "uuid" => (&mut uuid, codes::BAD_UUID),
+            "balena_service" => (&mut service, codes::BAD_SERVICE),
             _ => continue,
         };
+        let value = percent_encoding::percent_decode_str(&value.replace('+', " "))
+            .decode_utf8()
+            .map_err(|_| ProvisionError::bad_request(code, format!("query parameter '{key}' is not valid UTF-8")))?
+            .into_owned();
         if slot.replace(value).is_some() {
-            let code = if key == "uuid" { codes::BAD_UUID } else { codes::BAD_SERVICE };
             return Err(ProvisionError::bad_request(code, format!("query parameter '{key}' is given more than once")));
         }
     }
@@ -160,6 +167,11 @@ fn parse_body(method: &Method, headers: &HeaderMap, body: &Bytes) -> Result<Prov
     Ok(ProvisionRequest { operation, uuid, service })
 }
 
+/// The 405 for `method` where only `allow` is served; the method is shortened, as it is echoed.
+pub fn bad_method(method: &Method, allow: &'static str) -> ProvisionError {
+    ProvisionError::BadMethod { method: method.as_str().chars().take(32).collect(), allow }
+}
+
 fn check_content_type(headers: &HeaderMap) -> Result<(), ProvisionError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Err(ProvisionError::BadContentType { got: "nothing".into() });
@@ -210,5 +222,35 @@ fn json_type(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UUID: &str = "7cf02a69e4d34c9da573914963cf54fd";
+
+    fn code_of_get(query: &str) -> Option<&'static str> {
+        parse(&Method::GET, &HeaderMap::new(), Some(query), &Bytes::new()).err().map(|e| e.code())
+    }
+
+    #[test]
+    fn a_query_mistake_is_named_by_its_parameter() {
+        assert_eq!(code_of_get("uuid=%FF"), Some(codes::BAD_UUID));
+        assert_eq!(code_of_get(&format!("uuid={UUID}&balena_service=%FF")), Some(codes::BAD_SERVICE));
+        assert_eq!(code_of_get(&format!("uuid={UUID}&balena_service=a&balena_service=a")), Some(codes::BAD_SERVICE));
+        assert_eq!(code_of_get(&format!("uuid={UUID}&other=%FF")), None, "other parameters are ignored");
+    }
+
+    #[test]
+    fn other_methods_are_refused_naming_the_served_ones() {
+        for method in ["PUT", "PATCH", "HEAD", "OPTIONS", "post"] {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            match parse(&method, &HeaderMap::new(), None, &Bytes::new()) {
+                Err(ProvisionError::BadMethod { allow, .. }) => assert_eq!(allow, PROVISION_METHODS),
+                other => panic!("{method}: {other:?}"),
+            }
+        }
     }
 }

@@ -630,7 +630,7 @@ mod tests {
     fn a_call_with_an_invocation_id_fails_on_every_attempt_and_no_other_call() {
         let traffic = Traffic::new();
         traffic.plan(PlannedFault { label: "aws PUT /x".into(), occurrence: 1, kind: FaultKind::Reset, attempts: 2 });
-        let mut admit = |id: &str| traffic.admit("aws PUT /x".into(), "PUT", "/x", Some(id)).1.is_some();
+        let admit = |id: &str| traffic.admit("aws PUT /x".into(), "PUT", "/x", Some(id)).1.is_some();
         assert!(admit("call-1") && admit("call-1") && admit("call-1"), "every attempt of the planned call fails");
         assert!(!admit("call-2"), "a later call with the same label goes through");
     }
