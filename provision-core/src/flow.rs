@@ -523,14 +523,23 @@ impl Provisioner {
                 .await
                 .map_err(|f| ProvisionError::balena("deleting the variables", f))?;
         }
-        if let Err(e) = self.revoke_all(deadline, &device_id, &snapshot.state.credentials).await {
+        // Where the entry holds the credentials, removing it is the revocation: one call.
+        let revocation = if snapshot.state.entry && self.registry.entry_holds_credentials() {
+            self.registry
+                .remove_entry(deadline, &device_id)
+                .await
+                .map_err(|f| ProvisionError::cloud("deleting the registry entry", f))
+        } else {
+            self.revoke_all(deadline, &device_id, &snapshot.state.credentials).await
+        };
+        if let Err(e) = revocation {
             // A credential that still works must stay named by the variables: put them back.
             if !present.is_empty() && self.still_active(deadline, &device_id, &snapshot.state.credentials).await {
                 self.recreate(deadline.extended(self.reserve()), snapshot.target, &snapshot.record.vars).await;
             }
             return Err(e);
         }
-        if snapshot.state.entry {
+        if snapshot.state.entry && !self.registry.entry_holds_credentials() {
             self.registry
                 .remove_entry(deadline, &device_id)
                 .await

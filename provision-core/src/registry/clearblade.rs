@@ -359,6 +359,10 @@ impl Registry for ClearBladeRegistry {
         false
     }
 
+    fn entry_holds_credentials(&self) -> bool {
+        true
+    }
+
     fn fixed_variables(&self, uuid: &DeviceUuid) -> Vec<(&'static str, String)> {
         let id = self.device_id(uuid);
         vec![

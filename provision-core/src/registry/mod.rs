@@ -142,6 +142,13 @@ pub trait Registry: Send + Sync {
         true
     }
 
+    /// Whether removing the registry entry removes its credentials with it, in one call (an
+    /// IoT Hub or ClearBlade device holds its keys; an AWS thing only has certificates attached,
+    /// which live on without it). DELETE then makes that one call instead of revoking first.
+    fn entry_holds_credentials(&self) -> bool {
+        false
+    }
+
     /// Variables whose values follow from the device alone, not from a credential (ClearBlade's
     /// paths); a provisioned device holds exactly these values.
     fn fixed_variables(&self, _uuid: &DeviceUuid) -> Vec<(&'static str, String)> {
