@@ -1,6 +1,16 @@
 //! Where things are: the repository, its virtual environment, the compiled binaries.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// Where `binary` takes every workspace binary from, when set (see `use_binaries_from`).
+static BINARY_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes `binary` take every workspace binary from `dir` from now on (the benchmark points the
+/// worlds at release builds this way). The same as setting `PROVISION_BIN_DIR`.
+pub fn use_binaries_from(dir: PathBuf) {
+    let _ = BINARY_DIR.set(dir);
+}
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
@@ -20,11 +30,18 @@ fn target_dir() -> PathBuf {
     repo_root().join("target")
 }
 
-/// A workspace binary, built in the same profile as the running executable. Fails with a
-/// message that says how to build it.
+/// A workspace binary: `<NAME>_BIN` if set, else from the directory `use_binaries_from` or
+/// `PROVISION_BIN_DIR` names, else built in the same profile as the running executable. Fails
+/// with a message that says how to build it.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     if let Some(explicit) = std::env::var_os(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
         return Ok(PathBuf::from(explicit));
+    }
+    // A directory chosen by `use_binaries_from` or `PROVISION_BIN_DIR`: only there.
+    if let Some(dir) = BINARY_DIR.get().cloned().or_else(|| std::env::var_os("PROVISION_BIN_DIR").map(PathBuf::from)) {
+        let path = dir.join(name);
+        anyhow::ensure!(path.is_file(), "binary '{name}' is not in {}: build it there first", dir.display());
+        return Ok(path);
     }
     // The running executable sits in target/<profile>/ or target/<profile>/deps/.
     let exe = std::env::current_exe()?;

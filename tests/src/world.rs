@@ -173,6 +173,12 @@ impl Functions {
         }
     }
 
+    /// The process ids of the function processes still running (the benchmark reads their
+    /// `/proc` entries: CPU time, peak memory, environment).
+    pub async fn pids(&self) -> Vec<u32> {
+        self.0.lock().await.iter().filter_map(|p| p.child.id()).collect()
+    }
+
     /// Sends SIGTERM to the first process.
     pub async fn terminate_first(&self) -> anyhow::Result<()> {
         self.0.lock().await.first().ok_or_else(|| anyhow::anyhow!("no function process"))?.terminate()

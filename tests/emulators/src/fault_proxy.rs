@@ -367,6 +367,9 @@ fn wants_close(headers: &[httparse::Header<'_>]) -> bool {
 }
 
 async fn relay(inbound: TcpStream, upstream: &'static str, target_port: u16, flavour: Flavour, traffic: Traffic) -> std::io::Result<()> {
+    // A message is relayed in pieces (head, then body): without this, Nagle's algorithm holds
+    // the second piece until the peer's delayed ACK, some 40 ms per call.
+    inbound.set_nodelay(true)?;
     let mut inbound = Conn::new(inbound);
     let mut outbound: Option<Conn> = None;
     loop {
@@ -421,7 +424,11 @@ async fn relay(inbound: TcpStream, upstream: &'static str, target_port: u16, fla
             None => {
                 let conn = match outbound.as_mut() {
                     Some(conn) => conn,
-                    None => outbound.insert(Conn::new(TcpStream::connect(("127.0.0.1", target_port)).await?)),
+                    None => {
+                        let stream = TcpStream::connect(("127.0.0.1", target_port)).await?;
+                        stream.set_nodelay(true)?;
+                        outbound.insert(Conn::new(stream))
+                    }
                 };
                 conn.stream.write_all(&head).await?;
                 conn.stream.write_all(&body).await?;
