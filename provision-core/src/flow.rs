@@ -145,7 +145,9 @@ impl Provisioner {
         let deadline = Deadline::after(self.budget - self.reserve());
         // The caller's proof, balenaCloud's state and the registry's state do not depend on each
         // other: one round trip for all three. Nothing is changed before the proof is checked.
-        let (proof, snapshot) = tokio::join!(self.check_caller(deadline, &caller, &request.uuid), self.read(deadline, &request));
+        let removal = matches!(request.operation, Operation::Deprovision);
+        let (proof, snapshot) =
+            tokio::join!(self.check_caller(deadline, &caller, &request.uuid), self.read(deadline, &request, removal));
         proof?;
         let snapshot = match snapshot {
             Err(ProvisionError::DeviceNotFound(_)) if matches!(caller, Caller::BalenaKey(_)) => {
@@ -177,14 +179,19 @@ impl Provisioner {
         }
     }
 
-    /// balenaCloud's and the registry's view of the device, read together.
-    async fn read(&self, deadline: Deadline, request: &ProvisionRequest) -> Result<Snapshot, ProvisionError> {
+    /// balenaCloud's and the registry's view of the device, read together (for a removal, only
+    /// what DELETE acts on: one round trip).
+    async fn read(&self, deadline: Deadline, request: &ProvisionRequest, removal: bool) -> Result<Snapshot, ProvisionError> {
         let device_id = self.registry.device_id(&request.uuid);
         let names = self.registry.variable_names();
-        let (record, state) = tokio::join!(
-            self.balena.read_device(deadline, &request.uuid, request.service.as_ref(), names),
-            self.registry.inspect(deadline, &device_id),
-        );
+        let inspect = async {
+            if removal {
+                self.registry.inspect_for_removal(deadline, &device_id).await
+            } else {
+                self.registry.inspect(deadline, &device_id).await
+            }
+        };
+        let (record, state) = tokio::join!(self.balena.read_device(deadline, &request.uuid, request.service.as_ref(), names), inspect);
         let record = record
             .map_err(|f| ProvisionError::balena("reading the device", f))?
             .ok_or_else(|| ProvisionError::DeviceNotFound(request.uuid.to_string()))?;
@@ -303,6 +310,10 @@ impl Provisioner {
         }
         let lease = Lease::new(request_id, self.budget);
         let device = snapshot.record.device_id;
+        let lease_free = snapshot.record.lease.as_deref().is_none_or(Lease::expired);
+        if snapshot.is_fresh() && lease_free && self.registry.registers_locally() {
+            return self.provision_fresh_at_once(deadline, request, device_id, snapshot, mode, &lease).await;
+        }
         if snapshot.is_fresh() {
             // Fast path: a device with nothing provisioned.
             let fresh = Fresh::new(mode, self.key_algorithm)?;
@@ -314,7 +325,7 @@ impl Provisioner {
                 (Ok(true), Ok(registration)) => {
                     let result = self.finish_fresh(deadline, request, &snapshot, &registration, &fresh, device_id.clone()).await;
                     let result = match result {
-                        Err(FreshError::Conflict) => self.provision_leased(deadline, request, device_id, rotate, mode).await,
+                        Err(FreshError::Conflict) => self.provision_leased(deadline, request, device_id, rotate, mode, None).await,
                         Err(FreshError::Failed(e)) => Err(e),
                         Ok(outcome) => Ok(outcome),
                     };
@@ -348,9 +359,80 @@ impl Provisioner {
             }
         }
         self.acquire(deadline, &request.uuid, device, &lease).await?;
-        let result = self.provision_leased(deadline, request, device_id, rotate, mode).await;
+        let result = self.provision_leased(deadline, request, device_id, rotate, mode, None).await;
         self.release(deadline, device, &lease).await;
         result
+    }
+
+    /// The fast path where the credential is made here (IoT Hub, ClearBlade): nobody held the
+    /// lease a moment ago, so take it while the registry entry and the variables are created,
+    /// all at once. Everything is created, never overwritten: should another request be making
+    /// the device too, at most one of each write succeeds and nothing of the other is lost. The
+    /// lease decides who finishes: its holder re-reads and repairs the mix (answering
+    /// `created`); the others wait for it and find the device provisioned.
+    async fn provision_fresh_at_once(
+        &self,
+        deadline: Deadline,
+        request: &ProvisionRequest,
+        device_id: String,
+        snapshot: Snapshot,
+        mode: KeyMode<'_>,
+        lease: &Lease,
+    ) -> Result<Outcome, ProvisionError> {
+        let device = snapshot.record.device_id;
+        let fresh = Fresh::new(mode, self.key_algorithm)?;
+        let registration = self.registry.register(deadline, &request.uuid, &snapshot.state, fresh.material()).await?;
+        let credential = &registration.credential;
+        let vars = self.registry.variables(&request.uuid, credential, fresh.private_pem());
+        let creates = vars.iter().map(|(name, value)| self.balena.create_var(deadline, snapshot.target, name, value));
+        let (leased, activated, created) = tokio::join!(
+            self.balena.try_lease(deadline, device, lease.value()),
+            self.registry.activate(deadline, &request.uuid, &snapshot.state, None, credential),
+            futures::future::join_all(creates),
+        );
+        let conflict = created.iter().any(|r| matches!(r, Ok(false))) || activated.as_ref().is_err_and(is_conflict);
+        let store_failure = created.iter().find_map(|r| r.as_ref().err().cloned());
+        match leased {
+            Ok(true) if !conflict && store_failure.is_none() && activated.is_ok() => {
+                self.release(deadline, device, lease).await;
+                Ok(Outcome { status: Status::Created, device_id, variables: vars.iter().map(|(n, _)| n.to_string()).collect(), details: None })
+            }
+            Ok(true) if conflict => {
+                tracing::info!("another request was making the device too; finishing under the lease");
+                let result = self.provision_leased(deadline, request, device_id, false, mode, Some(&credential.id)).await;
+                self.release(deadline, device, lease).await;
+                result
+            }
+            Ok(false) => {
+                // The holder (or whoever comes after it) deals with what this request wrote.
+                self.acquire(deadline, &request.uuid, device, lease).await?;
+                let result = self.provision_leased(deadline, request, device_id, false, mode, Some(&credential.id)).await;
+                self.release(deadline, device, lease).await;
+                result
+            }
+            leased => {
+                // A step failed (or the lease's state is unknown): undo this request's writes.
+                let cleanup = deadline.extended(self.reserve());
+                let undo = vars.iter().zip(&created).filter(|(_, r)| matches!(r, Ok(true))).map(|((name, value), _)| {
+                    self.balena.delete_var_if(cleanup, snapshot.target, name, value)
+                });
+                for result in futures::future::join_all(undo).await {
+                    if let Err(f) = result {
+                        tracing::error!(error = %f, "could not remove a variable this request stored");
+                    }
+                }
+                if !activated.as_ref().is_err_and(is_conflict) {
+                    self.discard(cleanup, &device_id, credential).await;
+                }
+                self.release(deadline, device, lease).await;
+                Err(match (leased, activated, store_failure) {
+                    (Err(f), _, _) => ProvisionError::balena("taking the device lease", f),
+                    (_, Err(e), _) => e,
+                    (_, _, Some(f)) => ProvisionError::balena("storing the variables", f),
+                    _ => ProvisionError::Internal("fresh provisioning failed without a cause".into()),
+                })
+            }
+        }
     }
 
     /// The rest of the fast path, lease held: activate the credential while its variables are
@@ -371,7 +453,7 @@ impl Provisioner {
             self.registry.activate(deadline, &request.uuid, &snapshot.state, None, credential),
             futures::future::join_all(creates),
         );
-        let conflict = created.iter().any(|r| matches!(r, Ok(false)));
+        let conflict = created.iter().any(|r| matches!(r, Ok(false))) || activated.as_ref().is_err_and(entry_changed);
         let store_failure = created.iter().find_map(|r| r.as_ref().err().cloned());
         if !conflict && store_failure.is_none() && activated.is_ok() {
             return Ok(Outcome {
@@ -410,6 +492,9 @@ impl Provisioner {
     }
 
     /// Provisioning with the lease held: re-read, then create, repair or rotate.
+    /// `mine`: the credential this request created before it held the lease (racing others
+    /// that found the device with nothing provisioned too): if that is the one in use now, this
+    /// request made the device (`created`); a repair from here is one too.
     async fn provision_leased(
         &self,
         deadline: Deadline,
@@ -417,11 +502,32 @@ impl Provisioner {
         device_id: String,
         rotate: bool,
         mode: KeyMode<'_>,
+        mine: Option<&str>,
     ) -> Result<Outcome, ProvisionError> {
-        let snapshot = self.read(deadline, request).await?;
+        match self.provision_leased_once(deadline, request, device_id.clone(), rotate, mode, mine).await {
+            Err(e) if entry_changed(&e) => {
+                tracing::info!(error = %e, "the registry entry changed meanwhile; reading it again");
+                self.provision_leased_once(deadline, request, device_id, rotate, mode, mine).await
+            }
+            other => other,
+        }
+    }
+
+    async fn provision_leased_once(
+        &self,
+        deadline: Deadline,
+        request: &ProvisionRequest,
+        device_id: String,
+        rotate: bool,
+        mode: KeyMode<'_>,
+        mine: Option<&str>,
+    ) -> Result<Outcome, ProvisionError> {
+        let snapshot = self.read(deadline, request, false).await?;
         let assessment = self.assess(&request.uuid, &snapshot, mode);
         if assessment.healthy() && !rotate {
-            return Ok(Outcome { status: Status::AlreadyProvisioned, device_id, variables: Vec::new(), details: None });
+            let made_here = mine.is_some() && assessment.usable.as_ref().map(|c| c.id.as_str()) == mine;
+            let status = if made_here { Status::Created } else { Status::AlreadyProvisioned };
+            return Ok(Outcome { status, device_id, variables: Vec::new(), details: None });
         }
         if assessment.usable.is_some() && !rotate {
             // The stored credential is good; only stale ones need to go.
@@ -430,7 +536,7 @@ impl Provisioner {
         }
         let status = if rotate && assessment.usable.is_some() {
             Status::Rotated
-        } else if snapshot.is_fresh() {
+        } else if snapshot.is_fresh() || mine.is_some() {
             Status::Created
         } else {
             Status::Repaired
@@ -504,14 +610,102 @@ impl Provisioner {
         }
         let lease = Lease::new(request_id, self.budget);
         let device = snapshot.record.device_id;
-        self.acquire(deadline, &request.uuid, device, &lease).await?;
+        if snapshot.record.lease.as_deref().is_some_and(|held| !Lease::expired(held)) {
+            // Another request is working on the device: wait for it, then remove what it left.
+            return self.deprovision_after(deadline, request, device_id, device, &lease, Vec::new()).await;
+        }
+        // Nobody held the lease a moment ago: take it while the variables go and the credentials
+        // stop working, all at once. Should another request have taken it in between, this one
+        // waits for it and then removes whatever it left (removal is what was asked for).
+        let target = snapshot.target;
+        let present: Vec<String> = snapshot.record.vars.keys().cloned().collect();
+        let delete_vars = async {
+            if present.is_empty() { Ok(()) } else { self.balena.delete_vars(deadline, target, self.registry.variable_names()).await }
+        };
+        let (leased, deleted, retired) = tokio::join!(
+            self.balena.try_lease(deadline, device, lease.value()),
+            delete_vars,
+            self.registry.retire(deadline, &device_id, &snapshot.state),
+        );
+        let held = matches!(leased, Ok(true));
+        if deleted.is_err() || retired.is_err() {
+            // Neither half may stand alone: variables must not name a retired credential, nor a
+            // working credential be left without its variables.
+            let cleanup = deadline.extended(self.reserve());
+            match (&deleted, &retired) {
+                (Err(_), Ok(())) => {
+                    if let Err(f) = self.registry.unretire(cleanup, &device_id, &snapshot.state, &snapshot.vars()).await {
+                        tracing::error!(error = %f, "could not make the credentials work again after the variables could not be deleted");
+                    }
+                }
+                (Ok(()), Err(_)) if !present.is_empty() && self.still_active(cleanup, &device_id, &snapshot.state.credentials).await => {
+                    self.recreate(cleanup, target, &snapshot.record.vars).await;
+                }
+                _ => {}
+            }
+            if held || leased.is_err() {
+                self.release(deadline, device, &lease).await;
+            }
+            return Err(match (deleted, retired) {
+                (Err(f), _) => ProvisionError::balena("deleting the variables", f),
+                (_, Err(f)) => ProvisionError::cloud("revoking the credentials", f),
+                _ => ProvisionError::Internal("removal failed without a cause".into()),
+            });
+        }
+        if !held {
+            // Another request took the lease meanwhile (or its state is unknown): leave the rest
+            // alone while it works, then remove whatever it leaves.
+            if leased.is_err() {
+                self.release(deadline, device, &lease).await;
+            }
+            return self.deprovision_after(deadline, request, device_id, device, &lease, present).await;
+        }
+        // Variables gone, credentials unusable: what is left is invisible to other requests
+        // (AWS: inactive, detached certificates; an empty thing, which a request that attaches to
+        // it keeps, and which one that finds it gone makes again), so the lease can go while it
+        // is removed.
+        let (purged, ()) =
+            tokio::join!(self.registry.purge(deadline, &device_id, &snapshot.state), self.release(deadline, device, &lease));
+        match purged {
+            Ok(true) => Ok(Outcome { status: Status::Deleted, device_id, variables: present, details: None }),
+            Err(f) => Err(ProvisionError::cloud("deleting the registry entry", f)),
+            // The device is being provisioned again: finish once that is done.
+            Ok(false) => self.deprovision_after(deadline, request, device_id, device, &lease, present).await,
+        }
+    }
+
+    /// DELETE under the lease, waiting for it first: re-read, remove what is there. `removed`:
+    /// the variables this request already deleted (reported even when nothing is left now).
+    async fn deprovision_after(
+        &self,
+        deadline: Deadline,
+        request: &ProvisionRequest,
+        device_id: String,
+        device: i64,
+        lease: &Lease,
+        removed: Vec<String>,
+    ) -> Result<Outcome, ProvisionError> {
+        self.acquire(deadline, &request.uuid, device, lease).await?;
         let result = self.deprovision_leased(deadline, request, device_id).await;
-        self.release(deadline, device, &lease).await;
-        result
+        self.release(deadline, device, lease).await;
+        match result {
+            Ok(outcome) if outcome.status == Status::NotProvisioned && !removed.is_empty() => {
+                Ok(Outcome { status: Status::Deleted, variables: removed, ..outcome })
+            }
+            Ok(mut outcome) => {
+                for name in removed {
+                    if !outcome.variables.contains(&name) {
+                        outcome.variables.push(name);
+                    }
+                }
+                Ok(outcome)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn deprovision_leased(&self, deadline: Deadline, request: &ProvisionRequest, device_id: String) -> Result<Outcome, ProvisionError> {
-        let snapshot = self.read(deadline, request).await?;
+        let snapshot = self.read(deadline, request, false).await?;
         if snapshot.is_empty() {
             return Ok(Outcome { status: Status::NotProvisioned, device_id, variables: Vec::new(), details: None });
         }
@@ -643,6 +837,21 @@ impl Provisioner {
             tracing::error!(error = %f, "could not release the device lease; it expires by itself");
         }
     }
+}
+
+/// The registry refused a create or a conditional write because the entry changed meanwhile.
+fn is_conflict(e: &ProvisionError) -> bool {
+    matches!(e, ProvisionError::Upstream { failure: UpstreamFailure::Refused { status: 409 | 412, .. }, .. })
+}
+
+/// The registry entry changed under a request that held the lease: made, changed or removed by
+/// a request that did not need the lease for it (a DELETE finishing after its lease was
+/// released, a fast path that lost the lease race). Worth one fresh attempt.
+fn entry_changed(e: &ProvisionError) -> bool {
+    matches!(
+        e,
+        ProvisionError::Upstream { system: crate::error::Upstream::Cloud, failure: UpstreamFailure::Refused { status: 404 | 409 | 412, .. }, .. }
+    )
 }
 
 enum FreshError {

@@ -1,7 +1,8 @@
-"""moto_server with two corrections, each making moto do what AWS IoT does:
+"""moto_server with two corrections and one setting, each making moto do what AWS IoT does:
 
 * CreateCertificateFromCsr issues the certificate for the CSR's own public key;
-* DeleteCertificate with forceDelete also removes the certificate's policy attachments.
+* DeleteCertificate with forceDelete also removes the certificate's policy attachments;
+* certificate ids are the SHA-256 of the certificate's DER (moto's `iot.use_valid_cert`).
 
 moto (5.2.x) answers CreateCertificateFromCsr with a certificate for a fresh RSA key it makes
 itself and throws away, keeping only the CSR's subject. Real AWS IoT signs the public key in the
@@ -21,9 +22,14 @@ import sys
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from moto.core.config import default_user_config
 from moto.iot.exceptions import InvalidRequestException
 from moto.iot.models import IoTBackend
 from moto.server import main
+
+# Certificate ids as AWS IoT makes them: the SHA-256 of the certificate's DER (moto's default
+# hashes the PEM text, for backward compatibility with its own tests).
+default_user_config.setdefault("iot", {})["use_valid_cert"] = True
 
 _CA_KEY = ec.generate_private_key(ec.SECP256R1())
 _CA_NAME = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "moto emulated AWS IoT CA")])

@@ -95,6 +95,12 @@ fn classify<E: ProvideErrorMetadata + std::error::Error, R: std::fmt::Debug>(err
                 Some("ServiceUnavailableException" | "InternalFailureException" | "InternalException") => {
                     UpstreamFailure::Unavailable { detail }
                 }
+                // The HTTP status AWS IoT answers these with, so the flow can tell "gone" and
+                // "changed meanwhile" from other refusals.
+                Some(NOT_FOUND) => UpstreamFailure::Refused { status: 404, detail },
+                Some("ResourceAlreadyExistsException" | "ConflictException" | "VersionConflictException") => {
+                    UpstreamFailure::Refused { status: 409, detail }
+                }
                 _ => UpstreamFailure::Refused { status: 400, detail },
             };
             AwsFailure { code, failure }
@@ -294,6 +300,121 @@ impl Registry for AwsIotRegistry {
             Err(f) => Err(f.failure),
         }
     }
+
+    /// The thing's principals only: DELETE acts on every certificate attached, whatever its
+    /// state, so describing each (a second round trip) tells it nothing it needs.
+    async fn inspect_for_removal(&self, deadline: Deadline, thing: &str) -> Result<RegistryState, UpstreamFailure> {
+        let principals = match call(deadline, self.client.list_thing_principals().thing_name(thing).send()).await {
+            Ok(out) => out.principals().to_vec(),
+            Err(f) if f.is(NOT_FOUND) => return Ok(RegistryState::default()),
+            Err(f) => return Err(f.failure),
+        };
+        let credentials = principals
+            .into_iter()
+            .filter_map(|arn| {
+                Some(RegisteredCredential {
+                    id: cert_id(&arn)?.to_owned(),
+                    locator: Some(arn),
+                    public_key: None,
+                    certificate_pem: None,
+                    key_pem: None,
+                    // Not described: taken as working, which is what DELETE must assume.
+                    active: true,
+                    complete: false,
+                })
+            })
+            .collect();
+        Ok(RegistryState { entry: true, credentials, revision: None })
+    }
+
+    /// Deactivates and detaches every certificate at once. A certificate whose deactivation
+    /// failed is attached again, so it is left exactly as it was (still found, still named).
+    async fn retire(&self, deadline: Deadline, thing: &str, state: &RegistryState) -> Result<(), UpstreamFailure> {
+        let steps = state.credentials.iter().filter_map(|c| Some((c.id.as_str(), c.locator.as_deref()?))).map(|(id, arn)| async move {
+            let (inactive, detached) = tokio::join!(
+                call(deadline, self.client.update_certificate().certificate_id(id).new_status(CertificateStatus::Inactive).send()),
+                call(deadline, self.client.detach_thing_principal().thing_name(thing).principal(arn).send()),
+            );
+            let inactive = ok_if_gone(inactive);
+            let detached = ok_if_gone(detached);
+            if inactive.is_err() && detached.is_ok() {
+                if let Err(f) = call(deadline, self.client.attach_thing_principal().thing_name(thing).principal(arn).send()).await {
+                    tracing::error!(certificate = %id, error = %f.failure, "could not attach again a certificate that is still active");
+                }
+            }
+            inactive.and(detached)
+        });
+        let results = futures::future::join_all(steps).await;
+        results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+    }
+
+    /// Attaches every certificate again and activates the one the variables name.
+    async fn unretire(
+        &self,
+        deadline: Deadline,
+        thing: &str,
+        state: &RegistryState,
+        vars: &BTreeMap<String, Secret>,
+    ) -> Result<(), UpstreamFailure> {
+        // AWS IoT's certificate id is the SHA-256 of the certificate's DER.
+        let named = super::stored_certificate(vars, CERT_VAR).map(|f| f.sha256_thumbprint.to_ascii_lowercase());
+        let steps = state.credentials.iter().filter_map(|c| Some((c.id.as_str(), c.locator.as_deref()?))).map(|(id, arn)| {
+            let named = named.as_deref() == Some(id);
+            async move {
+                let activate = async {
+                    if named {
+                        ok_if_gone(call(deadline, self.client.update_certificate().certificate_id(id).new_status(CertificateStatus::Active).send()).await)
+                    } else {
+                        Ok(())
+                    }
+                };
+                let attach = async { ok_if_gone(call(deadline, self.client.attach_thing_principal().thing_name(thing).principal(arn).send()).await) };
+                let (activated, attached) = tokio::join!(activate, attach);
+                activated.and(attached)
+            }
+        });
+        let results = futures::future::join_all(steps).await;
+        results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+    }
+
+    /// Deletes the (inactive, detached) certificates and the thing at once.
+    async fn purge(&self, deadline: Deadline, thing: &str, state: &RegistryState) -> Result<bool, UpstreamFailure> {
+        let certificates = state.credentials.iter().map(|c| self.delete_certificate(deadline, &c.id));
+        let remove_thing = async {
+            if !state.entry {
+                return Ok(true);
+            }
+            // A thing that still has a principal cannot be deleted: right after a detach that is
+            // AWS's asynchronous propagation (worth a few short retries); after those, a
+            // certificate attached since the thing was read.
+            let mut wait = Duration::from_millis(100);
+            loop {
+                match call(deadline, self.client.delete_thing().thing_name(thing).send()).await {
+                    Ok(_) => return Ok(true),
+                    Err(f) if f.is(NOT_FOUND) => return Ok(true),
+                    Err(f) if f.is("InvalidRequestException") && still_attached(&f) => {
+                        if wait > Duration::from_millis(400) || wait >= deadline.remaining() {
+                            return Ok(false);
+                        }
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                    Err(f) => return Err(f.failure),
+                }
+            }
+        };
+        let (deleted, removed) = tokio::join!(futures::future::join_all(certificates), remove_thing);
+        deleted.into_iter().collect::<Result<Vec<()>, _>>()?;
+        removed
+    }
+}
+
+/// DeleteThing refused because a principal is still attached.
+fn still_attached(f: &AwsFailure) -> bool {
+    match &f.failure {
+        UpstreamFailure::Refused { detail, .. } => detail.contains("attached"),
+        _ => false,
+    }
 }
 
 impl AwsIotRegistry {
@@ -316,6 +437,11 @@ impl AwsIotRegistry {
         // forced delete then removes it with its policy attachment.
         ok_if_gone(call(deadline, self.client.update_certificate().certificate_id(id).new_status(CertificateStatus::Inactive).send()).await)?;
         ok_if_gone(call(deadline, self.client.detach_thing_principal().thing_name(thing).principal(&arn).send()).await)?;
+        self.delete_certificate(deadline, id).await
+    }
+
+    /// Deletes an inactive, detached certificate (forced: its policy attachment goes with it).
+    async fn delete_certificate(&self, deadline: Deadline, id: &str) -> Result<(), UpstreamFailure> {
         // Detaching a thing propagates asynchronously in AWS: a DeleteConflict right after it is
         // expected and worth a few short retries.
         let mut wait = Duration::from_millis(100);

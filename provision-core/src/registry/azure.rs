@@ -259,6 +259,10 @@ impl Registry for IotHubRegistry {
         true
     }
 
+    fn registers_locally(&self) -> bool {
+        true
+    }
+
     /// The stored certificate's thumbprint is the registered one (SHA-256 or SHA-1).
     fn names(&self, vars: &BTreeMap<String, Secret>, credential: &RegisteredCredential) -> bool {
         super::stored_certificate(vars, CERT_VAR).is_some_and(|f| f.sha256_thumbprint == credential.id || f.sha1_thumbprint == credential.id)
@@ -363,6 +367,23 @@ impl Registry for IotHubRegistry {
 
     async fn remove_entry(&self, deadline: Deadline, device: &str) -> Result<(), UpstreamFailure> {
         self.call(deadline, Method::Delete, device, None, Some("*")).await.map(|_| ())
+    }
+
+    /// Creates the device again with the thumbprints it had (a device made since stays).
+    async fn unretire(
+        &self,
+        deadline: Deadline,
+        device: &str,
+        state: &RegistryState,
+        _vars: &BTreeMap<String, Secret>,
+    ) -> Result<(), UpstreamFailure> {
+        let mut slots: Vec<&RegisteredCredential> = state.credentials.iter().collect();
+        slots.sort_by_key(|c| c.locator.as_deref() != Some("primary"));
+        let Some(first) = slots.first() else { return Ok(()) };
+        match self.put(deadline, device, (first.id.as_str(), slots.get(1).map(|c| c.id.as_str())), None).await {
+            Err(UpstreamFailure::Refused { status: 409, .. }) => Ok(()),
+            other => other,
+        }
     }
 }
 

@@ -363,6 +363,10 @@ impl Registry for ClearBladeRegistry {
         true
     }
 
+    fn registers_locally(&self) -> bool {
+        true
+    }
+
     fn fixed_variables(&self, uuid: &DeviceUuid) -> Vec<(&'static str, String)> {
         let id = self.device_id(uuid);
         vec![
@@ -485,6 +489,27 @@ impl Registry for ClearBladeRegistry {
 
     async fn remove_entry(&self, deadline: Deadline, device_id: &str) -> Result<(), UpstreamFailure> {
         self.delete_device(deadline, device_id).await
+    }
+
+    /// Creates the device again with the keys it had (a device made since stays).
+    async fn unretire(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+        state: &RegistryState,
+        _vars: &BTreeMap<String, Secret>,
+    ) -> Result<(), UpstreamFailure> {
+        let keys: Vec<Value> = state.credentials.iter().filter_map(|c| c.key_pem.as_ref().map(credential_json)).collect();
+        if !state.entry || keys.is_empty() {
+            return Ok(());
+        }
+        let body = json!({"id": device_id, "credentials": keys});
+        let answer = self.devices_call(deadline, reqwest::Method::POST, &[], Some(&body)).await?;
+        match answer.status {
+            s if s.is_success() => Ok(()),
+            StatusCode::CONFLICT => Ok(()),
+            _ => Err(google_failure(&answer)),
+        }
     }
 }
 

@@ -149,6 +149,12 @@ pub trait Registry: Send + Sync {
         false
     }
 
+    /// Whether `register` makes the credential without calling the registry (IoT Hub: a
+    /// self-signed certificate; ClearBlade: a key), so it can be activated at once.
+    fn registers_locally(&self) -> bool {
+        false
+    }
+
     /// Variables whose values follow from the device alone, not from a credential (ClearBlade's
     /// paths); a provisioned device holds exactly these values.
     fn fixed_variables(&self, _uuid: &DeviceUuid) -> Vec<(&'static str, String)> {
@@ -192,4 +198,36 @@ pub trait Registry: Send + Sync {
 
     /// Removes the device's entry (after its credentials). Removing what is gone succeeds.
     async fn remove_entry(&self, deadline: Deadline, device_id: &str) -> Result<(), UpstreamFailure>;
+
+    /// What DELETE needs to know, read in one round trip: which entry and credentials exist
+    /// (AWS: the thing's principals, without describing each). By default, `inspect`.
+    async fn inspect_for_removal(&self, deadline: Deadline, device_id: &str) -> Result<RegistryState, UpstreamFailure> {
+        self.inspect(deadline, device_id).await
+    }
+
+    /// DELETE's first registry step, run beside deleting the variables: every credential in
+    /// `state` stops authenticating (AWS: inactive and detached from the thing; IoT Hub and
+    /// ClearBlade: the entry goes, its keys with it). A credential that could not be made
+    /// unusable is left as it was, still where `inspect` finds it.
+    async fn retire(&self, deadline: Deadline, device_id: &str, state: &RegistryState) -> Result<(), UpstreamFailure> {
+        if state.entry { self.remove_entry(deadline, device_id).await } else { Ok(()) }
+    }
+
+    /// Undoes `retire` when the variables could not be deleted: the credential `vars` name
+    /// authenticates again, and every credential is back where `inspect` finds it. Best effort.
+    async fn unretire(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+        state: &RegistryState,
+        vars: &BTreeMap<String, Secret>,
+    ) -> Result<(), UpstreamFailure>;
+
+    /// DELETE's last registry step, once the variables are gone and `retire` succeeded: removes
+    /// what is left (AWS: the certificates and the thing; nothing where the entry held the
+    /// credentials). `Ok(false)`: the entry gained a credential since `state` was read, so
+    /// another request is provisioning the device and the entry stays.
+    async fn purge(&self, _deadline: Deadline, _device_id: &str, _state: &RegistryState) -> Result<bool, UpstreamFailure> {
+        Ok(true)
+    }
 }
