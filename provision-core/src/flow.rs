@@ -1,11 +1,22 @@
 //! The provisioning state machine: read everything at once, decide, change only what must
 //! change, and undo this request's changes when a later step fails.
 //!
-//! Changes to one device are serialised by a lease (a balenaCloud device tag that only one
-//! request can create). A device with nothing provisioned takes the fast path: the lease, the
-//! registry entry and the credential are made together, then the credential is activated while
-//! its variables are stored; variables are created, never overwritten, so a snapshot that went
-//! stale before the lease was taken shows up as a conflict instead of a lost write.
+//! Changes to one device are serialised by a lock: generation `n + 1` of the device's
+//! `provision-lock-<n>` tag, which balenaCloud lets only one request create, so of all the
+//! requests that read generation `n` as the latest, one changes the device, and a read followed
+//! by a successful take is current (any change since would have taken the lock first). A tag is
+//! never deleted while a request could still follow it; a holder marks it released, or, on the
+//! fast paths, names what it is for (`goal key <fingerprint>`, `goal gone`), and the next
+//! request sees it done in the state it reads: no release call, no round trip.
+//!
+//! The fast paths act while taking the lock. A device with nothing provisioned: the lock and
+//! the credential (AWS: the thing and the inactive certificate) are made together, then the
+//! credential is activated while its variables are created (never overwritten, so a stale read
+//! shows as a conflict, not a lost write). DELETE: the lock, deleting the variables read and
+//! retiring the credentials together; should another request have taken the lock, this one
+//! waits for it and removes whatever it left. A lock taken for a goal is only ever followed by
+//! undoing this request's own writes (safe beside whoever holds the next lock): anything more
+//! the device needs is done under a lock taken afresh.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -288,7 +299,7 @@ impl Provisioner {
                 "registry": {"entry": snapshot.state.entry, "credentials": credentials},
                 "variables": variables,
                 "target": match snapshot.target { VarTarget::Device { .. } => "device", VarTarget::Service { .. } => "service" },
-                "busy": snapshot.record.lease.is_some(),
+                "busy": !self.lock_free(snapshot, false),
             })),
         }
     }
@@ -308,134 +319,95 @@ impl Provisioner {
         if assessment.healthy() && !rotate {
             return Ok(Outcome { status: Status::AlreadyProvisioned, device_id, variables: Vec::new(), details: None });
         }
-        let lease = Lease::new(request_id, self.budget);
         let device = snapshot.record.device_id;
-        let lease_free = snapshot.record.lease.as_deref().is_none_or(Lease::expired);
-        if snapshot.is_fresh() && lease_free && self.registry.registers_locally() {
-            return self.provision_fresh_at_once(deadline, request, device_id, snapshot, mode, &lease).await;
-        }
-        if snapshot.is_fresh() {
-            // Fast path: a device with nothing provisioned.
+        let free_at_first = self.lock_free(&snapshot, false);
+        if snapshot.is_fresh() && free_at_first {
+            // Fast path: a device with nothing provisioned, and nobody changing it a moment ago.
+            // The lock taken says what it is for (this key in use), so once the device is
+            // provisioned the next request knows it is free without a release.
             let fresh = Fresh::new(mode, self.key_algorithm)?;
-            let (leased, registered) = tokio::join!(
-                self.balena.try_lease(deadline, device, lease.value()),
+            let goal = Goal::Key(fresh.material().public_key().fingerprint());
+            let lock = Lock::next(&snapshot, request_id, self.budget, Some(goal));
+            let (taken, registered) = tokio::join!(
+                self.take(deadline, &snapshot, &lock),
                 self.registry.register(deadline, &request.uuid, &snapshot.state, fresh.material()),
             );
-            match (leased, registered) {
+            match (taken, registered) {
                 (Ok(true), Ok(registration)) => {
-                    let result = self.finish_fresh(deadline, request, &snapshot, &registration, &fresh, device_id.clone()).await;
-                    let result = match result {
-                        Err(FreshError::Conflict) => self.provision_leased(deadline, request, device_id, rotate, mode, None).await,
-                        Err(FreshError::Failed(e)) => Err(e),
+                    return match self.finish_fresh(deadline, request, &snapshot, &registration, &fresh, device_id.clone()).await {
                         Ok(outcome) => Ok(outcome),
+                        // A lock taken for a goal is only ever followed by undoing: whatever else
+                        // the device needs is done under a lock taken afresh (another request
+                        // may already judge this one done).
+                        Err(FreshError::Conflict) => {
+                            self.release(deadline, device, &lock).await;
+                            self.provision_after(deadline, request, device_id, rotate, mode, request_id, true).await
+                        }
+                        Err(FreshError::Failed(e)) => {
+                            self.release(deadline, device, &lock).await;
+                            Err(e)
+                        }
                     };
-                    self.release(deadline, device, &lease).await;
-                    return result;
                 }
-                (leased, registered) => {
-                    let deadline = deadline.extended(self.reserve());
+                (taken, registered) => {
+                    let cleanup = deadline.extended(self.reserve());
                     if let Ok(registration) = &registered {
-                        // Another request is working on this device, or the lease could not be
+                        // Another request is working on this device, or the lock could not be
                         // taken: this credential is not needed.
-                        self.discard(deadline, &device_id, &registration.credential).await;
-                        // An entry made here goes too, unless another request holds the lease
+                        self.discard(cleanup, &device_id, &registration.credential).await;
+                        // An entry made here goes too, unless another request holds the lock
                         // (it may be using the entry: creating one is idempotent).
                         if registration.created_entry
-                            && leased.is_err()
-                            && let Err(f) = self.registry.remove_entry(deadline, &device_id).await
+                            && taken.is_err()
+                            && let Err(f) = self.registry.remove_entry(cleanup, &device_id).await
                         {
                             tracing::error!(error = %f, "could not remove the registry entry this request made");
                         }
                     }
-                    match leased {
+                    match taken {
                         Ok(true) => {
-                            self.release(deadline, device, &lease).await;
-                            return Err(registered.err().unwrap_or_else(|| ProvisionError::Internal("lease state".into())));
+                            self.release(deadline, device, &lock).await;
+                            return Err(registered.err().unwrap_or_else(|| ProvisionError::Internal("lock state".into())));
                         }
-                        Err(f) => return Err(ProvisionError::balena("taking the device lease", f)),
+                        Err(f) => {
+                            self.release(deadline, device, &lock).await;
+                            return Err(ProvisionError::balena("taking the device lock", f));
+                        }
                         Ok(false) => {}
                     }
                 }
             }
         }
-        self.acquire(deadline, &request.uuid, device, &lease).await?;
-        let result = self.provision_leased(deadline, request, device_id, rotate, mode, None).await;
-        self.release(deadline, device, &lease).await;
+        let seen_free = if free_at_first { snapshot.record.head_lock().map(|h| h.generation) } else { None };
+        let origin_fresh = snapshot.is_fresh();
+        let (lock, snapshot) = self.acquire(deadline, request, request_id, seen_free, false).await?;
+        let result = self.provision_locked(deadline, request, device_id, snapshot, rotate, mode, origin_fresh).await;
+        self.release(deadline, device, &lock).await;
         result
     }
 
-    /// The fast path where the credential is made here (IoT Hub, ClearBlade): nobody held the
-    /// lease a moment ago, so take it while the registry entry and the variables are created,
-    /// all at once. Everything is created, never overwritten: should another request be making
-    /// the device too, at most one of each write succeeds and nothing of the other is lost. The
-    /// lease decides who finishes: its holder re-reads and repairs the mix (answering
-    /// `created`); the others wait for it and find the device provisioned.
-    async fn provision_fresh_at_once(
+    /// Provisioning under a lock taken afresh, after a fast path gave way. `origin_fresh`: the
+    /// device had nothing provisioned when this request first read it, so a repair from here
+    /// makes it (`created`).
+    #[allow(clippy::too_many_arguments)]
+    async fn provision_after(
         &self,
         deadline: Deadline,
         request: &ProvisionRequest,
         device_id: String,
-        snapshot: Snapshot,
+        rotate: bool,
         mode: KeyMode<'_>,
-        lease: &Lease,
+        request_id: &str,
+        origin_fresh: bool,
     ) -> Result<Outcome, ProvisionError> {
+        let (lock, snapshot) = self.acquire(deadline, request, request_id, None, false).await?;
         let device = snapshot.record.device_id;
-        let fresh = Fresh::new(mode, self.key_algorithm)?;
-        let registration = self.registry.register(deadline, &request.uuid, &snapshot.state, fresh.material()).await?;
-        let credential = &registration.credential;
-        let vars = self.registry.variables(&request.uuid, credential, fresh.private_pem());
-        let creates = vars.iter().map(|(name, value)| self.balena.create_var(deadline, snapshot.target, name, value));
-        let (leased, activated, created) = tokio::join!(
-            self.balena.try_lease(deadline, device, lease.value()),
-            self.registry.activate(deadline, &request.uuid, &snapshot.state, None, credential),
-            futures::future::join_all(creates),
-        );
-        let conflict = created.iter().any(|r| matches!(r, Ok(false))) || activated.as_ref().is_err_and(is_conflict);
-        let store_failure = created.iter().find_map(|r| r.as_ref().err().cloned());
-        match leased {
-            Ok(true) if !conflict && store_failure.is_none() && activated.is_ok() => {
-                self.release(deadline, device, lease).await;
-                Ok(Outcome { status: Status::Created, device_id, variables: vars.iter().map(|(n, _)| n.to_string()).collect(), details: None })
-            }
-            Ok(true) if conflict => {
-                tracing::info!("another request was making the device too; finishing under the lease");
-                let result = self.provision_leased(deadline, request, device_id, false, mode, Some(&credential.id)).await;
-                self.release(deadline, device, lease).await;
-                result
-            }
-            Ok(false) => {
-                // The holder (or whoever comes after it) deals with what this request wrote.
-                self.acquire(deadline, &request.uuid, device, lease).await?;
-                let result = self.provision_leased(deadline, request, device_id, false, mode, Some(&credential.id)).await;
-                self.release(deadline, device, lease).await;
-                result
-            }
-            leased => {
-                // A step failed (or the lease's state is unknown): undo this request's writes.
-                let cleanup = deadline.extended(self.reserve());
-                let undo = vars.iter().zip(&created).filter(|(_, r)| matches!(r, Ok(true))).map(|((name, value), _)| {
-                    self.balena.delete_var_if(cleanup, snapshot.target, name, value)
-                });
-                for result in futures::future::join_all(undo).await {
-                    if let Err(f) = result {
-                        tracing::error!(error = %f, "could not remove a variable this request stored");
-                    }
-                }
-                if !activated.as_ref().is_err_and(is_conflict) {
-                    self.discard(cleanup, &device_id, credential).await;
-                }
-                self.release(deadline, device, lease).await;
-                Err(match (leased, activated, store_failure) {
-                    (Err(f), _, _) => ProvisionError::balena("taking the device lease", f),
-                    (_, Err(e), _) => e,
-                    (_, _, Some(f)) => ProvisionError::balena("storing the variables", f),
-                    _ => ProvisionError::Internal("fresh provisioning failed without a cause".into()),
-                })
-            }
-        }
+        let result = self.provision_locked(deadline, request, device_id, snapshot, rotate, mode, origin_fresh).await;
+        self.release(deadline, device, &lock).await;
+        result
     }
 
-    /// The rest of the fast path, lease held: activate the credential while its variables are
+    /// The rest of the fast path, lock held: activate the credential while its variables are
     /// created. A variable that already exists means the snapshot went stale.
     async fn finish_fresh(
         &self,
@@ -476,7 +448,7 @@ impl Provisioner {
         }
         self.discard(deadline, &self.registry.device_id(&request.uuid), credential).await;
         if conflict {
-            tracing::info!("the device changed before the lease was taken; re-reading under the lease");
+            tracing::info!("the device changed before the lock was taken; re-reading under the lock");
             return Err(FreshError::Conflict);
         }
         if registration.created_entry
@@ -491,43 +463,42 @@ impl Provisioner {
         }))
     }
 
-    /// Provisioning with the lease held: re-read, then create, repair or rotate.
-    /// `mine`: the credential this request created before it held the lease (racing others
-    /// that found the device with nothing provisioned too): if that is the one in use now, this
-    /// request made the device (`created`); a repair from here is one too.
-    async fn provision_leased(
+    /// Provisioning with the lock held, from `snapshot` (read under it, or just before taking it).
+    #[allow(clippy::too_many_arguments)]
+    async fn provision_locked(
         &self,
         deadline: Deadline,
         request: &ProvisionRequest,
         device_id: String,
+        snapshot: Snapshot,
         rotate: bool,
         mode: KeyMode<'_>,
-        mine: Option<&str>,
+        origin_fresh: bool,
     ) -> Result<Outcome, ProvisionError> {
-        match self.provision_leased_once(deadline, request, device_id.clone(), rotate, mode, mine).await {
+        match self.provision_locked_once(deadline, request, device_id.clone(), snapshot, rotate, mode, origin_fresh).await {
             Err(e) if entry_changed(&e) => {
                 tracing::info!(error = %e, "the registry entry changed meanwhile; reading it again");
-                self.provision_leased_once(deadline, request, device_id, rotate, mode, mine).await
+                let snapshot = self.read(deadline, request, false).await?;
+                self.provision_locked_once(deadline, request, device_id, snapshot, rotate, mode, origin_fresh).await
             }
             other => other,
         }
     }
 
-    async fn provision_leased_once(
+    #[allow(clippy::too_many_arguments)]
+    async fn provision_locked_once(
         &self,
         deadline: Deadline,
         request: &ProvisionRequest,
         device_id: String,
+        snapshot: Snapshot,
         rotate: bool,
         mode: KeyMode<'_>,
-        mine: Option<&str>,
+        origin_fresh: bool,
     ) -> Result<Outcome, ProvisionError> {
-        let snapshot = self.read(deadline, request, false).await?;
         let assessment = self.assess(&request.uuid, &snapshot, mode);
         if assessment.healthy() && !rotate {
-            let made_here = mine.is_some() && assessment.usable.as_ref().map(|c| c.id.as_str()) == mine;
-            let status = if made_here { Status::Created } else { Status::AlreadyProvisioned };
-            return Ok(Outcome { status, device_id, variables: Vec::new(), details: None });
+            return Ok(Outcome { status: Status::AlreadyProvisioned, device_id, variables: Vec::new(), details: None });
         }
         if assessment.usable.is_some() && !rotate {
             // The stored credential is good; only stale ones need to go.
@@ -536,7 +507,7 @@ impl Provisioner {
         }
         let status = if rotate && assessment.usable.is_some() {
             Status::Rotated
-        } else if snapshot.is_fresh() || mine.is_some() {
+        } else if snapshot.is_fresh() || origin_fresh {
             Status::Created
         } else {
             Status::Repaired
@@ -608,26 +579,29 @@ impl Provisioner {
         if snapshot.is_empty() {
             return Ok(Outcome { status: Status::NotProvisioned, device_id, variables: Vec::new(), details: None });
         }
-        let lease = Lease::new(request_id, self.budget);
         let device = snapshot.record.device_id;
-        if snapshot.record.lease.as_deref().is_some_and(|held| !Lease::expired(held)) {
-            // Another request is working on the device: wait for it, then remove what it left.
-            return self.deprovision_after(deadline, request, device_id, device, &lease, Vec::new()).await;
+        if !self.lock_free(&snapshot, true) {
+            // Another request is changing the device: wait for it, then remove what it left.
+            return self.deprovision_after(deadline, request, device_id, request_id, None, Vec::new()).await;
         }
-        // Nobody held the lease a moment ago: take it while the variables go and the credentials
-        // stop working, all at once. Should another request have taken it in between, this one
-        // waits for it and then removes whatever it left (removal is what was asked for).
+        // Nobody was changing the device a moment ago: take the lock while the variables go and
+        // the credentials stop working, all at once. Should another request have taken it in
+        // between, this one waits for it and then removes whatever it left (removal is what was
+        // asked for). The lock says what it is for (nothing left), so once the device is gone
+        // the next request knows it is free without a release.
+        let lock = Lock::next(&snapshot, request_id, self.budget, Some(Goal::Gone));
         let target = snapshot.target;
         let present: Vec<String> = snapshot.record.vars.keys().cloned().collect();
-        let delete_vars = async {
-            if present.is_empty() { Ok(()) } else { self.balena.delete_vars(deadline, target, self.registry.variable_names()).await }
-        };
-        let (leased, deleted, retired) = tokio::join!(
-            self.balena.try_lease(deadline, device, lease.value()),
+        // Exactly the variables read: should another request be storing some meanwhile, its
+        // are left for the removal that follows once it is done.
+        let rows: Vec<i64> = snapshot.record.vars.values().map(|v| v.id).collect();
+        let delete_vars = self.balena.delete_var_rows(deadline, target, &rows);
+        let (taken, deleted, retired) = tokio::join!(
+            self.take(deadline, &snapshot, &lock),
             delete_vars,
             self.registry.retire(deadline, &device_id, &snapshot.state),
         );
-        let held = matches!(leased, Ok(true));
+        let held = matches!(taken, Ok(true));
         if deleted.is_err() || retired.is_err() {
             // Neither half may stand alone: variables must not name a retired credential, nor a
             // working credential be left without its variables.
@@ -643,8 +617,8 @@ impl Provisioner {
                 }
                 _ => {}
             }
-            if held || leased.is_err() {
-                self.release(deadline, device, &lease).await;
+            if held || taken.is_err() {
+                self.release(deadline, device, &lock).await;
             }
             return Err(match (deleted, retired) {
                 (Err(f), _) => ProvisionError::balena("deleting the variables", f),
@@ -653,59 +627,52 @@ impl Provisioner {
             });
         }
         if !held {
-            // Another request took the lease meanwhile (or its state is unknown): leave the rest
+            // Another request took the lock meanwhile (or its state is unknown): leave the rest
             // alone while it works, then remove whatever it leaves.
-            if leased.is_err() {
-                self.release(deadline, device, &lease).await;
+            if taken.is_err() {
+                self.release(deadline, device, &lock).await;
             }
-            return self.deprovision_after(deadline, request, device_id, device, &lease, present).await;
+            return self.deprovision_after(deadline, request, device_id, request_id, lock.generation.checked_sub(1), present).await;
         }
-        // Variables gone, credentials unusable: what is left is invisible to other requests
-        // (AWS: inactive, detached certificates; an empty thing, which a request that attaches to
-        // it keeps, and which one that finds it gone makes again), so the lease can go while it
-        // is removed.
-        let (purged, ()) =
-            tokio::join!(self.registry.purge(deadline, &device_id, &snapshot.state), self.release(deadline, device, &lease));
-        match purged {
+        // Variables gone, credentials unusable: remove what is left (AWS: the inactive, detached
+        // certificates and the thing).
+        match self.registry.purge(deadline, &device_id, &snapshot.state).await {
             Ok(true) => Ok(Outcome { status: Status::Deleted, device_id, variables: present, details: None }),
-            Err(f) => Err(ProvisionError::cloud("deleting the registry entry", f)),
-            // The device is being provisioned again: finish once that is done.
-            Ok(false) => self.deprovision_after(deadline, request, device_id, device, &lease, present).await,
+            Err(f) => {
+                self.release(deadline, device, &lock).await;
+                Err(ProvisionError::cloud("deleting the registry entry", f))
+            }
+            // The entry gained a credential since it was read: a request that started before
+            // this one took the lock is finishing; remove what it made too, under a lock taken
+            // afresh (a lock taken for a goal is only ever followed by undoing).
+            Ok(false) => {
+                self.release(deadline, device, &lock).await;
+                self.deprovision_after(deadline, request, device_id, request_id, None, present).await
+            }
         }
     }
 
-    /// DELETE under the lease, waiting for it first: re-read, remove what is there. `removed`:
-    /// the variables this request already deleted (reported even when nothing is left now).
+    /// DELETE under the lock, waiting for it first. `removed`: the variables this request has
+    /// already deleted (reported even when nothing is left now).
     async fn deprovision_after(
         &self,
         deadline: Deadline,
         request: &ProvisionRequest,
         device_id: String,
-        device: i64,
-        lease: &Lease,
+        request_id: &str,
+        seen_free: Option<u64>,
         removed: Vec<String>,
     ) -> Result<Outcome, ProvisionError> {
-        self.acquire(deadline, &request.uuid, device, lease).await?;
-        let result = self.deprovision_leased(deadline, request, device_id).await;
-        self.release(deadline, device, lease).await;
-        match result {
-            Ok(outcome) if outcome.status == Status::NotProvisioned && !removed.is_empty() => {
-                Ok(Outcome { status: Status::Deleted, variables: removed, ..outcome })
-            }
-            Ok(mut outcome) => {
-                for name in removed {
-                    if !outcome.variables.contains(&name) {
-                        outcome.variables.push(name);
-                    }
-                }
-                Ok(outcome)
-            }
-            Err(e) => Err(e),
-        }
+        let disturbed = seen_free.is_some();
+        let (lock, snapshot) = self.acquire(deadline, request, request_id, seen_free, disturbed).await?;
+        let device = snapshot.record.device_id;
+        let result = self.deprovision_locked(deadline, device_id, snapshot).await;
+        self.release(deadline, device, &lock).await;
+        merge_removed(result, removed)
     }
 
-    async fn deprovision_leased(&self, deadline: Deadline, request: &ProvisionRequest, device_id: String) -> Result<Outcome, ProvisionError> {
-        let snapshot = self.read(deadline, request, false).await?;
+    /// DELETE with the lock held, from `snapshot` (read under it, or just before taking it).
+    async fn deprovision_locked(&self, deadline: Deadline, device_id: String, snapshot: Snapshot) -> Result<Outcome, ProvisionError> {
         if snapshot.is_empty() {
             return Ok(Outcome { status: Status::NotProvisioned, device_id, variables: Vec::new(), details: None });
         }
@@ -797,55 +764,142 @@ impl Provisioner {
         }
     }
 
-    /// Waits for the device's lease, within half the remaining budget, breaking a lease whose
-    /// holder outlived its own budget (a crashed instance).
-    async fn acquire(&self, deadline: Deadline, uuid: &DeviceUuid, device: i64, lease: &Lease) -> Result<(), ProvisionError> {
+    /// Whether the device's latest lock leaves it free to change, as `snapshot` shows it: none,
+    /// released, expired (a holder that crashed), or done, what it was taken for being so (a
+    /// fast path's key in use; nothing left after a removal). `removal`: the snapshot is
+    /// DELETE's lighter read, where a key in use shows as the variables naming it.
+    fn lock_free(&self, snapshot: &Snapshot, removal: bool) -> bool {
+        self.lock_free_as(snapshot, removal, false)
+    }
+
+    /// `disturbed`: this request removed credentials beside another's taking of the lock (a
+    /// DELETE that lost the race), so the registry may no longer hold the key the lock was
+    /// taken for: its variables, which that removal left alone, stand for it.
+    fn lock_free_as(&self, snapshot: &Snapshot, removal: bool, disturbed: bool) -> bool {
+        let Some(head) = snapshot.record.head_lock() else { return true };
+        let value = LockValue::parse(&head.value);
+        if value.released || value.until < now_ms() {
+            return true;
+        }
+        match &value.goal {
+            None => false,
+            // An empty entry does not count: a racing fast path that lost the lock may have made
+            // one after the holder read the device (the next request uses or removes it).
+            Some(Goal::Gone) => snapshot.is_fresh(),
+            // Done once its variables exist and the registry holds the key: those are the
+            // holder's last writes (whatever has happened to their values since, by hand or not).
+            Some(Goal::Key(key)) => {
+                let vars = snapshot.vars();
+                let private = self.registry.private_key_variable();
+                let written = self.registry.variable_names().iter().filter(|n| **n != private).all(|n| vars.contains_key(*n));
+                let named_is_key = self.registry.stored_public_key(&vars).is_some_and(|k| k.fingerprint() == *key);
+                let holds_key = snapshot.state.credentials.iter().any(|c| {
+                    c.public_key.as_ref().is_some_and(|k| k.fingerprint() == *key) || (named_is_key && self.registry.names(&vars, c))
+                });
+                // DELETE's lighter read does not describe AWS certificates: the stored one stands.
+                written && (holds_key || (removal && named_is_key) || disturbed)
+            }
+        }
+    }
+
+    /// Takes the lock `lock` names (the generation after `snapshot`'s latest), deleting beside
+    /// it lock tags so old that no request can still follow them.
+    async fn take(&self, deadline: Deadline, snapshot: &Snapshot, lock: &Lock) -> Result<bool, UpstreamFailure> {
+        let device = snapshot.record.device_id;
+        let head = snapshot.record.head_lock().map(|h| h.generation);
+        // A request follows the generation it read within its own budget: a tag whose holder's
+        // time ended two budgets ago is past following (and never the latest one).
+        let horizon = now_ms().saturating_sub(2 * self.budget.as_millis() as u64);
+        let stale: Vec<i64> = snapshot
+            .record
+            .locks
+            .iter()
+            .filter(|l| Some(l.generation) != head && LockValue::parse(&l.value).until < horizon)
+            .map(|l| l.id)
+            .collect();
+        let tidy = async {
+            if !stale.is_empty()
+                && let Err(f) = self.balena.delete_locks(deadline, device, &stale).await
+            {
+                tracing::warn!(error = %f, "could not delete old lock tags; the next change tries again");
+            }
+        };
+        let (taken, ()) = tokio::join!(self.balena.try_lock(deadline, device, lock.generation, &lock.value), tidy);
+        taken
+    }
+
+    /// Waits, within half the remaining budget, until the device's lock is free, and takes it.
+    /// Returns it with the state read just before taking it, which is current: any change
+    /// since would have taken the lock first.
+    /// `seen_free`: a generation this request already found free (done, released or expired);
+    /// it stays so, whatever happened to the device since (this request's own first steps may
+    /// have undone what it was for).
+    async fn acquire(
+        &self,
+        deadline: Deadline,
+        request: &ProvisionRequest,
+        request_id: &str,
+        seen_free: Option<u64>,
+        disturbed: bool,
+    ) -> Result<(Lock, Snapshot), ProvisionError> {
         let give_up = tokio::time::Instant::now() + deadline.remaining() / 2;
         let mut wait = Duration::from_millis(20);
         loop {
-            let taken = self.balena.try_lease(deadline, device, lease.value()).await;
-            if taken.map_err(|f| ProvisionError::balena("taking the device lease", f))? {
-                return Ok(());
-            }
-            let held = self
-                .balena
-                .read_lease(deadline, device)
-                .await
-                .map_err(|f| ProvisionError::balena("reading the device lease", f))?;
-            if let Some(held) = held.filter(|v| Lease::expired(v)) {
-                tracing::warn!("breaking an expired provisioning lease");
-                self.balena
-                    .drop_lease(deadline, device, &held)
-                    .await
-                    .map_err(|f| ProvisionError::balena("breaking an expired lease", f))?;
-                continue;
+            let snapshot = self.read(deadline, request, false).await?;
+            let head = snapshot.record.head_lock().map(|h| h.generation);
+            if (head.is_some() && head == seen_free) || self.lock_free_as(&snapshot, false, disturbed) {
+                let lock = Lock::next(&snapshot, request_id, self.budget, None);
+                match self.take(deadline, &snapshot, &lock).await {
+                    Ok(true) => return Ok((lock, snapshot)),
+                    Ok(false) => {}
+                    Err(f) => {
+                        self.release(deadline, snapshot.record.device_id, &lock).await;
+                        return Err(ProvisionError::balena("taking the device lock", f));
+                    }
+                }
             }
             let pause = wait.mul_f64(0.5 + fastrand::f64());
             if tokio::time::Instant::now() + pause >= give_up {
-                return Err(ProvisionError::Busy(uuid.to_string()));
+                let held = snapshot.record.head_lock().map(|h| h.value.clone()).unwrap_or_default();
+                tracing::warn!(lock = %held, vars = snapshot.record.vars.len(), credentials = snapshot.state.credentials.len(), "gave up waiting for the device lock");
+                return Err(ProvisionError::Busy(request.uuid.to_string()));
             }
             tokio::time::sleep(pause).await;
             wait = (wait * 2).min(Duration::from_millis(400));
         }
     }
 
-    async fn release(&self, deadline: Deadline, device: i64, lease: &Lease) {
-        // Released even when the budget is spent: a leftover lease would stall the next request.
+    /// Marks the lock released (its tag stays: the next change follows its generation).
+    async fn release(&self, deadline: Deadline, device: i64, lock: &Lock) {
+        // Released even when the budget is spent: a lock left held would stall the next request.
         let deadline = deadline.extended(self.reserve());
         let deadline = if deadline.remaining() < Duration::from_secs(2) { Deadline::after(Duration::from_secs(2)) } else { deadline };
-        if let Err(f) = self.balena.drop_lease(deadline, device, lease.value()).await {
-            tracing::error!(error = %f, "could not release the device lease; it expires by itself");
+        if let Err(f) = self.balena.rewrite_lock(deadline, device, lock.generation, &lock.value, &lock.released()).await {
+            tracing::error!(error = %f, "could not release the device lock; it expires by itself");
         }
     }
 }
 
-/// The registry refused a create or a conditional write because the entry changed meanwhile.
-fn is_conflict(e: &ProvisionError) -> bool {
-    matches!(e, ProvisionError::Upstream { failure: UpstreamFailure::Refused { status: 409 | 412, .. }, .. })
+/// Adds the variables an earlier step of a DELETE removed to what the rest of it reports.
+fn merge_removed(result: Result<Outcome, ProvisionError>, removed: Vec<String>) -> Result<Outcome, ProvisionError> {
+    match result {
+        Ok(outcome) if outcome.status == Status::NotProvisioned && !removed.is_empty() => {
+            Ok(Outcome { status: Status::Deleted, variables: removed, ..outcome })
+        }
+        Ok(mut outcome) => {
+            for name in removed {
+                if !outcome.variables.contains(&name) {
+                    outcome.variables.push(name);
+                }
+            }
+            Ok(outcome)
+        }
+        Err(e) => Err(e),
+    }
 }
 
-/// The registry entry changed under a request that held the lease: made, changed or removed by
-/// a request that did not need the lease for it (a DELETE finishing after its lease was
+/// The registry entry changed under a request that held the lock: made, changed or removed by
+/// a request that did not need the lock for it (a DELETE finishing after its lock was
 /// released, a fast path that lost the lease race). Worth one fresh attempt.
 fn entry_changed(e: &ProvisionError) -> bool {
     matches!(
@@ -891,25 +945,60 @@ impl<'a> Fresh<'a> {
     }
 }
 
-/// The lease tag's value: who holds it and until when (unix milliseconds).
-struct Lease(String);
+/// What a lock is taken for, when its holder does not release it: done once the state shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Goal {
+    /// Nothing of the device left (a DELETE).
+    Gone,
+    /// The key with this fingerprint in use, named by the variables (a fresh device's POST).
+    Key(String),
+}
 
-impl Lease {
-    fn new(request_id: &str, budget: Duration) -> Self {
+/// A lock tag's value: `<holder> until <unix ms>[ goal gone| goal key <fingerprint>][ released]`.
+#[derive(Debug, PartialEq, Eq)]
+struct LockValue {
+    until: u64,
+    goal: Option<Goal>,
+    released: bool,
+}
+
+impl LockValue {
+    /// An unreadable value counts as expired.
+    fn parse(value: &str) -> LockValue {
+        let words: Vec<&str> = value.split_whitespace().collect();
+        let after = |word: &str| words.iter().position(|w| *w == word).and_then(|i| words.get(i + 1)).copied();
+        let until = after("until").and_then(|u| u.parse().ok()).unwrap_or(0);
+        let goal = match after("goal") {
+            Some("gone") => Some(Goal::Gone),
+            Some("key") => after("key").map(|k| Goal::Key(k.to_owned())),
+            _ => None,
+        };
+        LockValue { until, goal, released: words.last() == Some(&"released") }
+    }
+}
+
+/// A lock this request takes: the generation after the latest it read, and its value.
+struct Lock {
+    generation: u64,
+    value: String,
+}
+
+impl Lock {
+    fn next(snapshot: &Snapshot, request_id: &str, budget: Duration, goal: Option<Goal>) -> Self {
+        let generation = snapshot.record.head_lock().map_or(1, |h| h.generation + 1);
         let until = now_ms() + budget.as_millis() as u64 + 5_000;
         let holder: String = request_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(64).collect();
-        Lease(format!("{holder} until {until}"))
+        let holder = if holder.is_empty() { "request".to_owned() } else { holder };
+        let goal = match goal {
+            None => String::new(),
+            Some(Goal::Gone) => " goal gone".to_owned(),
+            Some(Goal::Key(key)) => format!(" goal key {key}"),
+        };
+        Lock { generation, value: format!("{holder} until {until}{goal}") }
     }
 
-    fn value(&self) -> &str {
-        &self.0
-    }
-
-    fn expired(value: &str) -> bool {
-        value
-            .rsplit_once(" until ")
-            .and_then(|(_, until)| until.parse::<u64>().ok())
-            .is_none_or(|until| until < now_ms())
+    fn released(&self) -> String {
+        format!("{} released", self.value)
     }
 }
 
@@ -922,10 +1011,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn leases_expire() {
-        let lease = Lease::new("abc", Duration::from_secs(1));
-        assert!(!Lease::expired(lease.value()));
-        assert!(Lease::expired("abc until 1"));
-        assert!(Lease::expired("garbage"), "an unreadable lease is treated as expired");
+    fn lock_values_parse() {
+        let v = LockValue::parse("abc-1 until 1700000000000 goal key 0a1b released");
+        assert_eq!(v, LockValue { until: 1_700_000_000_000, goal: Some(Goal::Key("0a1b".into())), released: true });
+        let v = LockValue::parse("abc until 5 goal gone");
+        assert_eq!(v, LockValue { until: 5, goal: Some(Goal::Gone), released: false });
+        assert_eq!(LockValue::parse("garbage").until, 0, "an unreadable lock counts as expired");
+        assert_eq!(LockValue::parse("x until 7").goal, None);
     }
 }

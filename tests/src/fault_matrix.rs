@@ -9,13 +9,13 @@
 //! * the invariants, right after: no active credential of the device that its variables do not
 //!   name, no variable naming a credential that is not active, nothing this request made left
 //!   behind (credentials anywhere in the registry, a registry entry for a device that has no
-//!   variables, the lease);
+//!   variables, the device's lock still held);
 //! * convergence: one retry without faults (POST, or DELETE for DELETE) ends fully provisioned
 //!   (or fully removed).
 //!
-//! One exception, by design: when the failing call is the release of the device's lease, the
-//! lease stays until it expires (the request's budget plus 5 s). The work it guarded is done,
-//! and the retry of a finished operation does not need the lease.
+//! One exception, by design: when the failing call is the release of the device's lock, the
+//! lock stays held until it expires (the request's budget plus 5 s). The work it guarded is
+//! done, and the retry of a finished operation does not need the lock.
 //!
 //! Every operation runs in its own world (emulators, proxies, function process), the four at
 //! once; the cells of one operation run one after another, each on a device of its own.
@@ -269,9 +269,9 @@ async fn cell<S: Stack>(world: &S, traffic: &Traffic, op: Operation, label: &str
     if !panics.is_empty() {
         problems.push(format!("the function panicked: {panics:?}"));
     }
-    // The release of the lease is the one call whose failure leaves the lease (see above).
-    let lease_may_stay = label.starts_with("balena DELETE") && label.contains("device_tag");
-    problems.extend(invariants(world, &device, &before, lease_may_stay).await);
+    // The release of the lock is the one call whose failure leaves it held (see above).
+    let lock_may_stay = label.starts_with("balena PATCH") && label.contains("device_tag");
+    problems.extend(invariants(world, &device, &before, lock_may_stay).await);
 
     // One retry without faults converges.
     let retry = match op {
@@ -292,8 +292,8 @@ async fn cell<S: Stack>(world: &S, traffic: &Traffic, op: Operation, label: &str
     if !converged {
         problems.push(format!("one retry did not leave the device fully {}", if op == Operation::Delete { "removed" } else { "provisioned" }));
     }
-    if !lease_may_stay && !world.balena.device_tags(device.id).is_empty() {
-        problems.push("a lease is left after the retry".into());
+    if !lock_may_stay && let Some(lock) = world.held_lock(&device, Target::Device).await {
+        problems.push(format!("a lock is held after the retry: {lock}"));
     }
 
     Cell { operation: op, label: label.to_string(), occurrence, kind, answer: shown, problems }
@@ -323,7 +323,7 @@ fn check_answer(op: Operation, answer: &Answer) -> Vec<String> {
 }
 
 /// The invariants right after the faulted request, as problems.
-async fn invariants<S: Stack>(world: &S, device: &Device, before: &Seen, lease_may_stay: bool) -> Vec<String> {
+async fn invariants<S: Stack>(world: &S, device: &Device, before: &Seen, lock_may_stay: bool) -> Vec<String> {
     let mut problems = Vec::new();
     let (entry, registered) = world.registered(device).await;
     let named = world.named(device, Target::Device).await;
@@ -346,8 +346,8 @@ async fn invariants<S: Stack>(world: &S, device: &Device, before: &Seen, lease_m
     if entry && !before.entry && vars.is_empty() {
         problems.push("a registry entry this request made is left, with no variables".into());
     }
-    if !lease_may_stay && !world.balena.device_tags(device.id).is_empty() {
-        problems.push(format!("the lease is left: {:?}", world.balena.device_tags(device.id)));
+    if !lock_may_stay && let Some(lock) = world.held_lock(device, Target::Device).await {
+        problems.push(format!("the lock is held: {lock}"));
     }
     problems
 }

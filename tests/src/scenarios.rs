@@ -287,7 +287,7 @@ pub async fn a_failed_balena_write_leaves_no_orphan<S: Stack>() {
     let active = world.active_credentials().await;
     assert!(active.is_empty(), "no credential left that would let a device in: {active:?}");
     assert!(world.balena.device_vars(device.id).is_empty(), "no variable left behind");
-    assert!(world.balena.device_tags(device.id).is_empty(), "the lease is released");
+    assert_eq!(world.held_lock(&device, Target::Device).await, None, "the lock is released");
 
     world.balena.clear_faults();
     let retried = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
@@ -327,7 +327,7 @@ pub async fn eight_concurrent_posts_end_with_one_credential<S: Stack>() {
     assert!(statuses.iter().all(|s| s == "created" || s == "already-provisioned"), "{statuses:?}");
     let registered = world.assert_provisioned(&device, Target::Service, false).await;
     assert_eq!(world.active_credentials().await, vec![registered.id], "one active credential in the registry");
-    assert!(world.balena.device_tags(device.id).is_empty(), "no lease left");
+    assert_eq!(world.held_lock(&device, Target::Service).await, None, "no lock held");
     world.stop().await;
 }
 
@@ -424,6 +424,55 @@ pub async fn hostile_corpus<S: Stack>() {
     world.stop().await;
 }
 
+/// The device lock's generations: a change follows the latest tag (a stale earlier one is
+/// ignored), tags whose time is long past are deleted beside a later take (the latest stays),
+/// a live lock held by another request makes POST and DELETE answer `busy`, and a fast path
+/// leaves its lock done without a release: the DELETE right after it does not wait.
+pub async fn lock_generations<S: Stack>() {
+    // A short budget: waiting for the lock gives up at half of it.
+    let budget = ("PROVISION_REQUEST_BUDGET_MS".to_string(), "4000".to_string());
+    let world = S::start_with(Options { extra_env: vec![budget], ..Options::default() }).await.unwrap();
+    let device = world.add_device();
+    let operator = world.secrets.operator_token.clone();
+    // Two old generations, both long expired (one a done removal, one released).
+    world.balena.set_device_tag(device.id, "provision-lock-6", "old-request until 1000 goal gone");
+    world.balena.set_device_tag(device.id, "provision-lock-7", "old-request until 2000 released");
+    let created = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    assert_eq!(created.status, 201, "{}", created.raw_body);
+    let tags = world.balena.device_tags(device.id);
+    assert!(!tags.contains_key("provision-lock-6"), "an old generation is deleted: {tags:?}");
+    assert!(tags.contains_key("provision-lock-7"), "the generation it followed stays: {tags:?}");
+    let lock = &tags["provision-lock-8"];
+    assert!(lock.contains(" goal key ") && !lock.ends_with("released"), "the fast path names its goal instead of a release: {lock}");
+    assert_eq!(world.held_lock(&device, Target::Device).await, None, "done: the device is provisioned with that key");
+
+    // Another request's live lock, a generation later: both POST (rotate) and DELETE wait, then
+    // answer busy with Retry-After, changing nothing.
+    world.balena.set_device_tag(device.id, "provision-lock-9", "someone-else until 99999999999999");
+    let vars_before = world.balena.device_vars(device.id);
+    for call in [Call::post(json!({"uuid": device.uuid, "rotate": true})).bearer(&device.key), Call::delete(json!({"uuid": device.uuid})).bearer(&operator)] {
+        let answer = world.call(call).await.unwrap();
+        assert_eq!((answer.status, answer.error_code()), (503, "provision.device.busy"), "{}", answer.raw_body);
+        assert!(answer.headers.contains_key("retry-after"), "{}", answer.raw_body);
+    }
+    assert_eq!(world.balena.device_vars(device.id), vars_before, "nothing changed while another request held the lock");
+    world.balena.set_device_tag(device.id, "provision-lock-9", "someone-else until 99999999999999 released");
+
+    // DELETE follows at once (generation 10), and leaves its own lock done.
+    let deleted = world.call(Call::delete(json!({"uuid": device.uuid})).bearer(&operator)).await.unwrap();
+    assert_eq!((deleted.status, deleted.status_text()), (200, "deleted"), "{}", deleted.raw_body);
+    world.assert_gone(&device, Target::Device).await;
+    let tags = world.balena.device_tags(device.id);
+    assert!(tags.get("provision-lock-10").is_some_and(|v| v.contains(" goal gone")), "{tags:?}");
+    assert_eq!(world.held_lock(&device, Target::Device).await, None);
+    // And a new POST follows that (generation 11).
+    let again = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    assert_eq!(again.status, 201, "{}", again.raw_body);
+    assert!(world.balena.device_tags(device.id).contains_key("provision-lock-11"));
+    world.assert_provisioned(&device, Target::Device, false).await;
+    world.stop().await;
+}
+
 /// Twenty POSTs and DELETEs for one device, interleaved and all at once over four instances:
 /// each answers (no deadlock, no 5xx but the contract's `busy`), the device ends either fully
 /// provisioned or fully removed, and one more POST converges to one credential.
@@ -444,7 +493,7 @@ pub async fn twenty_interleaved_posts_and_deletes<S: Stack>() {
         let ok = matches!(answer.status, 200 | 201) || (answer.status == 503 && answer.error_code() == "provision.device.busy");
         assert!(ok, "{} {}", answer.status, answer.raw_body);
     }
-    assert!(world.balena.device_tags(device.id).is_empty(), "no lease left");
+    assert_eq!(world.held_lock(&device, Target::Service).await, None, "no lock held");
     if vars(&world, &device, Target::Service).is_empty() {
         world.assert_gone(&device, Target::Service).await;
         assert!(world.active_credentials().await.is_empty(), "removed: no credential left active");
@@ -496,6 +545,10 @@ macro_rules! shared_scenarios {
             #[tokio::test]
             async fn rsa_keys_on_request() {
                 s::rsa_keys_on_request::<$world>().await;
+            }
+            #[tokio::test]
+            async fn lock_generations() {
+                s::lock_generations::<$world>().await;
             }
             #[tokio::test]
             async fn a_half_provisioned_device_is_repaired() {

@@ -104,6 +104,37 @@ pub trait Stack: Sized + Deref<Target = Fleet> {
     async fn active_credentials(&self) -> Vec<String> {
         self.credentials().await.into_iter().filter(|c| c.active).map(|c| c.id).collect()
     }
+
+    /// The device's lock if a request still holds it, as `key = value`: the latest
+    /// `provision-lock-<n>` tag unless it is released, expired, or done (taken for removing the
+    /// device, which has no variables or credentials left; or for a fresh device's key, and the
+    /// device is provisioned).
+    /// Older tags and done locks stay by design: the next change follows their generation.
+    async fn held_lock(&self, device: &Device, target: Target) -> Option<String> {
+        let tags = self.balena.device_tags(device.id);
+        let generation = |key: &str| match key.strip_prefix("provision-lock")? {
+            "" => Some(0u64),
+            rest => rest.strip_prefix('-')?.parse().ok(),
+        };
+        let (key, value) = tags.iter().filter_map(|(k, v)| Some((generation(k)?, k, v))).max_by_key(|(g, _, _)| *g).map(|(_, k, v)| (k, v))?;
+        let words: Vec<&str> = value.split_whitespace().collect();
+        let after = |word: &str| words.iter().position(|w| *w == word).and_then(|i| words.get(i + 1)).copied();
+        let until: u128 = after("until").and_then(|u| u.parse().ok()).unwrap_or(0);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        if words.last() == Some(&"released") || until < now {
+            return None;
+        }
+        let done = match after("goal") {
+            Some("gone") => checks::vars(self, device, target).is_empty() && self.registered(device).await.1.is_empty(),
+            Some("key") => {
+                let named = self.named(device, target).await;
+                let (_, registered) = self.registered(device).await;
+                named.is_some_and(|n| registered.iter().any(|c| c.active && c.id == n))
+            }
+            _ => false,
+        };
+        (!done).then(|| format!("{key} = {value}"))
+    }
 }
 
 impl Stack for AwsWorld {

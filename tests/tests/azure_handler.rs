@@ -47,7 +47,9 @@ async fn an_interrupted_rotation_always_leaves_a_working_certificate() {
             // The PUT that adds the new thumbprint fails (past the pipeline's retries).
             Step::RegisterNew => world.hub.inject_fault(HubFault::new(500).method("PUT").times(50)),
             // Storing the new variables fails.
-            Step::StoreVariables => world.balena.inject_fault(Fault::new(500).method("PATCH").times(50)),
+            Step::StoreVariables => {
+                world.balena.inject_fault(Fault::new(500).method("PATCH").resource("device_environment_variable").times(50))
+            }
             // The new certificate is stored; removing the old thumbprint fails.
             Step::DropOld => world.hub.inject_fault(HubFault::new(500).method("PUT").skip(1).times(50)),
         }

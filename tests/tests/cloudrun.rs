@@ -85,7 +85,7 @@ async fn two_hundred_devices_through_one_process() {
     }
     for device in &devices {
         world.assert_provisioned(device, Target::Device, false).await;
-        assert!(world.balena.device_tags(device.id).is_empty(), "no lease left");
+        assert_eq!(world.held_lock(device, Target::Device).await, None, "no lock held");
     }
     assert_eq!(world.active_credentials().await.len(), 200, "one key per device, no more");
     world.stop().await;

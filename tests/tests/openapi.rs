@@ -557,9 +557,9 @@ async fn gcp_answers_conform_and_cover_the_document() {
     world.clearblade.inject_fault(provision_emulators::clearblade::Fault::new(403).times(1000));
     c.expect(Call::post(body.clone()).bearer(&operator), 502, "provision.upstream.cloud").await;
     world.clearblade.clear_faults();
-    // Another request's lease, held past half the budget.
+    // Another request's lock (a generation after the POST's), held past half the budget.
     c.expect(Call::post(body.clone()).bearer(&operator), 201, "created").await;
-    world.balena.set_device_tag(device.id, provision_core::balena::LEASE_TAG, "someone-else until 99999999999999");
+    world.balena.set_device_tag(device.id, &provision_core::balena::LockTag::key(99), "someone-else until 99999999999999");
     for call in [Call::post(json!({"uuid": device.uuid, "rotate": true})), Call::delete(body.clone())] {
         let answer = c.expect(call.bearer(&operator), 503, "provision.device.busy").await;
         assert!(answer.headers.contains_key("retry-after"), "{}", answer.raw_body);

@@ -1,9 +1,9 @@
 //! The balenaCloud API client (pinejs/OData, API v7): the device directory the core uses to
 //! check a caller's key, read a device's provisioning variables, write and delete them, and
-//! hold a per-device provisioning lease.
+//! keep a device's provisioning locks (device tags, see [`LockTag`]).
 //!
 //! Reads are shaped so that one request brings back everything a decision needs: the device,
-//! its variables (device or service), and the lease tag, through `$expand`.
+//! its variables (device or service), and its lock tags, through `$expand`.
 
 pub mod odata;
 
@@ -20,9 +20,33 @@ use crate::upstream::{self, Answer};
 use crate::secret::Secret;
 use odata::{any_name, encode, literal};
 
-/// The device tag that holds the provisioning lease of a device. Tags are not pushed to the
-/// device as environment, so taking the lease restarts nothing.
+/// The prefix of the device tags that serialise changes to a device: `provision-lock-<n>`, one
+/// per change, `n` counting up. Tags are not pushed to the device as environment, so taking a
+/// lock restarts nothing.
 pub const LEASE_TAG: &str = "provision-lock";
+
+/// One lock tag: the `generation`-th change to the device, and what its holder wrote in it.
+/// balenaCloud keeps (device, tag_key) unique, so of the requests that saw generation `n` as
+/// the latest, exactly one can create generation `n + 1`: that is taking the lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockTag {
+    pub id: i64,
+    pub generation: u64,
+    pub value: String,
+}
+
+impl LockTag {
+    /// The generation a tag key names (`provision-lock` alone, from earlier versions, is 0).
+    fn parse(id: i64, key: &str, value: String) -> Option<LockTag> {
+        let rest = key.strip_prefix(LEASE_TAG)?;
+        let generation = if rest.is_empty() { 0 } else { rest.strip_prefix('-')?.parse().ok()? };
+        Some(LockTag { id, generation, value })
+    }
+
+    pub fn key(generation: u64) -> String {
+        format!("{LEASE_TAG}-{generation}")
+    }
+}
 
 /// Where the variables of one request live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,8 +85,15 @@ pub struct DeviceRecord {
     /// `None` when a service was asked for and the device has no install of it.
     pub target: Option<VarTarget>,
     pub vars: BTreeMap<String, StoredVar>,
-    /// The value of the lease tag, if one is held.
-    pub lease: Option<String>,
+    /// The device's lock tags, oldest first.
+    pub locks: Vec<LockTag>,
+}
+
+impl DeviceRecord {
+    /// The latest lock tag, the one a change must follow.
+    pub fn head_lock(&self) -> Option<&LockTag> {
+        self.locks.last()
+    }
 }
 
 /// What a caller's key can see of a device.
@@ -118,6 +149,8 @@ struct VarRow {
 
 #[derive(Deserialize)]
 struct TagRow {
+    #[serde(default)]
+    id: i64,
     tag_key: String,
     value: String,
 }
@@ -149,7 +182,7 @@ impl BalenaClient {
     }
 
     /// The device, its provisioning variables among `names` (of the service install when a
-    /// service is given), and its lease, in one request. `None`: no such device for our key.
+    /// service is given), and its lock tags, in one request. `None`: no such device for our key.
     pub async fn read_device(
         &self,
         deadline: Deadline,
@@ -165,7 +198,7 @@ impl BalenaClient {
                 literal(service.as_str())
             ),
         };
-        let expand = format!("{target_expand},device_tag($select=id,tag_key,value;$filter=tag_key eq {})", literal(LEASE_TAG));
+        let expand = format!("{target_expand},device_tag($select=id,tag_key,value;$filter=startswith(tag_key,{}))", literal(LEASE_TAG));
         let url = format!(
             "{}/device?$select=id&$filter={}&$expand={}",
             self.api,
@@ -195,8 +228,9 @@ impl BalenaClient {
             .filter(|v| names.contains(&v.name.as_str()))
             .map(|v| (v.name, StoredVar { id: v.id, value: Secret::new(v.value) }))
             .collect();
-        let lease = row.device_tag.into_iter().find(|t| t.tag_key == LEASE_TAG).map(|t| t.value);
-        Ok(Some(DeviceRecord { device_id: row.id, target, vars, lease }))
+        let mut locks: Vec<LockTag> = row.device_tag.into_iter().filter_map(|t| LockTag::parse(t.id, &t.tag_key, t.value)).collect();
+        locks.sort_by_key(|l| l.generation);
+        Ok(Some(DeviceRecord { device_id: row.id, target, vars, locks }))
     }
 
     /// Sets one variable: PATCH when it is known to exist, else POST, falling back to the other
@@ -262,6 +296,20 @@ impl BalenaClient {
     }
 
     /// Deletes these variables of the target, in one request. Deleting what is not there succeeds.
+    /// Deletes exactly these variable rows (by id): a variable stored again since they were
+    /// read is a new row and stays.
+    pub async fn delete_var_rows(&self, deadline: Deadline, target: VarTarget, ids: &[i64]) -> Result<(), UpstreamFailure> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (parent, parent_id) = target.parent();
+        let list: Vec<String> = ids.iter().map(|id| format!("id eq {id}")).collect();
+        let filter = format!("{parent} eq {parent_id} and ({})", list.join(" or "));
+        let url = format!("{}/{}?$filter={}", self.api, target.resource(), encode(&filter));
+        let answer = self.send(deadline, reqwest::Method::DELETE, &url, &self.key, None).await?;
+        if answer.status.is_success() { Ok(()) } else { Err(refused(&answer)) }
+    }
+
     pub async fn delete_vars(&self, deadline: Deadline, target: VarTarget, names: &[&str]) -> Result<(), UpstreamFailure> {
         let (parent, parent_id) = target.parent();
         let filter = format!("{parent} eq {parent_id} and ({})", any_name("name", names));
@@ -270,11 +318,11 @@ impl BalenaClient {
         if answer.status.is_success() { Ok(()) } else { Err(refused(&answer)) }
     }
 
-    /// Tries to take the device's lease: `true` when this call created the lease tag, `false`
-    /// when a lease is already held (balenaCloud's unique (device, tag_key) makes it a mutex).
-    pub async fn try_lease(&self, deadline: Deadline, device_id: i64, value: &str) -> Result<bool, UpstreamFailure> {
+    /// Tries to take the device's lock by creating generation `generation` of its lock tag:
+    /// `true` when this call created it, `false` when another request did first.
+    pub async fn try_lock(&self, deadline: Deadline, device_id: i64, generation: u64, value: &str) -> Result<bool, UpstreamFailure> {
         let url = format!("{}/device_tag", self.api);
-        let body = json!({"device": device_id, "tag_key": LEASE_TAG, "value": value});
+        let body = json!({"device": device_id, "tag_key": LockTag::key(generation), "value": value});
         let answer = self.send(deadline, reqwest::Method::POST, &url, &self.key, Some(body)).await?;
         match answer.status {
             s if s.is_success() => Ok(true),
@@ -283,21 +331,22 @@ impl BalenaClient {
         }
     }
 
-    /// The current lease value, if any.
-    pub async fn read_lease(&self, deadline: Deadline, device_id: i64) -> Result<Option<String>, UpstreamFailure> {
-        let filter = format!("device eq {device_id} and tag_key eq {}", literal(LEASE_TAG));
-        let url = format!("{}/device_tag?$select=id,tag_key,value&$filter={}", self.api, encode(&filter));
-        let answer = self.send(deadline, reqwest::Method::GET, &url, &self.key, None).await?;
-        if !answer.status.is_success() {
-            return Err(refused(&answer));
-        }
-        let rows: Rows<TagRow> = answer.parse()?;
-        Ok(rows.d.into_iter().next().map(|t| t.value))
+    /// Rewrites a lock tag's value, if it still holds `from` (so a holder only ever changes its
+    /// own): how a holder says it is done.
+    pub async fn rewrite_lock(&self, deadline: Deadline, device_id: i64, generation: u64, from: &str, to: &str) -> Result<(), UpstreamFailure> {
+        let filter = format!("device eq {device_id} and tag_key eq {} and value eq {}", literal(&LockTag::key(generation)), literal(from));
+        let url = format!("{}/device_tag?$filter={}", self.api, encode(&filter));
+        let answer = self.send(deadline, reqwest::Method::PATCH, &url, &self.key, Some(json!({"value": to}))).await?;
+        if answer.status.is_success() { Ok(()) } else { Err(refused(&answer)) }
     }
 
-    /// Removes the lease if it still has this value (so a holder never removes a successor's).
-    pub async fn drop_lease(&self, deadline: Deadline, device_id: i64, value: &str) -> Result<(), UpstreamFailure> {
-        let filter = format!("device eq {device_id} and tag_key eq {} and value eq {}", literal(LEASE_TAG), literal(value));
+    /// Deletes lock tags by id (old generations no request can follow any more).
+    pub async fn delete_locks(&self, deadline: Deadline, device_id: i64, ids: &[i64]) -> Result<(), UpstreamFailure> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = ids.iter().map(|id| format!("id eq {id}")).collect();
+        let filter = format!("device eq {device_id} and ({})", list.join(" or "));
         let url = format!("{}/device_tag?$filter={}", self.api, encode(&filter));
         let answer = self.send(deadline, reqwest::Method::DELETE, &url, &self.key, None).await?;
         if answer.status.is_success() { Ok(()) } else { Err(refused(&answer)) }

@@ -259,10 +259,6 @@ impl Registry for IotHubRegistry {
         true
     }
 
-    fn registers_locally(&self) -> bool {
-        true
-    }
-
     /// The stored certificate's thumbprint is the registered one (SHA-256 or SHA-1).
     fn names(&self, vars: &BTreeMap<String, Secret>, credential: &RegisteredCredential) -> bool {
         super::stored_certificate(vars, CERT_VAR).is_some_and(|f| f.sha256_thumbprint == credential.id || f.sha1_thumbprint == credential.id)

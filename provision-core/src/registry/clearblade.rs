@@ -363,10 +363,6 @@ impl Registry for ClearBladeRegistry {
         true
     }
 
-    fn registers_locally(&self) -> bool {
-        true
-    }
-
     fn fixed_variables(&self, uuid: &DeviceUuid) -> Vec<(&'static str, String)> {
         let id = self.device_id(uuid);
         vec![
@@ -394,9 +390,8 @@ impl Registry for ClearBladeRegistry {
         Ok(RegistryState { entry: true, credentials, revision: None })
     }
 
-    /// Only prepares the key: nothing reaches the registry before the flow holds the device's
-    /// lease (`activate`), so concurrent requests never create and roll back each other's
-    /// devices.
+    /// Only prepares the key: the device is created or changed by `activate`, which the flow
+    /// runs beside taking the device's lock (a fresh device) or once it holds it.
     async fn register(
         &self,
         _deadline: Deadline,

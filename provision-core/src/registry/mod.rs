@@ -149,12 +149,6 @@ pub trait Registry: Send + Sync {
         false
     }
 
-    /// Whether `register` makes the credential without calling the registry (IoT Hub: a
-    /// self-signed certificate; ClearBlade: a key), so it can be activated at once.
-    fn registers_locally(&self) -> bool {
-        false
-    }
-
     /// Variables whose values follow from the device alone, not from a credential (ClearBlade's
     /// paths); a provisioned device holds exactly these values.
     fn fixed_variables(&self, _uuid: &DeviceUuid) -> Vec<(&'static str, String)> {
