@@ -781,6 +781,19 @@ impl Provisioner {
         if value.released || value.until < now_ms() {
             return true;
         }
+        // A goal is about the variables of one target (the device's, or one service's): a
+        // request reading another target's judges it by the registry alone (the holder's
+        // variables are created, never overwritten, so any still arriving lose nothing).
+        if value.goal.is_some() && value.target.as_deref() != Some(target_word(snapshot.target).as_str()) {
+            return match &value.goal {
+                Some(Goal::Key(key)) => snapshot
+                    .state
+                    .credentials
+                    .iter()
+                    .any(|c| c.active && c.public_key.as_ref().is_none_or(|k| k.fingerprint() == *key)),
+                _ => snapshot.state.credentials.is_empty(),
+            };
+        }
         match &value.goal {
             None => false,
             // An empty entry does not count: a racing fast path that lost the lock may have made
@@ -954,12 +967,22 @@ enum Goal {
     Key(String),
 }
 
-/// A lock tag's value: `<holder> until <unix ms>[ goal gone| goal key <fingerprint>][ released]`.
+/// A lock tag's value: `<holder> until <unix ms>[ goal gone| goal key <fingerprint> for
+/// <target>][ released]`, the target being `device` or `service-<install id>`.
 #[derive(Debug, PartialEq, Eq)]
 struct LockValue {
     until: u64,
     goal: Option<Goal>,
+    target: Option<String>,
     released: bool,
+}
+
+/// How a lock's value names the variables' target.
+fn target_word(target: VarTarget) -> String {
+    match target {
+        VarTarget::Device { .. } => "device".to_owned(),
+        VarTarget::Service { service_install_id } => format!("service-{service_install_id}"),
+    }
 }
 
 impl LockValue {
@@ -973,7 +996,7 @@ impl LockValue {
             Some("key") => after("key").map(|k| Goal::Key(k.to_owned())),
             _ => None,
         };
-        LockValue { until, goal, released: words.last() == Some(&"released") }
+        LockValue { until, goal, target: after("for").map(str::to_owned), released: words.last() == Some(&"released") }
     }
 }
 
@@ -989,10 +1012,11 @@ impl Lock {
         let until = now_ms() + budget.as_millis() as u64 + 5_000;
         let holder: String = request_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(64).collect();
         let holder = if holder.is_empty() { "request".to_owned() } else { holder };
+        let target = target_word(snapshot.target);
         let goal = match goal {
             None => String::new(),
-            Some(Goal::Gone) => " goal gone".to_owned(),
-            Some(Goal::Key(key)) => format!(" goal key {key}"),
+            Some(Goal::Gone) => format!(" goal gone for {target}"),
+            Some(Goal::Key(key)) => format!(" goal key {key} for {target}"),
         };
         Lock { generation, value: format!("{holder} until {until}{goal}") }
     }
@@ -1012,10 +1036,11 @@ mod tests {
 
     #[test]
     fn lock_values_parse() {
-        let v = LockValue::parse("abc-1 until 1700000000000 goal key 0a1b released");
-        assert_eq!(v, LockValue { until: 1_700_000_000_000, goal: Some(Goal::Key("0a1b".into())), released: true });
-        let v = LockValue::parse("abc until 5 goal gone");
-        assert_eq!(v, LockValue { until: 5, goal: Some(Goal::Gone), released: false });
+        let v = LockValue::parse("abc-1 until 1700000000000 goal key 0a1b for device released");
+        let key = Some(Goal::Key("0a1b".into()));
+        assert_eq!(v, LockValue { until: 1_700_000_000_000, goal: key, target: Some("device".into()), released: true });
+        let v = LockValue::parse("abc until 5 goal gone for service-12");
+        assert_eq!(v, LockValue { until: 5, goal: Some(Goal::Gone), target: Some("service-12".into()), released: false });
         assert_eq!(LockValue::parse("garbage").until, 0, "an unreadable lock counts as expired");
         assert_eq!(LockValue::parse("x until 7").goal, None);
     }

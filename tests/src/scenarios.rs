@@ -470,6 +470,11 @@ pub async fn lock_generations<S: Stack>() {
     assert_eq!(again.status, 201, "{}", again.raw_body);
     assert!(world.balena.device_tags(device.id).contains_key("provision-lock-11"));
     world.assert_provisioned(&device, Target::Device, false).await;
+    // A done lock is about one target's variables: a request for the service's variables
+    // judges it by the registry and goes ahead at once, not busy.
+    let service = world.call(Call::post(Target::Service.body(&device.uuid)).bearer(&device.key)).await.unwrap();
+    assert!(matches!(service.status, 200 | 201), "{}", service.raw_body);
+    assert!(world.balena.device_tags(device.id).contains_key("provision-lock-12"), "{:?}", world.balena.device_tags(device.id));
     world.stop().await;
 }
 
