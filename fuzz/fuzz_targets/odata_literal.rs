@@ -1,25 +1,24 @@
-//! `provision_core::balena::odata::{literal, encode}` on arbitrary UTF-8.
+//! `provision_core::balena::odata::{literal, expression}` on arbitrary UTF-8.
 //!
 //! Properties:
 //!   * `literal(s)` starts and ends with `'`, every `'` inside comes doubled (so the literal is
-//!     one OData token that closes exactly at its end), and un-doubling the inside gives `s`;
-//!   * `encode(x)` (for `x` = `s` and `x` = `literal(s)`) holds only URL-safe characters or
-//!     `%XX` escapes, and percent-decodes back to `x`.
+//!     one OData token that closes exactly at its end), and un-doubling the inside, then
+//!     percent-decoding it (what pinejs's parser does), gives `s`;
+//!   * `literal(s)` holds only URL-safe characters or `%XX` escapes, so no data can reach the
+//!     query string raw, and `expression` leaves it unchanged.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use provision_core::balena::odata::{encode, literal};
+use provision_core::balena::odata::{expression, literal};
 
-/// What `encode` may leave unescaped: RFC 3986 "unreserved" (ALPHA / DIGIT / - . _ ~) plus
+/// What a literal may hold unescaped: RFC 3986 "unreserved" (ALPHA / DIGIT / - . _ ~) plus
 /// the sub-delims `! * ' ( )` that JavaScript's `encodeURIComponent` also leaves alone (the
-/// crate encodes like pinejs-client, documented in `text.rs`). These are all legal, with no
-/// special meaning, inside a query value.
+/// crate encodes literals like pinejs-client, documented in `odata.rs`).
 fn is_unescaped_ok(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'!' | b'*' | b'\'' | b'(' | b')')
 }
 
-fn check_encode(x: &str) {
-    let out = encode(x);
+fn check_url_safe(out: &str) {
     let bytes = out.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
@@ -27,16 +26,14 @@ fn check_encode(x: &str) {
         if b == b'%' {
             assert!(
                 i + 2 < bytes.len() && bytes[i + 1].is_ascii_hexdigit() && bytes[i + 2].is_ascii_hexdigit(),
-                "bad escape at {i} in {out:?} (input {x:?})"
+                "bad escape at {i} in {out:?}"
             );
             i += 3;
         } else {
-            assert!(is_unescaped_ok(b), "unescaped {:?} at {i} in {out:?} (input {x:?})", b as char);
+            assert!(is_unescaped_ok(b), "unescaped {:?} at {i} in {out:?}", b as char);
             i += 1;
         }
     }
-    let decoded: Vec<u8> = percent_encoding::percent_decode_str(&out).collect();
-    assert_eq!(decoded, x.as_bytes(), "encode does not round-trip: {out:?}");
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -46,13 +43,12 @@ fuzz_target!(|data: &[u8]| {
 
     let lit = literal(s);
     assert!(lit.len() >= 2 && lit.starts_with('\'') && lit.ends_with('\''), "not quoted: {lit:?}");
-    let inner = &lit[1..lit.len() - 1];
 
-    // Tokenise as an OData reader would: after the opening quote, `''` is an escaped quote and
-    // a lone `'` closes the literal. It must close exactly at the last byte.
+    // Tokenise as pinejs does: after the opening quote, `''` is an escaped quote and a lone `'`
+    // closes the literal. It must close exactly at the last byte.
     let lb = lit.as_bytes();
     let mut i = 1;
-    let mut unescaped = Vec::with_capacity(inner.len());
+    let mut unescaped = Vec::with_capacity(lb.len());
     let close = loop {
         match lb.get(i) {
             None => panic!("literal never closes: {lit:?}"),
@@ -68,9 +64,9 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     assert_eq!(close, lb.len() - 1, "literal closes early at {close}: {lit:?}");
-    assert_eq!(unescaped, s.as_bytes(), "un-doubling does not give the input back: {lit:?}");
-    assert_eq!(inner.replace("''", "'"), s);
+    let decoded: Vec<u8> = percent_encoding::percent_decode(&unescaped).collect();
+    assert_eq!(decoded, s.as_bytes(), "the literal does not read back as the input: {lit:?}");
 
-    check_encode(s);
-    check_encode(&lit);
+    check_url_safe(&lit);
+    assert_eq!(expression(&lit), lit);
 });

@@ -16,9 +16,9 @@ use serde_json::json;
 use crate::api::ids::{DeviceUuid, ServiceName};
 use crate::error::UpstreamFailure;
 use crate::retry::{Deadline, RetryPolicy};
-use crate::upstream::{self, Answer};
 use crate::secret::Secret;
-use odata::{any_name, encode, literal};
+use crate::upstream::{self, Answer};
+use odata::{any_name, expression, literal};
 
 /// The prefix of the device tags that serialise changes to a device: `provision-lock-<n>`, one
 /// per change, `n` counting up. Tags are not pushed to the device as environment, so taking a
@@ -39,8 +39,16 @@ impl LockTag {
     /// The generation a tag key names (`provision-lock` alone, from earlier versions, is 0).
     fn parse(id: i64, key: &str, value: String) -> Option<LockTag> {
         let rest = key.strip_prefix(LEASE_TAG)?;
-        let generation = if rest.is_empty() { 0 } else { rest.strip_prefix('-')?.parse().ok()? };
-        Some(LockTag { id, generation, value })
+        let generation = if rest.is_empty() {
+            0
+        } else {
+            rest.strip_prefix('-')?.parse().ok()?
+        };
+        Some(LockTag {
+            id,
+            generation,
+            value,
+        })
     }
 
     pub fn key(generation: u64) -> String {
@@ -159,22 +167,38 @@ impl BalenaClient {
     /// `base_url` is the API root (`https://api.balena-cloud.com`); `key` is the function's
     /// own key, used for every read of state and every write.
     pub fn new(http: reqwest::Client, base_url: &str, key: Secret, retry: RetryPolicy) -> Self {
-        BalenaClient { http, api: format!("{}/v7", base_url.trim_end_matches('/')), key, retry }
+        BalenaClient {
+            http,
+            api: format!("{}/v7", base_url.trim_end_matches('/')),
+            key,
+            retry,
+        }
     }
 
     /// Whether `key` (a caller's key) can see the device: the proof that the caller is the
     /// device, or holds rights over it.
-    pub async fn visibility(&self, deadline: Deadline, key: &Secret, uuid: &DeviceUuid) -> Result<Visibility, UpstreamFailure> {
+    pub async fn visibility(
+        &self,
+        deadline: Deadline,
+        key: &Secret,
+        uuid: &DeviceUuid,
+    ) -> Result<Visibility, UpstreamFailure> {
         let url = format!(
             "{}/device?$select=id&$filter={}",
             self.api,
-            encode(&format!("uuid eq {}", literal(uuid.as_str())))
+            expression(&format!("uuid eq {}", literal(uuid.as_str())))
         );
-        let answer = self.send(deadline, reqwest::Method::GET, &url, key, None).await?;
+        let answer = self
+            .send(deadline, reqwest::Method::GET, &url, key, None)
+            .await?;
         match answer.status {
             s if s.is_success() => {
                 let rows: Rows<IdRow> = answer.parse()?;
-                Ok(if rows.d.is_empty() { Visibility::Invisible } else { Visibility::Visible })
+                Ok(if rows.d.is_empty() {
+                    Visibility::Invisible
+                } else {
+                    Visibility::Visible
+                })
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(Visibility::KeyRejected),
             _ => Err(refused(&answer)),
@@ -198,14 +222,19 @@ impl BalenaClient {
                 literal(service.as_str())
             ),
         };
-        let expand = format!("{target_expand},device_tag($select=id,tag_key,value;$filter=startswith(tag_key,{}))", literal(LEASE_TAG));
+        let expand = format!(
+            "{target_expand},device_tag($select=id,tag_key,value;$filter=startswith(tag_key,{}))",
+            literal(LEASE_TAG)
+        );
         let url = format!(
             "{}/device?$select=id&$filter={}&$expand={}",
             self.api,
-            encode(&format!("uuid eq {}", literal(uuid.as_str()))),
-            encode(&expand)
+            expression(&format!("uuid eq {}", literal(uuid.as_str()))),
+            expression(&expand)
         );
-        let answer = self.send(deadline, reqwest::Method::GET, &url, &self.key, None).await?;
+        let answer = self
+            .send(deadline, reqwest::Method::GET, &url, &self.key, None)
+            .await?;
         if !answer.status.is_success() {
             return Err(refused(&answer));
         }
@@ -214,10 +243,15 @@ impl BalenaClient {
             return Ok(None);
         };
         let (target, var_rows) = match service {
-            None => (Some(VarTarget::Device { device_id: row.id }), row.device_environment_variable),
+            None => (
+                Some(VarTarget::Device { device_id: row.id }),
+                row.device_environment_variable,
+            ),
             Some(_) => match row.service_install.into_iter().next() {
                 Some(install) => (
-                    Some(VarTarget::Service { service_install_id: install.id }),
+                    Some(VarTarget::Service {
+                        service_install_id: install.id,
+                    }),
                     install.device_service_environment_variable,
                 ),
                 None => (None, Vec::new()),
@@ -226,11 +260,28 @@ impl BalenaClient {
         let vars = var_rows
             .into_iter()
             .filter(|v| names.contains(&v.name.as_str()))
-            .map(|v| (v.name, StoredVar { id: v.id, value: Secret::new(v.value) }))
+            .map(|v| {
+                (
+                    v.name,
+                    StoredVar {
+                        id: v.id,
+                        value: Secret::new(v.value),
+                    },
+                )
+            })
             .collect();
-        let mut locks: Vec<LockTag> = row.device_tag.into_iter().filter_map(|t| LockTag::parse(t.id, &t.tag_key, t.value)).collect();
+        let mut locks: Vec<LockTag> = row
+            .device_tag
+            .into_iter()
+            .filter_map(|t| LockTag::parse(t.id, &t.tag_key, t.value))
+            .collect();
         locks.sort_by_key(|l| l.generation);
-        Ok(Some(DeviceRecord { device_id: row.id, target, vars, locks }))
+        Ok(Some(DeviceRecord {
+            device_id: row.id,
+            target,
+            vars,
+            locks,
+        }))
     }
 
     /// Sets one variable: PATCH when it is known to exist, else POST, falling back to the other
@@ -247,7 +298,15 @@ impl BalenaClient {
         let (parent, parent_id) = target.parent();
         if let Some(id) = existing {
             let url = format!("{}/{resource}({id})", self.api);
-            let answer = self.send(deadline, reqwest::Method::PATCH, &url, &self.key, Some(json!({"value": value.expose()}))).await?;
+            let answer = self
+                .send(
+                    deadline,
+                    reqwest::Method::PATCH,
+                    &url,
+                    &self.key,
+                    Some(json!({"value": value.expose()})),
+                )
+                .await?;
             if answer.status.is_success() {
                 return Ok(());
             }
@@ -257,7 +316,9 @@ impl BalenaClient {
         }
         let url = format!("{}/{resource}", self.api);
         let body = json!({ parent: parent_id, "name": name, "value": value.expose() });
-        let answer = self.send(deadline, reqwest::Method::POST, &url, &self.key, Some(body)).await?;
+        let answer = self
+            .send(deadline, reqwest::Method::POST, &url, &self.key, Some(body))
+            .await?;
         if answer.status.is_success() {
             return Ok(());
         }
@@ -266,18 +327,38 @@ impl BalenaClient {
         }
         // It exists after all: update it in place, addressed by its unique pair.
         let filter = format!("{parent} eq {parent_id} and name eq {}", literal(name));
-        let url = format!("{}/{resource}?$filter={}", self.api, encode(&filter));
-        let answer = self.send(deadline, reqwest::Method::PATCH, &url, &self.key, Some(json!({"value": value.expose()}))).await?;
-        if answer.status.is_success() { Ok(()) } else { Err(refused(&answer)) }
+        let url = format!("{}/{resource}?$filter={}", self.api, expression(&filter));
+        let answer = self
+            .send(
+                deadline,
+                reqwest::Method::PATCH,
+                &url,
+                &self.key,
+                Some(json!({"value": value.expose()})),
+            )
+            .await?;
+        if answer.status.is_success() {
+            Ok(())
+        } else {
+            Err(refused(&answer))
+        }
     }
 
     /// Creates a variable that must not exist yet: `false` when it does (balenaCloud's unique
     /// (parent, name) answers 409), and nothing is overwritten.
-    pub async fn create_var(&self, deadline: Deadline, target: VarTarget, name: &str, value: &Secret) -> Result<bool, UpstreamFailure> {
+    pub async fn create_var(
+        &self,
+        deadline: Deadline,
+        target: VarTarget,
+        name: &str,
+        value: &Secret,
+    ) -> Result<bool, UpstreamFailure> {
         let (parent, parent_id) = target.parent();
         let url = format!("{}/{}", self.api, target.resource());
         let body = json!({ parent: parent_id, "name": name, "value": value.expose() });
-        let answer = self.send(deadline, reqwest::Method::POST, &url, &self.key, Some(body)).await?;
+        let answer = self
+            .send(deadline, reqwest::Method::POST, &url, &self.key, Some(body))
+            .await?;
         match answer.status {
             s if s.is_success() => Ok(true),
             StatusCode::CONFLICT => Ok(false),
@@ -287,43 +368,105 @@ impl BalenaClient {
 
     /// Deletes a variable only while it still holds `value`, so undoing this request's write
     /// never removes someone else's.
-    pub async fn delete_var_if(&self, deadline: Deadline, target: VarTarget, name: &str, value: &Secret) -> Result<(), UpstreamFailure> {
+    pub async fn delete_var_if(
+        &self,
+        deadline: Deadline,
+        target: VarTarget,
+        name: &str,
+        value: &Secret,
+    ) -> Result<(), UpstreamFailure> {
         let (parent, parent_id) = target.parent();
-        let filter = format!("{parent} eq {parent_id} and name eq {} and value eq {}", literal(name), literal(value.expose()));
-        let url = format!("{}/{}?$filter={}", self.api, target.resource(), encode(&filter));
-        let answer = self.send(deadline, reqwest::Method::DELETE, &url, &self.key, None).await?;
-        if answer.status.is_success() { Ok(()) } else { Err(refused(&answer)) }
+        let filter = format!(
+            "{parent} eq {parent_id} and name eq {} and value eq {}",
+            literal(name),
+            literal(value.expose())
+        );
+        let url = format!(
+            "{}/{}?$filter={}",
+            self.api,
+            target.resource(),
+            expression(&filter)
+        );
+        let answer = self
+            .send(deadline, reqwest::Method::DELETE, &url, &self.key, None)
+            .await?;
+        if answer.status.is_success() {
+            Ok(())
+        } else {
+            Err(refused(&answer))
+        }
     }
 
     /// Deletes these variables of the target, in one request. Deleting what is not there succeeds.
     /// Deletes exactly these variable rows (by id): a variable stored again since they were
     /// read is a new row and stays.
-    pub async fn delete_var_rows(&self, deadline: Deadline, target: VarTarget, ids: &[i64]) -> Result<(), UpstreamFailure> {
+    pub async fn delete_var_rows(
+        &self,
+        deadline: Deadline,
+        target: VarTarget,
+        ids: &[i64],
+    ) -> Result<(), UpstreamFailure> {
         if ids.is_empty() {
             return Ok(());
         }
         let (parent, parent_id) = target.parent();
         let list: Vec<String> = ids.iter().map(|id| format!("id eq {id}")).collect();
         let filter = format!("{parent} eq {parent_id} and ({})", list.join(" or "));
-        let url = format!("{}/{}?$filter={}", self.api, target.resource(), encode(&filter));
-        let answer = self.send(deadline, reqwest::Method::DELETE, &url, &self.key, None).await?;
-        if answer.status.is_success() { Ok(()) } else { Err(refused(&answer)) }
+        let url = format!(
+            "{}/{}?$filter={}",
+            self.api,
+            target.resource(),
+            expression(&filter)
+        );
+        let answer = self
+            .send(deadline, reqwest::Method::DELETE, &url, &self.key, None)
+            .await?;
+        if answer.status.is_success() {
+            Ok(())
+        } else {
+            Err(refused(&answer))
+        }
     }
 
-    pub async fn delete_vars(&self, deadline: Deadline, target: VarTarget, names: &[&str]) -> Result<(), UpstreamFailure> {
+    pub async fn delete_vars(
+        &self,
+        deadline: Deadline,
+        target: VarTarget,
+        names: &[&str],
+    ) -> Result<(), UpstreamFailure> {
         let (parent, parent_id) = target.parent();
         let filter = format!("{parent} eq {parent_id} and ({})", any_name("name", names));
-        let url = format!("{}/{}?$filter={}", self.api, target.resource(), encode(&filter));
-        let answer = self.send(deadline, reqwest::Method::DELETE, &url, &self.key, None).await?;
-        if answer.status.is_success() { Ok(()) } else { Err(refused(&answer)) }
+        let url = format!(
+            "{}/{}?$filter={}",
+            self.api,
+            target.resource(),
+            expression(&filter)
+        );
+        let answer = self
+            .send(deadline, reqwest::Method::DELETE, &url, &self.key, None)
+            .await?;
+        if answer.status.is_success() {
+            Ok(())
+        } else {
+            Err(refused(&answer))
+        }
     }
 
     /// Tries to take the device's lock by creating generation `generation` of its lock tag:
     /// `true` when this call created it, `false` when another request did first.
-    pub async fn try_lock(&self, deadline: Deadline, device_id: i64, generation: u64, value: &str) -> Result<bool, UpstreamFailure> {
+    pub async fn try_lock(
+        &self,
+        deadline: Deadline,
+        device_id: i64,
+        generation: u64,
+        value: &str,
+    ) -> Result<bool, UpstreamFailure> {
         let url = format!("{}/device_tag", self.api);
-        let body = json!({"device": device_id, "tag_key": LockTag::key(generation), "value": value});
-        let answer = self.send(deadline, reqwest::Method::POST, &url, &self.key, Some(body)).await?;
+        let body =
+            json!({"device": device_id, "tag_key": LockTag::key(generation), "value": value});
+        let answer = self
+            .send(deadline, reqwest::Method::POST, &url, &self.key, Some(body))
+            .await?;
         match answer.status {
             s if s.is_success() => Ok(true),
             StatusCode::CONFLICT => Ok(false),
@@ -333,23 +476,57 @@ impl BalenaClient {
 
     /// Rewrites a lock tag's value, if it still holds `from` (so a holder only ever changes its
     /// own): how a holder says it is done.
-    pub async fn rewrite_lock(&self, deadline: Deadline, device_id: i64, generation: u64, from: &str, to: &str) -> Result<(), UpstreamFailure> {
-        let filter = format!("device eq {device_id} and tag_key eq {} and value eq {}", literal(&LockTag::key(generation)), literal(from));
-        let url = format!("{}/device_tag?$filter={}", self.api, encode(&filter));
-        let answer = self.send(deadline, reqwest::Method::PATCH, &url, &self.key, Some(json!({"value": to}))).await?;
-        if answer.status.is_success() { Ok(()) } else { Err(refused(&answer)) }
+    pub async fn rewrite_lock(
+        &self,
+        deadline: Deadline,
+        device_id: i64,
+        generation: u64,
+        from: &str,
+        to: &str,
+    ) -> Result<(), UpstreamFailure> {
+        let filter = format!(
+            "device eq {device_id} and tag_key eq {} and value eq {}",
+            literal(&LockTag::key(generation)),
+            literal(from)
+        );
+        let url = format!("{}/device_tag?$filter={}", self.api, expression(&filter));
+        let answer = self
+            .send(
+                deadline,
+                reqwest::Method::PATCH,
+                &url,
+                &self.key,
+                Some(json!({"value": to})),
+            )
+            .await?;
+        if answer.status.is_success() {
+            Ok(())
+        } else {
+            Err(refused(&answer))
+        }
     }
 
     /// Deletes lock tags by id (old generations no request can follow any more).
-    pub async fn delete_locks(&self, deadline: Deadline, device_id: i64, ids: &[i64]) -> Result<(), UpstreamFailure> {
+    pub async fn delete_locks(
+        &self,
+        deadline: Deadline,
+        device_id: i64,
+        ids: &[i64],
+    ) -> Result<(), UpstreamFailure> {
         if ids.is_empty() {
             return Ok(());
         }
         let list: Vec<String> = ids.iter().map(|id| format!("id eq {id}")).collect();
         let filter = format!("device eq {device_id} and ({})", list.join(" or "));
-        let url = format!("{}/device_tag?$filter={}", self.api, encode(&filter));
-        let answer = self.send(deadline, reqwest::Method::DELETE, &url, &self.key, None).await?;
-        if answer.status.is_success() { Ok(()) } else { Err(refused(&answer)) }
+        let url = format!("{}/device_tag?$filter={}", self.api, expression(&filter));
+        let answer = self
+            .send(deadline, reqwest::Method::DELETE, &url, &self.key, None)
+            .await?;
+        if answer.status.is_success() {
+            Ok(())
+        } else {
+            Err(refused(&answer))
+        }
     }
 
     /// One logical call with retries (see [`upstream::send`]).
@@ -362,7 +539,10 @@ impl BalenaClient {
         body: Option<serde_json::Value>,
     ) -> Result<Answer, UpstreamFailure> {
         upstream::send(&self.retry, deadline, || {
-            let request = self.http.request(method.clone(), url).bearer_auth(key.expose());
+            let request = self
+                .http
+                .request(method.clone(), url)
+                .bearer_auth(key.expose());
             match &body {
                 Some(body) => request.json(body),
                 None => request,
