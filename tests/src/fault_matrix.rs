@@ -191,7 +191,7 @@ async fn operation<S: Stack>(op: Operation) -> Vec<Cell> {
 
 /// A device of the world in the state `op` starts from.
 async fn prepare<S: Stack>(world: &S, op: Operation) -> Device {
-    let device = world.add_device();
+    let device = world.add_device().await;
     if op == Operation::New {
         return device;
     }
@@ -201,11 +201,11 @@ async fn prepare<S: Stack>(world: &S, op: Operation) -> Device {
         // Variables that no longer match the credential, while still naming it: a private key
         // that is not the certificate's (AWS, Azure), a wrong registry path (GCP).
         if S::CLOUD == "gcp" {
-            world.balena.set_device_var(device.id, "GCP_CLIENT_PATH", "projects/elsewhere");
+            world.balena.set_device_var(device.id, "GCP_CLIENT_PATH", "projects/elsewhere").await;
         } else {
             let other = rcgen::KeyPair::generate().expect("a key").serialize_pem();
             let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, other);
-            world.balena.set_device_var(device.id, S::KEY_VAR, &encoded);
+            world.balena.set_device_var(device.id, S::KEY_VAR, &encoded).await;
         }
     }
     device
@@ -342,7 +342,7 @@ async fn invariants<S: Stack>(world: &S, device: &Device, before: &Seen, lock_ma
     if !left.is_empty() {
         problems.push(format!("credentials this request made are left: {:?}", left.iter().map(|id| short(id)).collect::<Vec<_>>()));
     }
-    let vars = checks::vars(world, device, Target::Device);
+    let vars = checks::vars(world, device, Target::Device).await;
     if entry && !before.entry && vars.is_empty() {
         problems.push("a registry entry this request made is left, with no variables".into());
     }

@@ -6,10 +6,12 @@
 //! function as a device would, and probing the emulators' state afterwards.
 
 pub mod aws;
+pub mod balena;
 pub mod checks;
 pub mod corpus;
 pub mod events;
 pub mod fault_matrix;
+pub mod open_balena;
 pub mod paths;
 pub mod process;
 pub mod proxy;

@@ -7,48 +7,129 @@ use crate::events::Call;
 /// Every caller mistake of the contract, with the exact status and code it must get. None of
 /// them may reach an upstream.
 pub fn caller_mistakes(uuid: &str) -> Vec<(Call, u16, &'static str)> {
-    let json_body = |raw: &str| Call::new("POST", "/provision").raw_body(raw).header("content-type", "application/json");
+    let json_body = |raw: &str| {
+        Call::new("POST", "/provision")
+            .raw_body(raw)
+            .header("content-type", "application/json")
+    };
     let big = "x".repeat(70 * 1024);
     vec![
-        (Call::new("POST", "/provision").header("content-type", "application/json"), 400, "provision.request.no-body"),
+        (
+            Call::new("POST", "/provision").header("content-type", "application/json"),
+            400,
+            "provision.request.no-body",
+        ),
         (json_body("{\"uuid\": "), 400, "provision.request.bad-json"),
         (json_body("[1,2]"), 400, "provision.request.bad-json"),
-        (json_body(&format!("{{\"uuid\":\"{uuid}\",\"uuid\":\"{uuid}\"}}")), 400, "provision.request.bad-json"),
-        (Call::post(json!({"uuid": uuid, "rotate": "yes"})), 400, "provision.request.bad-json"),
+        (
+            json_body(&format!("{{\"uuid\":\"{uuid}\",\"uuid\":\"{uuid}\"}}")),
+            400,
+            "provision.request.bad-json",
+        ),
+        (
+            Call::post(json!({"uuid": uuid, "rotate": "yes"})),
+            400,
+            "provision.request.bad-json",
+        ),
         (Call::post(json!({})), 400, "provision.request.bad-uuid"),
-        (Call::post(json!({"uuid": 42})), 400, "provision.request.bad-uuid"),
-        (Call::post(json!({"uuid": uuid.to_uppercase()})), 400, "provision.request.bad-uuid"),
-        (Call::post(json!({"uuid": format!("{}' or 1 eq 1 or uuid eq '", &uuid[..8])})), 400, "provision.request.bad-uuid"),
-        (Call::post(json!({"uuid": uuid, "balena_service": "a' or name eq 'b"})), 400, "provision.request.bad-service"),
-        (Call::post(json!({"uuid": uuid, "balena_service": 7})), 400, "provision.request.bad-service"),
-        (Call::post(json!({"uuid": uuid, "csr": "not a csr"})), 400, "provision.request.bad-csr"),
+        (
+            Call::post(json!({"uuid": 42})),
+            400,
+            "provision.request.bad-uuid",
+        ),
+        (
+            Call::post(json!({"uuid": uuid.to_uppercase()})),
+            400,
+            "provision.request.bad-uuid",
+        ),
+        (
+            Call::post(json!({"uuid": format!("{}' or 1 eq 1 or uuid eq '", &uuid[..8])})),
+            400,
+            "provision.request.bad-uuid",
+        ),
+        (
+            Call::post(json!({"uuid": uuid, "balena_service": "a' or name eq 'b"})),
+            400,
+            "provision.request.bad-service",
+        ),
+        (
+            Call::post(json!({"uuid": uuid, "balena_service": 7})),
+            400,
+            "provision.request.bad-service",
+        ),
+        (
+            Call::post(json!({"uuid": uuid, "csr": "not a csr"})),
+            400,
+            "provision.request.bad-csr",
+        ),
         (Call::get(""), 400, "provision.request.bad-uuid"),
         (Call::get("uuid=abc"), 400, "provision.request.bad-uuid"),
-        (Call::new("PUT", "/provision").json(json!({"uuid": uuid})), 405, "provision.request.bad-method"),
-        (Call::new("PATCH", "/provision").json(json!({"uuid": uuid})), 405, "provision.request.bad-method"),
-        (json_body(&format!("{{\"uuid\":\"{uuid}\",\"pad\":\"{big}\"}}")), 413, "provision.request.too-large"),
         (
-            Call::new("POST", "/provision").raw_body(&json!({"uuid": uuid}).to_string()).header("content-type", "text/plain"),
+            Call::new("PUT", "/provision").json(json!({"uuid": uuid})),
+            405,
+            "provision.request.bad-method",
+        ),
+        (
+            Call::new("PATCH", "/provision").json(json!({"uuid": uuid})),
+            405,
+            "provision.request.bad-method",
+        ),
+        (
+            json_body(&format!("{{\"uuid\":\"{uuid}\",\"pad\":\"{big}\"}}")),
+            413,
+            "provision.request.too-large",
+        ),
+        (
+            Call::new("POST", "/provision")
+                .raw_body(&json!({"uuid": uuid}).to_string())
+                .header("content-type", "text/plain"),
             415,
             "provision.request.bad-content-type",
         ),
-        (Call::new("POST", "/provision").raw_body(&json!({"uuid": uuid}).to_string()), 415, "provision.request.bad-content-type"),
+        (
+            Call::new("POST", "/provision").raw_body(&json!({"uuid": uuid}).to_string()),
+            415,
+            "provision.request.bad-content-type",
+        ),
     ]
 }
 
 /// Checks one answer to a caller mistake: status, code, a message, JSON, and `Allow` on 405.
 pub fn check_mistake(answer: &crate::events::Answer, status: u16, code: &str, described: &str) {
-    assert_eq!((answer.status, answer.error_code()), (status, code), "{described}: {}", answer.raw_body);
-    assert_eq!(answer.headers.get("content-type").map(String::as_str), Some("application/json"), "{described}");
-    assert!(answer.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{described}");
+    assert_eq!(
+        (answer.status, answer.error_code()),
+        (status, code),
+        "{described}: {}",
+        answer.raw_body
+    );
+    assert_eq!(
+        answer.headers.get("content-type").map(String::as_str),
+        Some("application/json"),
+        "{described}"
+    );
+    assert!(
+        answer.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{described}"
+    );
     assert!(answer.body["request_id"].is_string(), "{described}");
     if status == 405 {
-        assert_eq!(answer.headers.get("allow").map(String::as_str), Some("GET, POST, DELETE"), "{described}");
+        assert_eq!(
+            answer.headers.get("allow").map(String::as_str),
+            Some("GET, POST, DELETE"),
+            "{described}"
+        );
     }
 }
 
 pub fn describe(call: &Call) -> String {
-    format!("{} {:?} {:?}", call.method, call.headers, call.body.as_deref().map(|b| &b[..b.len().min(80)]))
+    format!(
+        "{} {:?} {:?}",
+        call.method,
+        call.headers,
+        call.body.as_deref().map(|b| &b[..b.len().min(80)])
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -69,7 +150,10 @@ async fn assert_no_secret_logged<S: Stack>(world: &S, extra: &[String]) {
     needles.extend(extra.iter().cloned());
     let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
     let lines = world.logs().lines();
-    assert!(lines.iter().any(|l| l.contains("answered")), "the function logged its requests (debug on): {lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("answered")),
+        "the function logged its requests (debug on): {lines:?}"
+    );
     let leaks = world.logs().containing(&needles);
     assert!(leaks.is_empty(), "secrets in the logs: {leaks:?}");
 }
@@ -78,64 +162,157 @@ async fn assert_no_secret_logged<S: Stack>(world: &S, extra: &[String]) {
 /// balenaCloud's state checked at each step and no secret in the logs.
 pub async fn lifecycle<S: Stack>(target: Target) {
     let world = S::start().await.unwrap();
-    let device = world.add_device();
+    let device = world.add_device().await;
 
     // A device provisions itself with its own key.
-    let created = world.call(Call::post(target.body(&device.uuid)).bearer(&device.key)).await.unwrap();
+    let created = world
+        .call(Call::post(target.body(&device.uuid)).bearer(&device.key))
+        .await
+        .unwrap();
     assert_eq!(created.status, 201, "{}", created.raw_body);
     assert_eq!(created.status_text(), "created");
     assert_eq!(created.body["cloud"], S::CLOUD);
     assert_eq!(created.body["uuid"], device.uuid.as_str());
     assert_eq!(created.body["device_id"], S::device_id(&device.uuid));
     assert_eq!(created.body["variables"], json!(S::all_variables()));
-    assert!(created.body["request_id"].as_str().is_some_and(|r| !r.is_empty()));
-    assert_eq!(created.headers.get("content-type").map(String::as_str), Some("application/json"));
+    assert!(
+        created.body["request_id"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
+    assert_eq!(
+        created.headers.get("content-type").map(String::as_str),
+        Some("application/json")
+    );
     let first = world.assert_provisioned(&device, target, false).await;
-    let other_target = if target == Target::Device { Target::Service } else { Target::Device };
-    assert!(vars(&world, &device, other_target).is_empty(), "only the asked-for target holds variables");
+    let other_target = if target == Target::Device {
+        Target::Service
+    } else {
+        Target::Device
+    };
+    assert!(
+        vars(&world, &device, other_target).await.is_empty(),
+        "only the asked-for target holds variables"
+    );
 
     // The same request again changes nothing.
     world.balena.clear_requests();
-    let again = world.call(Call::post(target.body(&device.uuid)).bearer(&device.key)).await.unwrap();
-    assert_eq!((again.status, again.status_text()), (200, "already-provisioned"), "{}", again.raw_body);
+    let again = world
+        .call(Call::post(target.body(&device.uuid)).bearer(&device.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.status, again.status_text()),
+        (200, "already-provisioned"),
+        "{}",
+        again.raw_body
+    );
     assert_eq!(again.body["variables"], json!([]));
-    assert_eq!(balena_variable_writes(&world), 0, "nothing written to balenaCloud");
-    assert_eq!(world.assert_provisioned(&device, target, false).await, first, "the credential is unchanged");
+    assert_eq!(
+        balena_variable_writes(&world),
+        0,
+        "nothing written to balenaCloud"
+    );
+    assert_eq!(
+        world.assert_provisioned(&device, target, false).await,
+        first,
+        "the credential is unchanged"
+    );
 
     // GET reports it, without values.
     let query = match target {
         Target::Device => format!("uuid={}", device.uuid),
-        Target::Service => format!("uuid={}&balena_service={}", device.uuid, crate::world::SERVICE),
+        Target::Service => format!(
+            "uuid={}&balena_service={}",
+            device.uuid,
+            crate::world::SERVICE
+        ),
     };
-    let status = world.call(Call::get(&query).bearer(&device.key)).await.unwrap();
-    assert_eq!((status.status, status.status_text()), (200, "provisioned"), "{}", status.raw_body);
-    assert_eq!(status.body["details"]["registry"]["credentials"][0]["id"], first.id.as_str(), "{}", status.raw_body);
-    assert_eq!(status.body["details"]["variables"][S::CSR_VARS[0]], true, "{}", status.raw_body);
-    let stored = vars(&world, &device, target);
+    let status = world
+        .call(Call::get(&query).bearer(&device.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.status, status.status_text()),
+        (200, "provisioned"),
+        "{}",
+        status.raw_body
+    );
+    assert_eq!(
+        status.body["details"]["registry"]["credentials"][0]["id"],
+        first.id.as_str(),
+        "{}",
+        status.raw_body
+    );
+    assert_eq!(
+        status.body["details"]["variables"][S::CSR_VARS[0]],
+        true,
+        "{}",
+        status.raw_body
+    );
+    let stored = vars(&world, &device, target).await;
     assert!(
-        stored.values().all(|v| !status.raw_body.contains(v.as_str())) && !status.raw_body.contains("BEGIN"),
+        stored
+            .values()
+            .all(|v| !status.raw_body.contains(v.as_str()))
+            && !status.raw_body.contains("BEGIN"),
         "GET never returns values"
     );
 
     // Rotation: a new credential stored, the old one gone from the registry.
     let mut body = target.body(&device.uuid);
     body["rotate"] = json!(true);
-    let rotated = world.call(Call::post(body).bearer(&device.key)).await.unwrap();
-    assert_eq!((rotated.status, rotated.status_text()), (200, "rotated"), "{}", rotated.raw_body);
+    let rotated = world
+        .call(Call::post(body).bearer(&device.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        (rotated.status, rotated.status_text()),
+        (200, "rotated"),
+        "{}",
+        rotated.raw_body
+    );
     let second = world.assert_provisioned(&device, target, false).await;
     assert_ne!(second.id, first.id, "a new credential");
     let remaining = world.credentials().await;
-    assert!(remaining.iter().all(|c| c.id != first.id), "the old credential is removed: {remaining:?}");
+    assert!(
+        remaining.iter().all(|c| c.id != first.id),
+        "the old credential is removed: {remaining:?}"
+    );
 
     // The operator removes it; then there is nothing to remove.
-    let deleted = world.call(Call::delete(target.body(&device.uuid)).bearer(&world.secrets.operator_token)).await.unwrap();
-    assert_eq!((deleted.status, deleted.status_text()), (200, "deleted"), "{}", deleted.raw_body);
+    let deleted = world
+        .call(Call::delete(target.body(&device.uuid)).bearer(&world.secrets.operator_token))
+        .await
+        .unwrap();
+    assert_eq!(
+        (deleted.status, deleted.status_text()),
+        (200, "deleted"),
+        "{}",
+        deleted.raw_body
+    );
     assert_eq!(deleted.body["variables"], json!(S::all_variables()));
     world.assert_gone(&device, target).await;
-    let again = world.call(Call::delete(target.body(&device.uuid)).bearer(&world.secrets.operator_token)).await.unwrap();
-    assert_eq!((again.status, again.status_text()), (200, "not-provisioned"), "{}", again.raw_body);
-    let status = world.call(Call::get(&query).bearer(&device.key)).await.unwrap();
-    assert_eq!(status.status_text(), "not-provisioned", "{}", status.raw_body);
+    let again = world
+        .call(Call::delete(target.body(&device.uuid)).bearer(&world.secrets.operator_token))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.status, again.status_text()),
+        (200, "not-provisioned"),
+        "{}",
+        again.raw_body
+    );
+    let status = world
+        .call(Call::get(&query).bearer(&device.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        status.status_text(),
+        "not-provisioned",
+        "{}",
+        status.raw_body
+    );
 
     assert_no_secret_logged(&world, std::slice::from_ref(&device.key)).await;
     world.stop().await;
@@ -145,27 +322,65 @@ pub async fn lifecycle<S: Stack>(target: Target) {
 /// an unknown UUID); 404 for the operator asking about an unknown UUID. Nothing is created.
 pub async fn auth_failures<S: Stack>() {
     let world = S::start().await.unwrap();
-    let device = world.add_device();
-    let other = world.add_device();
+    let device = world.add_device().await;
+    let other = world.add_device().await;
     let body = json!({"uuid": device.uuid});
 
     let missing = world.call(Call::post(body.clone())).await.unwrap();
-    assert_eq!((missing.status, missing.error_code()), (401, "provision.auth.missing"));
-    let scheme = world.call(Call::post(body.clone()).header("authorization", "Basic Zm9vOmJhcg==")).await.unwrap();
-    assert_eq!((scheme.status, scheme.error_code()), (401, "provision.auth.invalid"));
-    let unknown = world.call(Call::post(body.clone()).bearer("not-a-key-balena-knows")).await.unwrap();
-    assert_eq!((unknown.status, unknown.error_code()), (401, "provision.auth.invalid"));
-    let forbidden = world.call(Call::post(body.clone()).bearer(&other.key)).await.unwrap();
-    assert_eq!((forbidden.status, forbidden.error_code()), (403, "provision.auth.forbidden"));
-    assert!(forbidden.body["error"]["message"].as_str().unwrap().contains(&device.uuid[..7]));
-    let nobody = world
-        .call(Call::post(json!({"uuid": "0123456789abcdef0123456789abcdef"})).bearer(&world.secrets.operator_token))
+    assert_eq!(
+        (missing.status, missing.error_code()),
+        (401, "provision.auth.missing")
+    );
+    let scheme = world
+        .call(Call::post(body.clone()).header("authorization", "Basic Zm9vOmJhcg=="))
         .await
         .unwrap();
-    assert_eq!((nobody.status, nobody.error_code()), (404, "provision.device.not-found"));
+    assert_eq!(
+        (scheme.status, scheme.error_code()),
+        (401, "provision.auth.invalid")
+    );
+    let unknown = world
+        .call(Call::post(body.clone()).bearer("not-a-key-balena-knows"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (unknown.status, unknown.error_code()),
+        (401, "provision.auth.invalid")
+    );
+    let forbidden = world
+        .call(Call::post(body.clone()).bearer(&other.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        (forbidden.status, forbidden.error_code()),
+        (403, "provision.auth.forbidden")
+    );
+    assert!(
+        forbidden.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&device.uuid[..7])
+    );
+    let nobody = world
+        .call(
+            Call::post(json!({"uuid": "0123456789abcdef0123456789abcdef"}))
+                .bearer(&world.secrets.operator_token),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (nobody.status, nobody.error_code()),
+        (404, "provision.device.not-found")
+    );
     // A device key for an unknown UUID is 403, not 404: it must not learn which UUIDs exist.
-    let probe = world.call(Call::post(json!({"uuid": "0123456789abcdef0123456789abcdef"})).bearer(&other.key)).await.unwrap();
-    assert_eq!((probe.status, probe.error_code()), (403, "provision.auth.forbidden"));
+    let probe = world
+        .call(Call::post(json!({"uuid": "0123456789abcdef0123456789abcdef"})).bearer(&other.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        (probe.status, probe.error_code()),
+        (403, "provision.auth.forbidden")
+    );
 
     assert!(!world.has_entry(&device).await, "no registry entry");
     assert!(world.credentials().await.is_empty(), "no credential");
@@ -176,28 +391,47 @@ pub async fn auth_failures<S: Stack>() {
 /// `PROVISION_ALLOW_UNAUTHENTICATED=true` serves the published functions' open behaviour, and
 /// a key that is given is still checked.
 pub async fn unauthenticated_mode<S: Stack>() {
-    let world = S::start_with(Options { allow_unauthenticated: true, ..Options::default() }).await.unwrap();
-    let device = world.add_device();
-    let created = world.call(Call::post(Target::Service.body(&device.uuid))).await.unwrap();
+    let world = S::start_with(Options {
+        allow_unauthenticated: true,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let device = world.add_device().await;
+    let created = world
+        .call(Call::post(Target::Service.body(&device.uuid)))
+        .await
+        .unwrap();
     assert_eq!(created.status, 201, "{}", created.raw_body);
-    world.assert_provisioned(&device, Target::Service, false).await;
-    let other = world.add_device();
-    let forbidden = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&other.key)).await.unwrap();
-    assert_eq!((forbidden.status, forbidden.error_code()), (403, "provision.auth.forbidden"));
+    world
+        .assert_provisioned(&device, Target::Service, false)
+        .await;
+    let other = world.add_device().await;
+    let forbidden = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&other.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        (forbidden.status, forbidden.error_code()),
+        (403, "provision.auth.forbidden")
+    );
     world.stop().await;
 }
 
 /// Every caller mistake gets its status and code before any upstream call; so does `/healthz`.
 pub async fn caller_mistakes_make_no_upstream_call<S: Stack>() {
     let world = S::start().await.unwrap();
-    let device = world.add_device();
+    let device = world.add_device().await;
     for (call, status, code) in caller_mistakes(&device.uuid) {
         let described = describe(&call);
         let answer = world.call(call.bearer(&device.key)).await.unwrap();
         check_mistake(&answer, status, code, &described);
     }
     let health = world.call(Call::new("GET", "/healthz")).await.unwrap();
-    assert_eq!((health.status, health.body.clone()), (200, json!({"status": "ok"})));
+    assert_eq!(
+        (health.status, health.body.clone()),
+        (200, json!({"status": "ok"}))
+    );
     assert_eq!(world.balena.requests().len(), 0, "no balenaCloud call");
     assert_eq!(world.registry_calls(), 0, "no registry call");
     world.stop().await;
@@ -207,27 +441,52 @@ pub async fn caller_mistakes_make_no_upstream_call<S: Stack>() {
 /// the same request again is idempotent, and a CSR naming another device is refused.
 pub async fn a_device_keeps_its_key_with_a_csr<S: Stack>() {
     let world = S::start().await.unwrap();
-    let device = world.add_device();
+    let device = world.add_device().await;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let csr_for = |cn: &str| {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         params.serialize_request(&key).unwrap().pem().unwrap()
     };
     let csr = csr_for(&device.uuid);
 
-    let created = world.call(Call::post(json!({"uuid": device.uuid, "csr": csr})).bearer(&device.key)).await.unwrap();
+    let created = world
+        .call(Call::post(json!({"uuid": device.uuid, "csr": csr})).bearer(&device.key))
+        .await
+        .unwrap();
     assert_eq!(created.status, 201, "{}", created.raw_body);
     assert_eq!(created.body["variables"], json!(S::CSR_VARS));
-    let registered = world.assert_provisioned(&device, Target::Device, true).await;
+    let registered = world
+        .assert_provisioned(&device, Target::Device, true)
+        .await;
     use rcgen::PublicKeyData;
-    assert_eq!(registered.public_key, key.der_bytes(), "the registered credential is for the device's key");
-    let again = world.call(Call::post(json!({"uuid": device.uuid, "csr": csr})).bearer(&device.key)).await.unwrap();
-    assert_eq!(again.status_text(), "already-provisioned", "{}", again.raw_body);
+    assert_eq!(
+        registered.public_key,
+        key.der_bytes(),
+        "the registered credential is for the device's key"
+    );
+    let again = world
+        .call(Call::post(json!({"uuid": device.uuid, "csr": csr})).bearer(&device.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status_text(),
+        "already-provisioned",
+        "{}",
+        again.raw_body
+    );
 
     let foreign = csr_for("00000000000000000000000000000000");
-    let refused = world.call(Call::post(json!({"uuid": device.uuid, "csr": foreign})).bearer(&device.key)).await.unwrap();
-    assert_eq!((refused.status, refused.error_code()), (400, "provision.request.bad-csr"));
+    let refused = world
+        .call(Call::post(json!({"uuid": device.uuid, "csr": foreign})).bearer(&device.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (400, "provision.request.bad-csr")
+    );
     world.stop().await;
 }
 
@@ -239,17 +498,37 @@ pub async fn rsa_keys_on_request<S: Stack>() {
     })
     .await
     .unwrap();
-    let device = world.add_device();
-    let created = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    let device = world.add_device().await;
+    let created = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key))
+        .await
+        .unwrap();
     assert_eq!(created.status, 201, "{}", created.raw_body);
-    let registered = world.assert_provisioned(&device, Target::Device, false).await;
-    let stored_key = decode(&world.balena.device_vars(device.id)[S::KEY_VAR]);
+    let registered = world
+        .assert_provisioned(&device, Target::Device, false)
+        .await;
+    let stored_key = decode(&world.balena.device_vars(device.id).await[S::KEY_VAR]);
     let key = rcgen::KeyPair::from_pem(&stored_key).expect("the stored private key parses");
-    assert!(key.is_compatible(&rcgen::PKCS_RSA_SHA256), "the stored key is RSA");
+    assert!(
+        key.is_compatible(&rcgen::PKCS_RSA_SHA256),
+        "the stored key is RSA"
+    );
     // An RSA-2048 public key (modulus and exponent, DER) is 270 bytes.
-    assert_eq!(registered.public_key.len(), 270, "a 2048-bit RSA key is registered");
-    let again = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
-    assert_eq!(again.status_text(), "already-provisioned", "{}", again.raw_body);
+    assert_eq!(
+        registered.public_key.len(),
+        270,
+        "a 2048-bit RSA key is registered"
+    );
+    let again = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status_text(),
+        "already-provisioned",
+        "{}",
+        again.raw_body
+    );
     world.stop().await;
 }
 
@@ -257,18 +536,36 @@ pub async fn rsa_keys_on_request<S: Stack>() {
 /// fresh credentials.
 pub async fn a_half_provisioned_device_is_repaired<S: Stack>() {
     let world = S::start().await.unwrap();
-    let device = world.add_device();
-    let created = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    let device = world.add_device().await;
+    let created = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key))
+        .await
+        .unwrap();
     assert_eq!(created.status, 201, "{}", created.raw_body);
-    let first = world.assert_provisioned(&device, Target::Device, false).await;
+    let first = world
+        .assert_provisioned(&device, Target::Device, false)
+        .await;
 
-    world.balena.set_device_var(device.id, S::KEY_VAR, "");
-    let status = world.call(Call::get(&format!("uuid={}", device.uuid)).bearer(&device.key)).await.unwrap();
+    world.balena.set_device_var(device.id, S::KEY_VAR, "").await;
+    let status = world
+        .call(Call::get(&format!("uuid={}", device.uuid)).bearer(&device.key))
+        .await
+        .unwrap();
     assert_eq!(status.status_text(), "partial", "{}", status.raw_body);
 
-    let repaired = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
-    assert_eq!((repaired.status, repaired.status_text()), (200, "repaired"), "{}", repaired.raw_body);
-    let second = world.assert_provisioned(&device, Target::Device, false).await;
+    let repaired = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        (repaired.status, repaired.status_text()),
+        (200, "repaired"),
+        "{}",
+        repaired.raw_body
+    );
+    let second = world
+        .assert_provisioned(&device, Target::Device, false)
+        .await;
     assert_ne!(second.id, first.id, "fresh credentials");
     world.stop().await;
 }
@@ -278,42 +575,102 @@ pub async fn a_half_provisioned_device_is_repaired<S: Stack>() {
 /// converges.
 pub async fn a_failed_balena_write_leaves_no_orphan<S: Stack>() {
     let world = S::start().await.unwrap();
-    let device = world.add_device();
-    world.balena.inject_fault(Fault::new(500).method("POST").resource("device_environment_variable").times(100));
-    let failed = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
-    assert_eq!((failed.status, failed.error_code()), (502, "provision.upstream.balena"), "{}", failed.raw_body);
-    assert!(failed.body["error"]["message"].as_str().unwrap().contains("storing the variables"), "{}", failed.raw_body);
-    assert!(world.registry_calls() > 0, "the registry was reached before the write failed");
+    let device = world.add_device().await;
+    world.balena.emulator().inject_fault(
+        Fault::new(500)
+            .method("POST")
+            .resource("device_environment_variable")
+            .times(100),
+    );
+    let failed = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        (failed.status, failed.error_code()),
+        (502, "provision.upstream.balena"),
+        "{}",
+        failed.raw_body
+    );
+    assert!(
+        failed.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("storing the variables"),
+        "{}",
+        failed.raw_body
+    );
+    assert!(
+        world.registry_calls() > 0,
+        "the registry was reached before the write failed"
+    );
     let active = world.active_credentials().await;
-    assert!(active.is_empty(), "no credential left that would let a device in: {active:?}");
-    assert!(world.balena.device_vars(device.id).is_empty(), "no variable left behind");
-    assert_eq!(world.held_lock(&device, Target::Device).await, None, "the lock is released");
+    assert!(
+        active.is_empty(),
+        "no credential left that would let a device in: {active:?}"
+    );
+    assert!(
+        world.balena.device_vars(device.id).await.is_empty(),
+        "no variable left behind"
+    );
+    assert_eq!(
+        world.held_lock(&device, Target::Device).await,
+        None,
+        "the lock is released"
+    );
 
-    world.balena.clear_faults();
-    let retried = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    world.balena.emulator().clear_faults();
+    let retried = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key))
+        .await
+        .unwrap();
     assert_eq!(retried.status, 201, "{}", retried.raw_body);
-    world.assert_provisioned(&device, Target::Device, false).await;
+    world
+        .assert_provisioned(&device, Target::Device, false)
+        .await;
     world.stop().await;
 }
 
 /// A 503 on a write and a 429 with Retry-After on a read are retried within the request.
 pub async fn a_transient_balena_failure_is_retried<S: Stack>() {
     let world = S::start().await.unwrap();
-    let device = world.add_device();
-    world.balena.inject_fault(Fault::new(503).method("POST").resource("device_environment_variable").times(1));
-    world.balena.inject_fault(Fault::new(429).method("GET").resource("device").retry_after(1).times(1));
-    let created = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    let device = world.add_device().await;
+    world.balena.emulator().inject_fault(
+        Fault::new(503)
+            .method("POST")
+            .resource("device_environment_variable")
+            .times(1),
+    );
+    world.balena.emulator().inject_fault(
+        Fault::new(429)
+            .method("GET")
+            .resource("device")
+            .retry_after(1)
+            .times(1),
+    );
+    let created = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key))
+        .await
+        .unwrap();
     assert_eq!(created.status, 201, "{}", created.raw_body);
-    world.assert_provisioned(&device, Target::Device, false).await;
+    world
+        .assert_provisioned(&device, Target::Device, false)
+        .await;
     world.stop().await;
 }
 
 /// Eight POSTs at once for one device over four function instances: one `created`, the rest
 /// `already-provisioned`, one credential, no lease left.
 pub async fn eight_concurrent_posts_end_with_one_credential<S: Stack>() {
-    let world = S::start_with(Options { instances: 4, ..Options::default() }).await.unwrap();
-    let device = world.add_device();
-    let calls = (0..8).map(|_| world.call(Call::post(Target::Service.body(&device.uuid)).bearer(&device.key)));
+    let world = S::start_with(Options {
+        instances: 4,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let device = world.add_device().await;
+    let calls = (0..8)
+        .map(|_| world.call(Call::post(Target::Service.body(&device.uuid)).bearer(&device.key)));
     let answers = futures::future::join_all(calls).await;
     let statuses: Vec<String> = answers
         .into_iter()
@@ -323,11 +680,30 @@ pub async fn eight_concurrent_posts_end_with_one_credential<S: Stack>() {
             a.status_text().to_string()
         })
         .collect();
-    assert_eq!(statuses.iter().filter(|s| *s == "created").count(), 1, "{statuses:?}");
-    assert!(statuses.iter().all(|s| s == "created" || s == "already-provisioned"), "{statuses:?}");
-    let registered = world.assert_provisioned(&device, Target::Service, false).await;
-    assert_eq!(world.active_credentials().await, vec![registered.id], "one active credential in the registry");
-    assert_eq!(world.held_lock(&device, Target::Service).await, None, "no lock held");
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "created").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s == "created" || s == "already-provisioned"),
+        "{statuses:?}"
+    );
+    let registered = world
+        .assert_provisioned(&device, Target::Service, false)
+        .await;
+    assert_eq!(
+        world.active_credentials().await,
+        vec![registered.id],
+        "one active credential in the registry"
+    );
+    assert_eq!(
+        world.held_lock(&device, Target::Service).await,
+        None,
+        "no lock held"
+    );
     world.stop().await;
 }
 
@@ -335,20 +711,47 @@ pub async fn eight_concurrent_posts_end_with_one_credential<S: Stack>() {
 /// when calls fail.
 pub async fn no_secret_reaches_the_logs<S: Stack>() {
     let world = S::start().await.unwrap();
-    let device = world.add_device();
-    let created = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    let device = world.add_device().await;
+    let created = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key))
+        .await
+        .unwrap();
     assert_eq!(created.status, 201, "{}", created.raw_body);
-    let key_var = world.balena.device_vars(device.id)[S::KEY_VAR].clone();
+    let key_var = world.balena.device_vars(device.id).await[S::KEY_VAR].clone();
     let key_pem = decode(&key_var);
-    world.call(Call::post(json!({"uuid": device.uuid})).bearer("wrong-key-0123456789")).await.unwrap();
-    world.balena.inject_fault(Fault::new(500).method("GET").times(100));
-    let failed = world.call(Call::post(json!({"uuid": device.uuid, "rotate": true})).bearer(&world.secrets.operator_token)).await.unwrap();
+    world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer("wrong-key-0123456789"))
+        .await
+        .unwrap();
+    world
+        .balena
+        .emulator()
+        .inject_fault(Fault::new(500).method("GET").times(100));
+    let failed = world
+        .call(
+            Call::post(json!({"uuid": device.uuid, "rotate": true}))
+                .bearer(&world.secrets.operator_token),
+        )
+        .await
+        .unwrap();
     assert_eq!(failed.status, 502, "{}", failed.raw_body);
-    world.balena.clear_faults();
+    world.balena.emulator().clear_faults();
 
-    let mut secrets = vec![device.key.clone(), "wrong-key-0123456789".to_string(), key_var.clone()];
-    secrets.extend(key_pem.lines().filter(|l| !l.starts_with("-----") && l.len() > 20).map(str::to_string));
-    assert!(key_pem.contains("PRIVATE KEY"), "the stored key is a PEM private key");
+    let mut secrets = vec![
+        device.key.clone(),
+        "wrong-key-0123456789".to_string(),
+        key_var.clone(),
+    ];
+    secrets.extend(
+        key_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() > 20)
+            .map(str::to_string),
+    );
+    assert!(
+        key_pem.contains("PRIVATE KEY"),
+        "the stored key is a PEM private key"
+    );
     assert_no_secret_logged(&world, &secrets).await;
     world.stop().await;
 }
@@ -366,9 +769,17 @@ pub async fn a_bad_setting_stops_the_function_with_one_line<S: Stack>() {
     assert!(!status.success(), "the function exits non-zero");
     world.stop_functions_and_wait().await;
     let lines = world.logs().lines();
-    let named: Vec<_> = lines.iter().filter(|l| l.contains("PROVISION_ALLOW_UNAUTHENTICATED")).collect();
+    let named: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("PROVISION_ALLOW_UNAUTHENTICATED"))
+        .collect();
     assert_eq!(named.len(), 1, "one line names the variable: {lines:?}");
-    assert!(!lines.iter().any(|l| l.contains("panicked") || l.contains("backtrace")), "{lines:?}");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("panicked") || l.contains("backtrace")),
+        "{lines:?}"
+    );
     world.stop().await;
 }
 
@@ -376,10 +787,14 @@ pub async fn a_bad_setting_stops_the_function_with_one_line<S: Stack>() {
 /// id), and only the cases that need balenaCloud reach an upstream; nothing is ever written.
 pub async fn hostile_corpus<S: Stack>() {
     let world = S::start().await.unwrap();
-    let device = world.add_device();
-    let other = world.add_device();
+    let device = world.add_device().await;
+    let other = world.add_device().await;
     let cases = crate::corpus::load();
-    assert!(cases.len() >= 80, "the corpus holds at least 80 requests: {}", cases.len());
+    assert!(
+        cases.len() >= 80,
+        "the corpus holds at least 80 requests: {}",
+        cases.len()
+    );
     let material = crate::corpus::Material::new(&device.uuid);
     let callers = crate::corpus::Callers {
         device_key: &device.key,
@@ -388,7 +803,8 @@ pub async fn hostile_corpus<S: Stack>() {
     };
     let mut failures = Vec::new();
     for case in &cases {
-        let (balena_before, registry_before) = (world.balena.requests().len(), world.registry_calls());
+        let (balena_before, registry_before) =
+            (world.balena.requests().len(), world.registry_calls());
         let answer = match world.call(case.call(&material, &callers)).await {
             Ok(answer) => answer,
             Err(e) => {
@@ -396,17 +812,23 @@ pub async fn hostile_corpus<S: Stack>() {
                 continue;
             }
         };
-        let upstream = world.balena.requests().len() - balena_before + world.registry_calls() - registry_before;
+        let upstream = world.balena.requests().len() - balena_before + world.registry_calls()
+            - registry_before;
         let code = answer.body["error"]["code"].as_str().map(str::to_string);
         let mut wrong = Vec::new();
         if answer.status != case.expect.status {
-            wrong.push(format!("status {} (expected {})", answer.status, case.expect.status));
+            wrong.push(format!(
+                "status {} (expected {})",
+                answer.status, case.expect.status
+            ));
         }
         if let Some(expected) = &case.expect.code {
             if code.as_deref() != Some(expected.as_str()) {
                 wrong.push(format!("code {code:?} (expected {expected})"));
             }
-            if answer.headers.get("content-type").map(String::as_str) != Some("application/json") || !answer.body["request_id"].is_string() {
+            if answer.headers.get("content-type").map(String::as_str) != Some("application/json")
+                || !answer.body["request_id"].is_string()
+            {
                 wrong.push("not a JSON error with a request id".into());
             }
         }
@@ -414,13 +836,32 @@ pub async fn hostile_corpus<S: Stack>() {
             wrong.push(format!("{upstream} upstream calls (expected none)"));
         }
         if !wrong.is_empty() {
-            failures.push(format!("{}: {} — {}", case.name, wrong.join(", "), &answer.raw_body[..answer.raw_body.len().min(200)]));
+            failures.push(format!(
+                "{}: {} — {}",
+                case.name,
+                wrong.join(", "),
+                &answer.raw_body[..answer.raw_body.len().min(200)]
+            ));
         }
     }
-    assert_eq!(balena_variable_writes(&world), 0, "nothing written to balenaCloud");
+    assert_eq!(
+        balena_variable_writes(&world),
+        0,
+        "nothing written to balenaCloud"
+    );
     assert!(world.credentials().await.is_empty(), "nothing registered");
-    assert!(failures.is_empty(), "{} of {} corpus cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
-    println!("hostile corpus ({}): {} cases, all as expected", S::CLOUD, cases.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} corpus cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    println!(
+        "hostile corpus ({}): {} cases, all as expected",
+        S::CLOUD,
+        cases.len()
+    );
     world.stop().await;
 }
 
@@ -430,51 +871,153 @@ pub async fn hostile_corpus<S: Stack>() {
 /// leaves its lock done without a release: the DELETE right after it does not wait.
 pub async fn lock_generations<S: Stack>() {
     // A short budget: waiting for the lock gives up at half of it.
-    let budget = ("PROVISION_REQUEST_BUDGET_MS".to_string(), "4000".to_string());
-    let world = S::start_with(Options { extra_env: vec![budget], ..Options::default() }).await.unwrap();
-    let device = world.add_device();
+    let budget = (
+        "PROVISION_REQUEST_BUDGET_MS".to_string(),
+        "4000".to_string(),
+    );
+    let world = S::start_with(Options {
+        extra_env: vec![budget],
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let device = world.add_device().await;
     let operator = world.secrets.operator_token.clone();
     // Two old generations, both long expired (one a done removal, one released).
-    world.balena.set_device_tag(device.id, "provision-lock-6", "old-request until 1000 goal gone");
-    world.balena.set_device_tag(device.id, "provision-lock-7", "old-request until 2000 released");
-    let created = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    world
+        .balena
+        .set_device_tag(
+            device.id,
+            "provision-lock-6",
+            "old-request until 1000 goal gone",
+        )
+        .await;
+    world
+        .balena
+        .set_device_tag(
+            device.id,
+            "provision-lock-7",
+            "old-request until 2000 released",
+        )
+        .await;
+    let created = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key))
+        .await
+        .unwrap();
     assert_eq!(created.status, 201, "{}", created.raw_body);
-    let tags = world.balena.device_tags(device.id);
-    assert!(!tags.contains_key("provision-lock-6"), "an old generation is deleted: {tags:?}");
-    assert!(tags.contains_key("provision-lock-7"), "the generation it followed stays: {tags:?}");
+    let tags = world.balena.device_tags(device.id).await;
+    assert!(
+        !tags.contains_key("provision-lock-6"),
+        "an old generation is deleted: {tags:?}"
+    );
+    assert!(
+        tags.contains_key("provision-lock-7"),
+        "the generation it followed stays: {tags:?}"
+    );
     let lock = &tags["provision-lock-8"];
-    assert!(lock.contains(" goal key ") && !lock.ends_with("released"), "the fast path names its goal instead of a release: {lock}");
-    assert_eq!(world.held_lock(&device, Target::Device).await, None, "done: the device is provisioned with that key");
+    assert!(
+        lock.contains(" goal key ") && !lock.ends_with("released"),
+        "the fast path names its goal instead of a release: {lock}"
+    );
+    assert_eq!(
+        world.held_lock(&device, Target::Device).await,
+        None,
+        "done: the device is provisioned with that key"
+    );
 
     // Another request's live lock, a generation later: both POST (rotate) and DELETE wait, then
     // answer busy with Retry-After, changing nothing.
-    world.balena.set_device_tag(device.id, "provision-lock-9", "someone-else until 99999999999999");
-    let vars_before = world.balena.device_vars(device.id);
-    for call in [Call::post(json!({"uuid": device.uuid, "rotate": true})).bearer(&device.key), Call::delete(json!({"uuid": device.uuid})).bearer(&operator)] {
+    world
+        .balena
+        .set_device_tag(
+            device.id,
+            "provision-lock-9",
+            "someone-else until 99999999999999",
+        )
+        .await;
+    let vars_before = world.balena.device_vars(device.id).await;
+    for call in [
+        Call::post(json!({"uuid": device.uuid, "rotate": true})).bearer(&device.key),
+        Call::delete(json!({"uuid": device.uuid})).bearer(&operator),
+    ] {
         let answer = world.call(call).await.unwrap();
-        assert_eq!((answer.status, answer.error_code()), (503, "provision.device.busy"), "{}", answer.raw_body);
-        assert!(answer.headers.contains_key("retry-after"), "{}", answer.raw_body);
+        assert_eq!(
+            (answer.status, answer.error_code()),
+            (503, "provision.device.busy"),
+            "{}",
+            answer.raw_body
+        );
+        assert!(
+            answer.headers.contains_key("retry-after"),
+            "{}",
+            answer.raw_body
+        );
     }
-    assert_eq!(world.balena.device_vars(device.id), vars_before, "nothing changed while another request held the lock");
-    world.balena.set_device_tag(device.id, "provision-lock-9", "someone-else until 99999999999999 released");
+    assert_eq!(
+        world.balena.device_vars(device.id).await,
+        vars_before,
+        "nothing changed while another request held the lock"
+    );
+    world
+        .balena
+        .set_device_tag(
+            device.id,
+            "provision-lock-9",
+            "someone-else until 99999999999999 released",
+        )
+        .await;
 
     // DELETE follows at once (generation 10), and leaves its own lock done.
-    let deleted = world.call(Call::delete(json!({"uuid": device.uuid})).bearer(&operator)).await.unwrap();
-    assert_eq!((deleted.status, deleted.status_text()), (200, "deleted"), "{}", deleted.raw_body);
+    let deleted = world
+        .call(Call::delete(json!({"uuid": device.uuid})).bearer(&operator))
+        .await
+        .unwrap();
+    assert_eq!(
+        (deleted.status, deleted.status_text()),
+        (200, "deleted"),
+        "{}",
+        deleted.raw_body
+    );
     world.assert_gone(&device, Target::Device).await;
-    let tags = world.balena.device_tags(device.id);
-    assert!(tags.get("provision-lock-10").is_some_and(|v| v.contains(" goal gone")), "{tags:?}");
+    let tags = world.balena.device_tags(device.id).await;
+    assert!(
+        tags.get("provision-lock-10")
+            .is_some_and(|v| v.contains(" goal gone")),
+        "{tags:?}"
+    );
     assert_eq!(world.held_lock(&device, Target::Device).await, None);
     // And a new POST follows that (generation 11).
-    let again = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    let again = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key))
+        .await
+        .unwrap();
     assert_eq!(again.status, 201, "{}", again.raw_body);
-    assert!(world.balena.device_tags(device.id).contains_key("provision-lock-11"));
-    world.assert_provisioned(&device, Target::Device, false).await;
+    assert!(
+        world
+            .balena
+            .device_tags(device.id)
+            .await
+            .contains_key("provision-lock-11")
+    );
+    world
+        .assert_provisioned(&device, Target::Device, false)
+        .await;
     // A done lock is about one target's variables: a request for the service's variables
     // judges it by the registry and goes ahead at once, not busy.
-    let service = world.call(Call::post(Target::Service.body(&device.uuid)).bearer(&device.key)).await.unwrap();
+    let service = world
+        .call(Call::post(Target::Service.body(&device.uuid)).bearer(&device.key))
+        .await
+        .unwrap();
     assert!(matches!(service.status, 200 | 201), "{}", service.raw_body);
-    assert!(world.balena.device_tags(device.id).contains_key("provision-lock-12"), "{:?}", world.balena.device_tags(device.id));
+    assert!(
+        world
+            .balena
+            .device_tags(device.id)
+            .await
+            .contains_key("provision-lock-12"),
+        "{:?}",
+        world.balena.device_tags(device.id).await
+    );
     world.stop().await;
 }
 
@@ -482,8 +1025,13 @@ pub async fn lock_generations<S: Stack>() {
 /// each answers (no deadlock, no 5xx but the contract's `busy`), the device ends either fully
 /// provisioned or fully removed, and one more POST converges to one credential.
 pub async fn twenty_interleaved_posts_and_deletes<S: Stack>() {
-    let world = S::start_with(Options { instances: 4, ..Options::default() }).await.unwrap();
-    let device = world.add_device();
+    let world = S::start_with(Options {
+        instances: 4,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let device = world.add_device().await;
     let operator = world.secrets.operator_token.clone();
     let calls = (0..20).map(|n| {
         let call = if n % 2 == 0 {
@@ -495,98 +1043,149 @@ pub async fn twenty_interleaved_posts_and_deletes<S: Stack>() {
     });
     for answer in futures::future::join_all(calls).await {
         let answer = answer.unwrap();
-        let ok = matches!(answer.status, 200 | 201) || (answer.status == 503 && answer.error_code() == "provision.device.busy");
+        let ok = matches!(answer.status, 200 | 201)
+            || (answer.status == 503 && answer.error_code() == "provision.device.busy");
         assert!(ok, "{} {}", answer.status, answer.raw_body);
     }
-    assert_eq!(world.held_lock(&device, Target::Service).await, None, "no lock held");
-    if vars(&world, &device, Target::Service).is_empty() {
+    assert_eq!(
+        world.held_lock(&device, Target::Service).await,
+        None,
+        "no lock held"
+    );
+    if vars(&world, &device, Target::Service).await.is_empty() {
         world.assert_gone(&device, Target::Service).await;
-        assert!(world.active_credentials().await.is_empty(), "removed: no credential left active");
+        assert!(
+            world.active_credentials().await.is_empty(),
+            "removed: no credential left active"
+        );
     } else {
-        let registered = world.assert_provisioned(&device, Target::Service, false).await;
-        assert_eq!(world.active_credentials().await, vec![registered.id], "provisioned: one active credential");
+        let registered = world
+            .assert_provisioned(&device, Target::Service, false)
+            .await;
+        assert_eq!(
+            world.active_credentials().await,
+            vec![registered.id],
+            "provisioned: one active credential"
+        );
     }
-    let last = world.call(Call::post(Target::Service.body(&device.uuid)).bearer(&device.key)).await.unwrap();
+    let last = world
+        .call(Call::post(Target::Service.body(&device.uuid)).bearer(&device.key))
+        .await
+        .unwrap();
     assert!(matches!(last.status, 200 | 201), "{}", last.raw_body);
-    let registered = world.assert_provisioned(&device, Target::Service, false).await;
-    assert_eq!(world.active_credentials().await, vec![registered.id], "one active credential in the registry");
+    let registered = world
+        .assert_provisioned(&device, Target::Service, false)
+        .await;
+    assert_eq!(
+        world.active_credentials().await,
+        vec![registered.id],
+        "one active credential in the registry"
+    );
     world.stop().await;
 }
 
 /// One `#[tokio::test]` per shared scenario for a world type, so every cloud runs the whole
-/// list: `provision_testkit::shared_scenarios!(AwsWorld);`
+/// list on the balenaCloud emulator: `provision_testkit::shared_scenarios!(AwsWorld);`
 #[macro_export]
 macro_rules! shared_scenarios {
     ($world:ty) => {
         mod shared {
             use super::*;
-            use $crate::checks::Target;
-            use $crate::scenarios as s;
+            $crate::scenarios_on_any_balena!($world);
+            $crate::scenarios_needing_the_balena_emulator!($world);
+        }
+    };
+}
 
-            #[tokio::test]
-            async fn device_variables_lifecycle() {
-                s::lifecycle::<$world>(Target::Device).await;
-            }
-            #[tokio::test]
-            async fn service_variables_lifecycle() {
-                s::lifecycle::<$world>(Target::Service).await;
-            }
-            #[tokio::test]
-            async fn auth_failures() {
-                s::auth_failures::<$world>().await;
-            }
-            #[tokio::test]
-            async fn unauthenticated_mode() {
-                s::unauthenticated_mode::<$world>().await;
-            }
-            #[tokio::test]
-            async fn caller_mistakes_make_no_upstream_call() {
-                s::caller_mistakes_make_no_upstream_call::<$world>().await;
-            }
-            #[tokio::test]
-            async fn a_device_keeps_its_key_with_a_csr() {
-                s::a_device_keeps_its_key_with_a_csr::<$world>().await;
-            }
-            #[tokio::test]
-            async fn rsa_keys_on_request() {
-                s::rsa_keys_on_request::<$world>().await;
-            }
-            #[tokio::test]
-            async fn lock_generations() {
-                s::lock_generations::<$world>().await;
-            }
-            #[tokio::test]
-            async fn a_half_provisioned_device_is_repaired() {
-                s::a_half_provisioned_device_is_repaired::<$world>().await;
-            }
-            #[tokio::test]
-            async fn a_failed_balena_write_leaves_no_orphan() {
-                s::a_failed_balena_write_leaves_no_orphan::<$world>().await;
-            }
-            #[tokio::test]
-            async fn a_transient_balena_failure_is_retried() {
-                s::a_transient_balena_failure_is_retried::<$world>().await;
-            }
-            #[tokio::test]
-            async fn eight_concurrent_posts_end_with_one_credential() {
-                s::eight_concurrent_posts_end_with_one_credential::<$world>().await;
-            }
-            #[tokio::test]
-            async fn no_secret_reaches_the_logs() {
-                s::no_secret_reaches_the_logs::<$world>().await;
-            }
-            #[tokio::test]
-            async fn twenty_interleaved_posts_and_deletes() {
-                s::twenty_interleaved_posts_and_deletes::<$world>().await;
-            }
-            #[tokio::test]
-            async fn hostile_corpus() {
-                s::hostile_corpus::<$world>().await;
-            }
-            #[tokio::test]
-            async fn a_bad_setting_stops_the_function_with_one_line() {
-                s::a_bad_setting_stops_the_function_with_one_line::<$world>().await;
-            }
+/// The shared scenarios on the real balenaCloud API server (open-balena-api), in a module of
+/// their own: `provision_testkit::shared_scenarios_on_open_balena!(aws, AwsWorld);`. They need
+/// `OPEN_BALENA_URL` (see `open_balena`) and fail, saying so, without it.
+#[macro_export]
+macro_rules! shared_scenarios_on_open_balena {
+    ($module:ident, $world:ty) => {
+        mod $module {
+            use super::*;
+            $crate::scenarios_on_any_balena!($crate::stack::OnOpenBalena<$world>);
+        }
+    };
+}
+
+/// The scenarios that need nothing of balenaCloud but its API: they run on the emulator and on
+/// the real server.
+#[macro_export]
+macro_rules! scenarios_on_any_balena {
+    ($world:ty) => {
+        #[tokio::test]
+        async fn device_variables_lifecycle() {
+            $crate::scenarios::lifecycle::<$world>($crate::checks::Target::Device).await;
+        }
+        #[tokio::test]
+        async fn service_variables_lifecycle() {
+            $crate::scenarios::lifecycle::<$world>($crate::checks::Target::Service).await;
+        }
+        #[tokio::test]
+        async fn auth_failures() {
+            $crate::scenarios::auth_failures::<$world>().await;
+        }
+        #[tokio::test]
+        async fn unauthenticated_mode() {
+            $crate::scenarios::unauthenticated_mode::<$world>().await;
+        }
+        #[tokio::test]
+        async fn caller_mistakes_make_no_upstream_call() {
+            $crate::scenarios::caller_mistakes_make_no_upstream_call::<$world>().await;
+        }
+        #[tokio::test]
+        async fn a_device_keeps_its_key_with_a_csr() {
+            $crate::scenarios::a_device_keeps_its_key_with_a_csr::<$world>().await;
+        }
+        #[tokio::test]
+        async fn rsa_keys_on_request() {
+            $crate::scenarios::rsa_keys_on_request::<$world>().await;
+        }
+        #[tokio::test]
+        async fn lock_generations() {
+            $crate::scenarios::lock_generations::<$world>().await;
+        }
+        #[tokio::test]
+        async fn a_half_provisioned_device_is_repaired() {
+            $crate::scenarios::a_half_provisioned_device_is_repaired::<$world>().await;
+        }
+        #[tokio::test]
+        async fn eight_concurrent_posts_end_with_one_credential() {
+            $crate::scenarios::eight_concurrent_posts_end_with_one_credential::<$world>().await;
+        }
+        #[tokio::test]
+        async fn twenty_interleaved_posts_and_deletes() {
+            $crate::scenarios::twenty_interleaved_posts_and_deletes::<$world>().await;
+        }
+        #[tokio::test]
+        async fn hostile_corpus() {
+            $crate::scenarios::hostile_corpus::<$world>().await;
+        }
+        #[tokio::test]
+        async fn a_bad_setting_stops_the_function_with_one_line() {
+            $crate::scenarios::a_bad_setting_stops_the_function_with_one_line::<$world>().await;
+        }
+    };
+}
+
+/// The scenarios that inject balenaCloud failures through the emulator (a failing write, a
+/// transient 429/503, failing reads for the secret audit): on the emulator only.
+#[macro_export]
+macro_rules! scenarios_needing_the_balena_emulator {
+    ($world:ty) => {
+        #[tokio::test]
+        async fn a_failed_balena_write_leaves_no_orphan() {
+            $crate::scenarios::a_failed_balena_write_leaves_no_orphan::<$world>().await;
+        }
+        #[tokio::test]
+        async fn a_transient_balena_failure_is_retried() {
+            $crate::scenarios::a_transient_balena_failure_is_retried::<$world>().await;
+        }
+        #[tokio::test]
+        async fn no_secret_reaches_the_logs() {
+            $crate::scenarios::no_secret_reaches_the_logs::<$world>().await;
         }
     };
 }

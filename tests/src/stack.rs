@@ -4,10 +4,13 @@
 
 use std::ops::Deref;
 
+use crate::balena::Backend;
 use crate::checks::{self, Target};
 use crate::events::{Answer, Call};
 use crate::process::LogBook;
-use crate::world::{AwsWorld, AzureWorld, Device, Faults, Fleet, GcpWorld, GCP_REGION, GCP_REGISTRY, Options};
+use crate::world::{
+    AwsWorld, AzureWorld, Device, Faults, Fleet, GCP_REGION, GCP_REGISTRY, GcpWorld, Options,
+};
 
 /// One credential in the registry, as the scenarios see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,7 +40,11 @@ pub trait Stack: Sized + Deref<Target = Fleet> {
 
     /// Every variable written for a generated key, sorted (as answers list them).
     fn all_variables() -> Vec<&'static str> {
-        let mut all: Vec<&'static str> = Self::CSR_VARS.iter().copied().chain([Self::KEY_VAR]).collect();
+        let mut all: Vec<&'static str> = Self::CSR_VARS
+            .iter()
+            .copied()
+            .chain([Self::KEY_VAR])
+            .collect();
         all.sort();
         all
     }
@@ -102,7 +109,12 @@ pub trait Stack: Sized + Deref<Target = Fleet> {
 
     /// Credentials that would let a device in.
     async fn active_credentials(&self) -> Vec<String> {
-        self.credentials().await.into_iter().filter(|c| c.active).map(|c| c.id).collect()
+        self.credentials()
+            .await
+            .into_iter()
+            .filter(|c| c.active)
+            .map(|c| c.id)
+            .collect()
     }
 
     /// The device's lock if a request still holds it, as `key = value`: the latest
@@ -111,21 +123,37 @@ pub trait Stack: Sized + Deref<Target = Fleet> {
     /// device is provisioned).
     /// Older tags and done locks stay by design: the next change follows their generation.
     async fn held_lock(&self, device: &Device, target: Target) -> Option<String> {
-        let tags = self.balena.device_tags(device.id);
+        let tags = self.balena.device_tags(device.id).await;
         let generation = |key: &str| match key.strip_prefix("provision-lock")? {
             "" => Some(0u64),
             rest => rest.strip_prefix('-')?.parse().ok(),
         };
-        let (key, value) = tags.iter().filter_map(|(k, v)| Some((generation(k)?, k, v))).max_by_key(|(g, _, _)| *g).map(|(_, k, v)| (k, v))?;
+        let (key, value) = tags
+            .iter()
+            .filter_map(|(k, v)| Some((generation(k)?, k, v)))
+            .max_by_key(|(g, _, _)| *g)
+            .map(|(_, k, v)| (k, v))?;
         let words: Vec<&str> = value.split_whitespace().collect();
-        let after = |word: &str| words.iter().position(|w| *w == word).and_then(|i| words.get(i + 1)).copied();
+        let after = |word: &str| {
+            words
+                .iter()
+                .position(|w| *w == word)
+                .and_then(|i| words.get(i + 1))
+                .copied()
+        };
         let until: u128 = after("until").and_then(|u| u.parse().ok()).unwrap_or(0);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
         if words.last() == Some(&"released") || until < now {
             return None;
         }
         let done = match after("goal") {
-            Some("gone") => checks::vars(self, device, target).is_empty() && self.registered(device).await.1.is_empty(),
+            Some("gone") => {
+                checks::vars(self, device, target).await.is_empty()
+                    && self.registered(device).await.1.is_empty()
+            }
             Some("key") => {
                 let named = self.named(device, target).await;
                 let (_, registered) = self.registered(device).await;
@@ -152,7 +180,10 @@ impl Stack for AwsWorld {
 
     async fn assert_provisioned(&self, device: &Device, target: Target, csr: bool) -> Registered {
         let cert = checks::assert_aws_provisioned(self, device, target, csr).await;
-        Registered { id: cert.id, public_key: checks::cert_public_key(&cert.pem) }
+        Registered {
+            id: cert.id,
+            public_key: checks::cert_public_key(&cert.pem),
+        }
     }
 
     async fn assert_gone(&self, device: &Device, target: Target) {
@@ -160,12 +191,18 @@ impl Stack for AwsWorld {
     }
 
     async fn credentials(&self) -> Vec<Credential> {
-        let all = crate::aws::all_certificates(&self.iot).await.expect("moto lists certificates");
-        all.into_iter().map(|(id, active)| Credential { id, active }).collect()
+        let all = crate::aws::all_certificates(&self.iot)
+            .await
+            .expect("moto lists certificates");
+        all.into_iter()
+            .map(|(id, active)| Credential { id, active })
+            .collect()
     }
 
     async fn has_entry(&self, device: &Device) -> bool {
-        crate::aws::thing_exists(&self.iot, &device.uuid).await.expect("moto describes things")
+        crate::aws::thing_exists(&self.iot, &device.uuid)
+            .await
+            .expect("moto describes things")
     }
 
     fn registry_calls(&self) -> usize {
@@ -185,22 +222,42 @@ impl Stack for AwsWorld {
     }
 
     async fn registered(&self, device: &Device) -> (bool, Vec<Credential>) {
-        match crate::aws::thing_certificates(&self.iot, &device.uuid).await.expect("moto lists the thing's certificates") {
+        match crate::aws::thing_certificates(&self.iot, &device.uuid)
+            .await
+            .expect("moto lists the thing's certificates")
+        {
             None => (false, Vec::new()),
-            Some(certs) => (true, certs.into_iter().map(|c| Credential { id: c.id, active: c.active }).collect()),
+            Some(certs) => (
+                true,
+                certs
+                    .into_iter()
+                    .map(|c| Credential {
+                        id: c.id,
+                        active: c.active,
+                    })
+                    .collect(),
+            ),
         }
     }
 
     async fn named(&self, device: &Device, target: Target) -> Option<String> {
-        let stored = checks::vars(self, device, target).get("AWS_CERT").map(|v| checks::decode(v))?;
+        let stored = checks::vars(self, device, target)
+            .await
+            .get("AWS_CERT")
+            .map(|v| checks::decode(v))?;
         let same = |pem: &str| stored.split_whitespace().eq(pem.split_whitespace());
-        let certs = crate::aws::thing_certificates(&self.iot, &device.uuid).await.expect("moto lists the thing's certificates");
+        let certs = crate::aws::thing_certificates(&self.iot, &device.uuid)
+            .await
+            .expect("moto lists the thing's certificates");
         Some(
             certs
                 .unwrap_or_default()
                 .into_iter()
                 .find(|c| same(&c.pem))
-                .map_or_else(|| format!("unregistered {}", fingerprint(stored.as_bytes())), |c| c.id),
+                .map_or_else(
+                    || format!("unregistered {}", fingerprint(stored.as_bytes())),
+                    |c| c.id,
+                ),
         )
     }
 
@@ -218,9 +275,9 @@ impl Stack for AwsWorld {
 
     fn describe(&self) -> String {
         format!(
-            "provision-lambda under the Lambda Runtime API emulator; AWS IoT Core = moto at {}; balenaCloud emulator at {}",
+            "provision-lambda under the Lambda Runtime API emulator; AWS IoT Core = moto at {}; {}",
             self.moto.endpoint(),
-            self.balena.url()
+            self.balena.describe()
         )
     }
 
@@ -231,9 +288,19 @@ impl Stack for AwsWorld {
             Ok(Some(certs)) => {
                 let shown: Vec<String> = certs
                     .iter()
-                    .map(|c| format!("{}… {} policy={:?}", &c.id[..12], if c.active { "ACTIVE" } else { "INACTIVE" }, c.policies))
+                    .map(|c| {
+                        format!(
+                            "{}… {} policy={:?}",
+                            &c.id[..12],
+                            if c.active { "ACTIVE" } else { "INACTIVE" },
+                            c.policies
+                        )
+                    })
                     .collect();
-                format!("AWS IoT: thing {}… with certificates {shown:?}", &device.uuid[..7])
+                format!(
+                    "AWS IoT: thing {}… with certificates {shown:?}",
+                    &device.uuid[..7]
+                )
             }
         }
     }
@@ -253,21 +320,30 @@ impl Stack for AzureWorld {
     }
 
     async fn assert_provisioned(&self, device: &Device, target: Target, csr: bool) -> Registered {
-        let thumbprint = checks::assert_azure_provisioned(self, device, target, csr);
-        let cert_pem = checks::decode(&checks::vars(self, device, target)["AZURE_CERT"]);
-        Registered { id: thumbprint, public_key: checks::cert_public_key(&cert_pem) }
+        let thumbprint = checks::assert_azure_provisioned(self, device, target, csr).await;
+        let cert_pem = checks::decode(&checks::vars(self, device, target).await["AZURE_CERT"]);
+        Registered {
+            id: thumbprint,
+            public_key: checks::cert_public_key(&cert_pem),
+        }
     }
 
     async fn assert_gone(&self, device: &Device, target: Target) {
-        checks::assert_azure_gone(self, device, target)
+        checks::assert_azure_gone(self, device, target).await
     }
 
     async fn credentials(&self) -> Vec<Credential> {
         let mut all = Vec::new();
         for id in self.hub.device_ids() {
-            let enabled = self.hub.device(&id).is_some_and(|d| d["status"] == "enabled");
+            let enabled = self
+                .hub
+                .device(&id)
+                .is_some_and(|d| d["status"] == "enabled");
             let (primary, secondary) = self.hub.thumbprints(&id).unwrap_or_default();
-            all.extend(primary.into_iter().chain(secondary).map(|id| Credential { id, active: enabled }));
+            all.extend(primary.into_iter().chain(secondary).map(|id| Credential {
+                id,
+                active: enabled,
+            }));
         }
         all
     }
@@ -293,14 +369,26 @@ impl Stack for AzureWorld {
     }
 
     async fn registered(&self, device: &Device) -> (bool, Vec<Credential>) {
-        let Some(registered) = self.hub.device(&device.uuid) else { return (false, Vec::new()) };
+        let Some(registered) = self.hub.device(&device.uuid) else {
+            return (false, Vec::new());
+        };
         let enabled = registered["status"] == "enabled";
         let (primary, secondary) = self.hub.thumbprints(&device.uuid).unwrap_or_default();
-        (true, primary.into_iter().chain(secondary).map(|id| Credential { id, active: enabled }).collect())
+        (
+            true,
+            primary
+                .into_iter()
+                .chain(secondary)
+                .map(|id| Credential {
+                    id,
+                    active: enabled,
+                })
+                .collect(),
+        )
     }
 
     async fn named(&self, device: &Device, target: Target) -> Option<String> {
-        let cert = checks::decode(checks::vars(self, device, target).get("AZURE_CERT")?);
+        let cert = checks::decode(checks::vars(self, device, target).await.get("AZURE_CERT")?);
         Some(checks::thumbprint(&cert))
     }
 
@@ -318,17 +406,23 @@ impl Stack for AzureWorld {
 
     fn describe(&self) -> String {
         format!(
-            "provision-azure (custom handler) on 127.0.0.1:{}; IoT Hub emulator for {} at {}; balenaCloud emulator at {}",
+            "provision-azure (custom handler) on 127.0.0.1:{}; IoT Hub emulator for {} at {}; {}",
             self.http.ports[0],
             self.hub.hub_host(),
             self.hub.url(),
-            self.balena.url()
+            self.balena.describe()
         )
     }
 
     async fn registry_summary(&self, device: &Device) -> String {
-        let short = |t: &Option<String>| t.as_deref().map_or("-".to_string(), |t| format!("{}…", &t[..12]));
-        match (self.hub.device(&device.uuid), self.hub.thumbprints(&device.uuid)) {
+        let short = |t: &Option<String>| {
+            t.as_deref()
+                .map_or("-".to_string(), |t| format!("{}…", &t[..12]))
+        };
+        match (
+            self.hub.device(&device.uuid),
+            self.hub.thumbprints(&device.uuid),
+        ) {
             (Some(d), Some((primary, secondary))) => format!(
                 "IoT Hub: device {}… {} {} thumbprints primary={} secondary={}",
                 &device.uuid[..7],
@@ -344,7 +438,8 @@ impl Stack for AzureWorld {
 
 impl Stack for GcpWorld {
     const CLOUD: &'static str = "gcp";
-    const CSR_VARS: &'static [&'static str] = &["GCP_CLIENT_PATH", "GCP_DATA_TOPIC_ROOT", "GCP_PROJECT_ID"];
+    const CSR_VARS: &'static [&'static str] =
+        &["GCP_CLIENT_PATH", "GCP_DATA_TOPIC_ROOT", "GCP_PROJECT_ID"];
     const KEY_VAR: &'static str = "GCP_PRIVATE_KEY";
 
     fn device_id(uuid: &str) -> String {
@@ -360,20 +455,33 @@ impl Stack for GcpWorld {
     }
 
     async fn assert_provisioned(&self, device: &Device, target: Target, csr: bool) -> Registered {
-        let public_key = checks::assert_gcp_provisioned(self, device, target, csr);
-        Registered { id: fingerprint(&public_key), public_key }
+        let public_key = checks::assert_gcp_provisioned(self, device, target, csr).await;
+        Registered {
+            id: fingerprint(&public_key),
+            public_key,
+        }
     }
 
     async fn assert_gone(&self, device: &Device, target: Target) {
-        checks::assert_gcp_gone(self, device, target)
+        checks::assert_gcp_gone(self, device, target).await
     }
 
     async fn credentials(&self) -> Vec<Credential> {
         let mut all = Vec::new();
         for id in self.clearblade.device_ids(GCP_REGION, GCP_REGISTRY) {
-            let blocked = self.clearblade.device(GCP_REGION, GCP_REGISTRY, &id).is_some_and(|d| d["blocked"] == true);
-            for pem in self.clearblade.public_keys(GCP_REGION, GCP_REGISTRY, &id).unwrap_or_default() {
-                all.push(Credential { id: fingerprint(&checks::spki_public_key(&pem)), active: !blocked });
+            let blocked = self
+                .clearblade
+                .device(GCP_REGION, GCP_REGISTRY, &id)
+                .is_some_and(|d| d["blocked"] == true);
+            for pem in self
+                .clearblade
+                .public_keys(GCP_REGION, GCP_REGISTRY, &id)
+                .unwrap_or_default()
+            {
+                all.push(Credential {
+                    id: fingerprint(&checks::spki_public_key(&pem)),
+                    active: !blocked,
+                });
             }
         }
         all
@@ -402,14 +510,28 @@ impl Stack for GcpWorld {
     }
 
     async fn registered(&self, device: &Device) -> (bool, Vec<Credential>) {
-        let Some(registered) = self.device(&device.uuid) else { return (false, Vec::new()) };
+        let Some(registered) = self.device(&device.uuid) else {
+            return (false, Vec::new());
+        };
         let blocked = registered["blocked"] == true;
         let keys = self.public_keys(&device.uuid).unwrap_or_default();
-        (true, keys.iter().map(|pem| Credential { id: fingerprint(&checks::spki_public_key(pem)), active: !blocked }).collect())
+        (
+            true,
+            keys.iter()
+                .map(|pem| Credential {
+                    id: fingerprint(&checks::spki_public_key(pem)),
+                    active: !blocked,
+                })
+                .collect(),
+        )
     }
 
     async fn named(&self, device: &Device, target: Target) -> Option<String> {
-        let key = checks::decode(checks::vars(self, device, target).get("GCP_PRIVATE_KEY")?);
+        let key = checks::decode(
+            checks::vars(self, device, target)
+                .await
+                .get("GCP_PRIVATE_KEY")?,
+        );
         Some(fingerprint(&checks::private_key_public_key(&key)))
     }
 
@@ -427,18 +549,24 @@ impl Stack for GcpWorld {
 
     fn describe(&self) -> String {
         format!(
-            "provision-cloudrun on 127.0.0.1:{}; ClearBlade IoT Core emulator at {} (registry {GCP_REGISTRY} in {GCP_REGION}); balenaCloud emulator at {}",
+            "provision-cloudrun on 127.0.0.1:{}; ClearBlade IoT Core emulator at {} (registry {GCP_REGISTRY} in {GCP_REGION}); {}",
             self.http.ports[0],
             self.clearblade.url(),
-            self.balena.url()
+            self.balena.describe()
         )
     }
 
     async fn registry_summary(&self, device: &Device) -> String {
         match (self.device(&device.uuid), self.public_keys(&device.uuid)) {
             (Some(d), Some(keys)) => {
-                let shown: Vec<String> = keys.iter().map(|pem| format!("{}…", &fingerprint(&checks::spki_public_key(pem))[..12])).collect();
-                format!("ClearBlade: device {} with keys {shown:?}", d["id"].as_str().unwrap_or("?"))
+                let shown: Vec<String> = keys
+                    .iter()
+                    .map(|pem| format!("{}…", &fingerprint(&checks::spki_public_key(pem))[..12]))
+                    .collect();
+                format!(
+                    "ClearBlade: device {} with keys {shown:?}",
+                    d["id"].as_str().unwrap_or("?")
+                )
             }
             _ => format!("ClearBlade: no device balena-{}", &device.uuid[..7]),
         }
@@ -447,5 +575,103 @@ impl Stack for GcpWorld {
 
 /// The function's id for a key: the first 8 bytes of its SHA-256, hex (what GET reports).
 fn fingerprint(public_key: &[u8]) -> String {
-    provision_core::credentials::sha256(public_key)[..8].iter().map(|b| format!("{b:02x}")).collect()
+    provision_core::credentials::sha256(public_key)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A world of `W` whose balenaCloud is the real API server (open-balena-api) instead of the
+/// emulator: the shared scenarios run on it unchanged (see `shared_scenarios_on_open_balena!`).
+pub struct OnOpenBalena<W>(pub W);
+
+impl<W: Stack> Deref for OnOpenBalena<W> {
+    type Target = Fleet;
+    fn deref(&self) -> &Fleet {
+        &self.0
+    }
+}
+
+impl<W: Stack> Stack for OnOpenBalena<W> {
+    const CLOUD: &'static str = W::CLOUD;
+    const CSR_VARS: &'static [&'static str] = W::CSR_VARS;
+    const KEY_VAR: &'static str = W::KEY_VAR;
+
+    async fn start_with(options: Options) -> anyhow::Result<Self> {
+        Ok(OnOpenBalena(
+            W::start_with(Options {
+                balena: Backend::OpenBalena,
+                ..options
+            })
+            .await?,
+        ))
+    }
+
+    fn device_id(uuid: &str) -> String {
+        W::device_id(uuid)
+    }
+
+    async fn call(&self, call: Call) -> anyhow::Result<Answer> {
+        self.0.call(call).await
+    }
+
+    async fn assert_provisioned(&self, device: &Device, target: Target, csr: bool) -> Registered {
+        self.0.assert_provisioned(device, target, csr).await
+    }
+
+    async fn assert_gone(&self, device: &Device, target: Target) {
+        self.0.assert_gone(device, target).await
+    }
+
+    async fn credentials(&self) -> Vec<Credential> {
+        self.0.credentials().await
+    }
+
+    async fn has_entry(&self, device: &Device) -> bool {
+        self.0.has_entry(device).await
+    }
+
+    fn registry_calls(&self) -> usize {
+        self.0.registry_calls()
+    }
+
+    fn logs(&self) -> &LogBook {
+        self.0.logs()
+    }
+
+    fn registry_secrets(&self) -> Vec<String> {
+        self.0.registry_secrets()
+    }
+
+    async fn stop_functions_and_wait(&self) {
+        self.0.stop_functions_and_wait().await
+    }
+
+    async fn wait_for_exit(&self) -> std::process::ExitStatus {
+        self.0.wait_for_exit().await
+    }
+
+    async fn stop(self) {
+        self.0.stop().await
+    }
+
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+
+    async fn registry_summary(&self, device: &Device) -> String {
+        self.0.registry_summary(device).await
+    }
+
+    fn faults(&self) -> Option<&Faults> {
+        self.0.faults()
+    }
+
+    async fn registered(&self, device: &Device) -> (bool, Vec<Credential>) {
+        self.0.registered(device).await
+    }
+
+    async fn named(&self, device: &Device, target: Target) -> Option<String> {
+        self.0.named(device, target).await
+    }
 }

@@ -11,7 +11,9 @@ use provision_emulators::lambda_runtime::{InvocationOutcome, LambdaRuntimeEmulat
 use tokio::process::Command;
 
 use crate::aws::{self, Moto};
+use crate::balena::{Backend, Balena};
 use crate::events::{Answer, Call};
+use crate::open_balena::{RealBalena, port_of};
 use crate::paths;
 use crate::process::{LogBook, Process};
 use crate::proxy::CountingProxy;
@@ -55,11 +57,21 @@ pub struct Options {
     pub cloudrun: bool,
     /// Put fault proxies in front of balenaCloud and the registry (the world's `faults`).
     pub faults: bool,
+    /// The emulator, or the real balenaCloud API server.
+    pub balena: Backend,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { instances: 1, allow_unauthenticated: false, extra_env: Vec::new(), startup_fails: false, cloudrun: false, faults: false }
+        Options {
+            instances: 1,
+            allow_unauthenticated: false,
+            extra_env: Vec::new(),
+            startup_fails: false,
+            cloudrun: false,
+            faults: false,
+            balena: Backend::Emulator,
+        }
     }
 }
 
@@ -72,64 +84,114 @@ pub struct Faults {
 
 impl Faults {
     /// Proxies to `balena_url`'s and `registry_url`'s ports, when `options.faults` says so.
-    async fn start(options: &Options, balena_url: &str, registry_url: &str, registry: &'static str, flavour: Flavour) -> anyhow::Result<Option<Faults>> {
+    async fn start(
+        options: &Options,
+        balena_url: &str,
+        registry_url: &str,
+        registry: &'static str,
+        flavour: Flavour,
+    ) -> anyhow::Result<Option<Faults>> {
         if !options.faults {
             return Ok(None);
         }
         let traffic = Traffic::new();
-        let balena = FaultProxy::start("balena", port_of(balena_url)?, Flavour::Balena, traffic.clone()).await?;
-        let registry = FaultProxy::start(registry, port_of(registry_url)?, flavour, traffic.clone()).await?;
-        Ok(Some(Faults { traffic, balena, registry }))
+        let balena = FaultProxy::start(
+            "balena",
+            port_of(balena_url)?,
+            Flavour::Balena,
+            traffic.clone(),
+        )
+        .await?;
+        let registry =
+            FaultProxy::start(registry, port_of(registry_url)?, flavour, traffic.clone()).await?;
+        Ok(Some(Faults {
+            traffic,
+            balena,
+            registry,
+        }))
     }
 }
 
-/// The port of an `http://127.0.0.1:PORT` URL.
-fn port_of(url: &str) -> anyhow::Result<u16> {
-    url.trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no port in {url}"))
-}
-
-/// The balenaCloud side every world has: the emulator, a fleet with two services, the
-/// function's own key and the operator token.
+/// The balenaCloud side every world has: the emulator (a fleet with two services) or a new
+/// fleet on the real server (service `cloud-relay`), the function's own key and the operator
+/// token.
 pub struct Fleet {
-    pub balena: BalenaEmulator,
+    pub balena: Balena,
     pub secrets: Secrets,
-    pub application: i64,
     /// The API keys of every device added, for the secret audit.
     device_keys: std::sync::Mutex<Vec<String>>,
+    /// The emulator's application id (unused on the real server).
+    application: i64,
 }
 
 impl Fleet {
-    pub async fn start() -> anyhow::Result<Fleet> {
-        let balena = BalenaEmulator::start().await?;
-        let secrets = Secrets::new();
-        balena.add_user_key(&secrets.function_key);
-        let application = balena.add_application("fleet");
-        balena.add_service(application, SERVICE);
-        balena.add_service(application, "main");
-        Ok(Fleet { balena, secrets, application, device_keys: Default::default() })
+    pub async fn start(backend: Backend) -> anyhow::Result<Fleet> {
+        let mut secrets = Secrets::new();
+        let (balena, application) = match backend {
+            Backend::Emulator => {
+                let balena = BalenaEmulator::start().await?;
+                balena.add_user_key(&secrets.function_key);
+                let application = balena.add_application("fleet");
+                balena.add_service(application, SERVICE);
+                balena.add_service(application, "main");
+                (Balena::Emulator(balena), application)
+            }
+            Backend::OpenBalena => {
+                let real = RealBalena::start().await?;
+                secrets.function_key = real.user_key().to_string();
+                (Balena::Real(real), 0)
+            }
+        };
+        Ok(Fleet {
+            balena,
+            secrets,
+            application,
+            device_keys: Default::default(),
+        })
     }
 
-    /// A new device of the fleet with a random UUID and its own API key.
-    pub fn add_device(&self) -> Device {
-        let uuid = uuid::Uuid::new_v4().simple().to_string();
-        let id = self.balena.add_device(self.application, &uuid);
-        let key = format!("devkey{}", uuid::Uuid::new_v4().simple());
-        self.balena.add_device_key(id, &key);
+    /// A new device of the fleet with its own API key (a random UUID on the emulator; on the
+    /// real server, registered as a device registers itself).
+    pub async fn add_device(&self) -> Device {
+        let device = match &self.balena {
+            Balena::Emulator(balena) => {
+                let uuid = uuid::Uuid::new_v4().simple().to_string();
+                let id = balena.add_device(self.application, &uuid);
+                let key = format!("devkey{}", uuid::Uuid::new_v4().simple());
+                balena.add_device_key(id, &key);
+                Device { uuid, id, key }
+            }
+            Balena::Real(real) => {
+                let d = real
+                    .register_device()
+                    .await
+                    .expect("the real server registers a device");
+                Device {
+                    uuid: d.uuid,
+                    id: d.id,
+                    key: d.key,
+                }
+            }
+        };
         if let Ok(mut keys) = self.device_keys.lock() {
-            keys.push(key.clone());
+            keys.push(device.key.clone());
         }
-        Device { uuid, id, key }
+        device
     }
 
     /// Every secret this fleet knows (the keys of every device added included), for log checks.
     pub fn secret_strings(&self, devices: &[&Device]) -> Vec<String> {
-        let mut all = vec![self.secrets.function_key.clone(), self.secrets.operator_token.clone()];
+        let mut all = vec![
+            self.secrets.function_key.clone(),
+            self.secrets.operator_token.clone(),
+        ];
         all.extend(devices.iter().map(|d| d.key.clone()));
-        all.extend(self.device_keys.lock().map(|k| k.clone()).unwrap_or_default());
+        all.extend(
+            self.device_keys
+                .lock()
+                .map(|k| k.clone())
+                .unwrap_or_default(),
+        );
         all
     }
 
@@ -144,10 +206,21 @@ impl Fleet {
     /// reached through the fault proxy when there is one).
     fn function_env(&self, options: &Options, faults: &Option<Faults>) -> Vec<(String, String)> {
         [
-            ("BALENA_API_URL", faults.as_ref().map_or_else(|| self.balena.url(), |f| f.balena.url())),
+            (
+                "BALENA_API_URL",
+                faults
+                    .as_ref()
+                    .map_or_else(|| self.balena.url(), |f| f.balena.url()),
+            ),
             ("BALENA_API_KEY", self.secrets.function_key.clone()),
-            ("PROVISION_OPERATOR_TOKEN", self.secrets.operator_token.clone()),
-            ("PROVISION_ALLOW_UNAUTHENTICATED", options.allow_unauthenticated.to_string()),
+            (
+                "PROVISION_OPERATOR_TOKEN",
+                self.secrets.operator_token.clone(),
+            ),
+            (
+                "PROVISION_ALLOW_UNAUTHENTICATED",
+                options.allow_unauthenticated.to_string(),
+            ),
             ("RUST_LOG", "debug".to_string()),
         ]
         .map(|(k, v)| (k.to_string(), v))
@@ -176,24 +249,42 @@ impl Functions {
     /// The process ids of the function processes still running (the benchmark reads their
     /// `/proc` entries: CPU time, peak memory, environment).
     pub async fn pids(&self) -> Vec<u32> {
-        self.0.lock().await.iter().filter_map(|p| p.child.id()).collect()
+        self.0
+            .lock()
+            .await
+            .iter()
+            .filter_map(|p| p.child.id())
+            .collect()
     }
 
     /// Sends SIGTERM to the first process.
     pub async fn terminate_first(&self) -> anyhow::Result<()> {
-        self.0.lock().await.first().ok_or_else(|| anyhow::anyhow!("no function process"))?.terminate()
+        self.0
+            .lock()
+            .await
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no function process"))?
+            .terminate()
     }
 
     /// Waits for the first process to exit by itself (a start-up failure, or after SIGTERM).
     pub async fn wait_for_exit(&self) -> std::process::ExitStatus {
         let mut processes = self.0.lock().await;
         let first = processes.first_mut().expect("a function process");
-        first.wait(Duration::from_secs(30)).await.expect("the function exits")
+        first
+            .wait(Duration::from_secs(30))
+            .await
+            .expect("the function exits")
     }
 }
 
 /// Starts a function binary with exactly this environment (and PATH).
-fn spawn_function(binary: &std::path::Path, name: &str, env: &[(String, String)], logs: &LogBook) -> anyhow::Result<Process> {
+fn spawn_function(
+    binary: &std::path::Path,
+    name: &str,
+    env: &[(String, String)],
+    logs: &LogBook,
+) -> anyhow::Result<Process> {
     let mut command = Command::new(binary);
     command.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
     if let Some(path) = std::env::var_os("PATH") {
@@ -240,7 +331,13 @@ impl HttpFunctions {
             ports.push(port);
             processes.push(process);
         }
-        let http = HttpFunctions { ports, prefix, next: Default::default(), http: reqwest::Client::new(), logs: logs.clone() };
+        let http = HttpFunctions {
+            ports,
+            prefix,
+            next: Default::default(),
+            http: reqwest::Client::new(),
+            logs: logs.clone(),
+        };
         Ok((http, Functions::new(processes)))
     }
 
@@ -265,12 +362,22 @@ impl HttpFunctions {
         let headers = response
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    v.to_str().unwrap_or_default().to_string(),
+                )
+            })
             .collect();
         let raw_body = response.text().await?;
         self.logs.record_answer(&raw_body);
         let body = serde_json::from_str(&raw_body).unwrap_or(serde_json::Value::Null);
-        Ok(Answer { status, headers, body, raw_body })
+        Ok(Answer {
+            status,
+            headers,
+            body,
+            raw_body,
+        })
     }
 }
 
@@ -283,7 +390,12 @@ pub enum Host {
 }
 
 /// Starts `provision-cloudrun` serving `cloud` with `env`.
-async fn start_cloudrun(cloud: &str, env: &[(String, String)], options: &Options, logs: &LogBook) -> anyhow::Result<(HttpFunctions, Functions)> {
+async fn start_cloudrun(
+    cloud: &str,
+    env: &[(String, String)],
+    options: &Options,
+    logs: &LogBook,
+) -> anyhow::Result<(HttpFunctions, Functions)> {
     let mut env = env.to_vec();
     env.push(("PROVISION_CLOUD".into(), cloud.into()));
     HttpFunctions::start("provision-cloudrun", &env, "PORT", "", options, logs).await
@@ -315,15 +427,27 @@ impl AwsWorld {
 
     pub async fn start_with(options: Options) -> anyhow::Result<AwsWorld> {
         let logs = LogBook::default();
-        let (fleet, moto) = tokio::join!(Fleet::start(), Moto::start(&logs));
+        let (fleet, moto) = tokio::join!(Fleet::start(options.balena), Moto::start(&logs));
         let (fleet, moto) = (fleet?, moto?);
         let iot = moto.client().await;
         aws::create_device_policy(&iot).await?;
 
         let aws_proxy = CountingProxy::start(moto.port).await?;
-        let faults = Faults::start(&options, &fleet.balena.url(), &aws_proxy.endpoint(), "aws", Flavour::Aws).await?;
+        let faults = Faults::start(
+            &options,
+            &fleet.balena.url(),
+            &aws_proxy.endpoint(),
+            "aws",
+            Flavour::Aws,
+        )
+        .await?;
         let mut env: Vec<(String, String)> = moto.function_env();
-        env.push(("AWS_ENDPOINT_URL".into(), faults.as_ref().map_or_else(|| aws_proxy.endpoint(), |f| f.registry.url())));
+        env.push((
+            "AWS_ENDPOINT_URL".into(),
+            faults
+                .as_ref()
+                .map_or_else(|| aws_proxy.endpoint(), |f| f.registry.url()),
+        ));
         env.extend(fleet.function_env(&options, &faults));
         env.push(("AWS_IOT_POLICY".into(), aws::POLICY.to_string()));
         let (host, functions) = if options.cloudrun {
@@ -336,11 +460,25 @@ impl AwsWorld {
             let binary = paths::binary("provision-lambda")?;
             let mut functions = Vec::new();
             for n in 0..options.instances.max(1) {
-                functions.push(spawn_function(&binary, &format!("provision-lambda#{n}"), &env, &logs)?);
+                functions.push(spawn_function(
+                    &binary,
+                    &format!("provision-lambda#{n}"),
+                    &env,
+                    &logs,
+                )?);
             }
             (Host::Lambda(runtime), Functions::new(functions))
         };
-        Ok(AwsWorld { fleet, moto, aws_proxy, iot, host, functions, logs, faults })
+        Ok(AwsWorld {
+            fleet,
+            moto,
+            aws_proxy,
+            iot,
+            host,
+            functions,
+            logs,
+            faults,
+        })
     }
 
     /// Calls the function as AWS would for a function URL request: through the Lambda Runtime
@@ -350,14 +488,18 @@ impl AwsWorld {
             Host::Http(http) => return http.call(call).await,
             Host::Lambda(runtime) => runtime,
         };
-        let invocation = runtime.invoke(call.function_url_event(), aws::INVOKE_TIMEOUT).await?;
+        let invocation = runtime
+            .invoke(call.function_url_event(), aws::INVOKE_TIMEOUT)
+            .await?;
         match invocation.outcome {
             InvocationOutcome::Response(value) => {
                 let answer = Answer::from_lambda_response(&value)?;
                 self.logs.record_answer(&answer.raw_body);
                 Ok(answer)
             }
-            InvocationOutcome::Error(error) => anyhow::bail!("the function reported an invocation error: {error}"),
+            InvocationOutcome::Error(error) => {
+                anyhow::bail!("the function reported an invocation error: {error}")
+            }
         }
     }
 
@@ -374,7 +516,13 @@ impl AwsWorld {
     /// Stops everything; the processes' logs stay readable through `logs`.
     pub async fn stop(self) {
         self.stop_functions_and_wait().await;
-        let moto_keys: Vec<String> = self.moto.function_env().into_iter().filter(|(k, _)| k.contains("SECRET")).map(|(_, v)| v).collect();
+        let moto_keys: Vec<String> = self
+            .moto
+            .function_env()
+            .into_iter()
+            .filter(|(k, _)| k.contains("SECRET"))
+            .map(|(_, v)| v)
+            .collect();
         self.fleet.audit("aws", &self.logs, &moto_keys);
         if let Host::Lambda(runtime) = self.host {
             runtime.shutdown().await;
@@ -417,20 +565,54 @@ impl AzureWorld {
         let logs = LogBook::default();
         let policy = Policy::with_random_key("balena-provision", true);
         let policy_key = policy.key_base64.clone();
-        let (fleet, hub) = tokio::join!(Fleet::start(), IotHubEmulator::start(HUB_HOST, vec![policy]));
+        let (fleet, hub) = tokio::join!(
+            Fleet::start(options.balena),
+            IotHubEmulator::start(HUB_HOST, vec![policy])
+        );
         let (fleet, hub) = (fleet?, hub?);
-        let faults = Faults::start(&options, &fleet.balena.url(), &hub.url(), "iothub", Flavour::IotHub).await?;
+        let faults = Faults::start(
+            &options,
+            &fleet.balena.url(),
+            &hub.url(),
+            "iothub",
+            Flavour::IotHub,
+        )
+        .await?;
         let mut env = fleet.function_env(&options, &faults);
         env.extend([
-            ("CONNECTION_STRING".to_string(), hub.connection_string("balena-provision")),
-            ("AZURE_IOTHUB_ENDPOINT".to_string(), faults.as_ref().map_or_else(|| hub.url(), |f| f.registry.url())),
+            (
+                "CONNECTION_STRING".to_string(),
+                hub.connection_string("balena-provision"),
+            ),
+            (
+                "AZURE_IOTHUB_ENDPOINT".to_string(),
+                faults
+                    .as_ref()
+                    .map_or_else(|| hub.url(), |f| f.registry.url()),
+            ),
         ]);
         let (http, functions) = if options.cloudrun {
             start_cloudrun("azure", &env, &options, &logs).await?
         } else {
-            HttpFunctions::start("provision-azure", &env, "FUNCTIONS_CUSTOMHANDLER_PORT", "/api", &options, &logs).await?
+            HttpFunctions::start(
+                "provision-azure",
+                &env,
+                "FUNCTIONS_CUSTOMHANDLER_PORT",
+                "/api",
+                &options,
+                &logs,
+            )
+            .await?
         };
-        Ok(AzureWorld { fleet, hub, http, functions, logs, policy_key, faults })
+        Ok(AzureWorld {
+            fleet,
+            hub,
+            http,
+            functions,
+            logs,
+            policy_key,
+            faults,
+        })
     }
 
     /// Calls a custom handler as the Functions host forwards a request to `/api<path>`.
@@ -440,7 +622,14 @@ impl AzureWorld {
 
     pub async fn stop(self) {
         self.functions.stop_and_wait().await;
-        self.fleet.audit("azure", &self.logs, &[self.policy_key.clone(), self.hub.connection_string("balena-provision")]);
+        self.fleet.audit(
+            "azure",
+            &self.logs,
+            &[
+                self.policy_key.clone(),
+                self.hub.connection_string("balena-provision"),
+            ],
+        );
         self.hub.shutdown().await;
         self.fleet.balena.shutdown().await;
     }
@@ -476,9 +665,19 @@ impl GcpWorld {
     /// Cloud Run is this world's host whether or not `options.cloudrun` says so.
     pub async fn start_with(options: Options) -> anyhow::Result<GcpWorld> {
         let logs = LogBook::default();
-        let (fleet, clearblade) = tokio::join!(Fleet::start(), ClearBladeEmulator::start(GCP_PROJECT, &[(GCP_REGION, GCP_REGISTRY)]));
+        let (fleet, clearblade) = tokio::join!(
+            Fleet::start(options.balena),
+            ClearBladeEmulator::start(GCP_PROJECT, &[(GCP_REGION, GCP_REGISTRY)])
+        );
         let (fleet, clearblade) = (fleet?, clearblade?);
-        let faults = Faults::start(&options, &fleet.balena.url(), &clearblade.url(), "clearblade", Flavour::ClearBlade).await?;
+        let faults = Faults::start(
+            &options,
+            &fleet.balena.url(),
+            &clearblade.url(),
+            "clearblade",
+            Flavour::ClearBlade,
+        )
+        .await?;
         // Through the proxy, the service account names it; the emulator then answers with the
         // proxy's address for the registry's calls too (it names the address it was called at).
         let service_account = match &faults {
@@ -486,7 +685,10 @@ impl GcpWorld {
             Some(f) => {
                 let mut account = clearblade.service_account_json();
                 account["url"] = serde_json::Value::String(f.registry.url());
-                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, account.to_string())
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    account.to_string(),
+                )
             }
         };
         let mut env = fleet.function_env(&options, &faults);
@@ -497,7 +699,14 @@ impl GcpWorld {
             ("CB_SERVICE_ACCOUNT".to_string(), service_account),
         ]);
         let (http, functions) = start_cloudrun("gcp", &env, &options, &logs).await?;
-        Ok(GcpWorld { fleet, clearblade, http, functions, logs, faults })
+        Ok(GcpWorld {
+            fleet,
+            clearblade,
+            http,
+            functions,
+            logs,
+            faults,
+        })
     }
 
     /// Calls the service as Cloud Run forwards a request.
@@ -507,12 +716,14 @@ impl GcpWorld {
 
     /// The registry's device for a balena device (`balena-<uuid>`).
     pub fn device(&self, uuid: &str) -> Option<serde_json::Value> {
-        self.clearblade.device(GCP_REGION, GCP_REGISTRY, &format!("balena-{uuid}"))
+        self.clearblade
+            .device(GCP_REGION, GCP_REGISTRY, &format!("balena-{uuid}"))
     }
 
     /// The PEM keys the registry holds for a balena device.
     pub fn public_keys(&self, uuid: &str) -> Option<Vec<String>> {
-        self.clearblade.public_keys(GCP_REGION, GCP_REGISTRY, &format!("balena-{uuid}"))
+        self.clearblade
+            .public_keys(GCP_REGION, GCP_REGISTRY, &format!("balena-{uuid}"))
     }
 
     pub async fn stop(self) {

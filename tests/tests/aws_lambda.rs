@@ -19,7 +19,7 @@ shared_scenarios!(AwsWorld);
 #[tokio::test]
 async fn rotation_deletes_the_old_certificate() {
     let world = AwsWorld::start().await.unwrap();
-    let device = world.add_device();
+    let device = world.add_device().await;
     let created = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
     assert_eq!(created.status, 201, "{}", created.raw_body);
     let first = world.assert_provisioned(&device, Target::Device, false).await;

@@ -43,7 +43,7 @@ async fn every_event_shape_serves_the_same_contract() {
         [("API Gateway v1", Call::api_gateway_v1_event), ("HTTP API v2", Call::function_url_event), ("ALB", Call::alb_event)];
 
     for (name, shape) in shapes {
-        let device = world.add_device();
+        let device = world.add_device().await;
         let post = Call::post(json!({"uuid": device.uuid, "balena_service": "cloud-relay"})).bearer(&device.key);
         let (status, body, content_type) = send(&service, shape(&post)).await;
         assert_eq!(status, 201, "{name}: {body}");

@@ -15,16 +15,39 @@ shared_scenarios!(GcpWorld);
 
 /// One container serves any of the three clouds: `PROVISION_CLOUD=aws|azure|gcp`.
 async fn serves<S: Stack>() {
-    let world = S::start_with(Options { cloudrun: true, ..Options::default() }).await.unwrap();
-    let device = world.add_device();
-    let created = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
-    assert_eq!((created.status, created.body["cloud"].as_str()), (201, Some(S::CLOUD)), "{}", created.raw_body);
-    world.assert_provisioned(&device, Target::Device, false).await;
-    let deleted = world.call(Call::delete(json!({"uuid": device.uuid})).bearer(&world.secrets.operator_token)).await.unwrap();
+    let world = S::start_with(Options {
+        cloudrun: true,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let device = world.add_device().await;
+    let created = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        (created.status, created.body["cloud"].as_str()),
+        (201, Some(S::CLOUD)),
+        "{}",
+        created.raw_body
+    );
+    world
+        .assert_provisioned(&device, Target::Device, false)
+        .await;
+    let deleted = world
+        .call(Call::delete(json!({"uuid": device.uuid})).bearer(&world.secrets.operator_token))
+        .await
+        .unwrap();
     assert_eq!(deleted.status_text(), "deleted", "{}", deleted.raw_body);
     world.assert_gone(&device, Target::Device).await;
     let lines = world.logs().lines();
-    assert!(lines.iter().any(|l| l.starts_with("[provision-cloudrun#0]") && l.contains("listening")), "provision-cloudrun served it: {lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("[provision-cloudrun#0]") && l.contains("listening")),
+        "provision-cloudrun served it: {lines:?}"
+    );
     world.stop().await;
 }
 
@@ -48,9 +71,12 @@ async fn cloudrun_serves_gcp() {
 #[tokio::test]
 async fn sigterm_lets_the_request_in_flight_finish() {
     let world = GcpWorld::start().await.unwrap();
-    let device = world.add_device();
+    let device = world.add_device().await;
     // Every balenaCloud answer takes a while, so the request is surely in flight.
-    world.balena.set_latency(std::time::Duration::from_millis(400));
+    world
+        .balena
+        .emulator()
+        .set_latency(std::time::Duration::from_millis(400));
     let call = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key));
     let terminate = async {
         // Once balenaCloud has seen the request, it is in flight.
@@ -61,12 +87,27 @@ async fn sigterm_lets_the_request_in_flight_finish() {
     };
     let (answer, ()) = tokio::join!(call, terminate);
     let answer = answer.unwrap();
-    assert_eq!((answer.status, answer.status_text()), (201, "created"), "{}", answer.raw_body);
+    assert_eq!(
+        (answer.status, answer.status_text()),
+        (201, "created"),
+        "{}",
+        answer.raw_body
+    );
     let status = world.functions.wait_for_exit().await;
-    assert!(status.success(), "the process exits 0 after SIGTERM: {status:?}");
-    world.balena.set_latency(std::time::Duration::ZERO);
-    world.assert_provisioned(&device, Target::Device, false).await;
-    let refused = world.call(Call::get(&format!("uuid={}", device.uuid)).bearer(&device.key)).await;
+    assert!(
+        status.success(),
+        "the process exits 0 after SIGTERM: {status:?}"
+    );
+    world
+        .balena
+        .emulator()
+        .set_latency(std::time::Duration::ZERO);
+    world
+        .assert_provisioned(&device, Target::Device, false)
+        .await;
+    let refused = world
+        .call(Call::get(&format!("uuid={}", device.uuid)).bearer(&device.key))
+        .await;
     assert!(refused.is_err(), "no new requests after shutdown");
     world.stop().await;
 }
@@ -76,17 +117,38 @@ async fn sigterm_lets_the_request_in_flight_finish() {
 #[tokio::test]
 async fn two_hundred_devices_through_one_process() {
     let world = GcpWorld::start().await.unwrap();
-    let devices: Vec<_> = (0..200).map(|_| world.add_device()).collect();
-    let calls = devices.iter().map(|d| world.call(Call::post(json!({"uuid": d.uuid})).bearer(&d.key)));
+    let mut devices = Vec::new();
+    for _ in 0..200 {
+        devices.push(world.add_device().await);
+    }
+    let calls = devices
+        .iter()
+        .map(|d| world.call(Call::post(json!({"uuid": d.uuid})).bearer(&d.key)));
     let answers = futures::future::join_all(calls).await;
     for (device, answer) in devices.iter().zip(answers) {
         let answer = answer.unwrap();
-        assert_eq!((answer.status, answer.status_text()), (201, "created"), "{}: {}", device.uuid, answer.raw_body);
+        assert_eq!(
+            (answer.status, answer.status_text()),
+            (201, "created"),
+            "{}: {}",
+            device.uuid,
+            answer.raw_body
+        );
     }
     for device in &devices {
-        world.assert_provisioned(device, Target::Device, false).await;
-        assert_eq!(world.held_lock(device, Target::Device).await, None, "no lock held");
+        world
+            .assert_provisioned(device, Target::Device, false)
+            .await;
+        assert_eq!(
+            world.held_lock(device, Target::Device).await,
+            None,
+            "no lock held"
+        );
     }
-    assert_eq!(world.active_credentials().await.len(), 200, "one key per device, no more");
+    assert_eq!(
+        world.active_credentials().await.len(),
+        200,
+        "one key per device, no more"
+    );
     world.stop().await;
 }

@@ -423,8 +423,8 @@ fn csr_for(uuid: &str) -> String {
 /// `/`, with device and service variables, a repair, a CSR, and every caller mistake.
 async fn drive<S: Stack>(c: &mut Checker<'_, S>) {
     let world = c.world;
-    let device = world.add_device();
-    let other = world.add_device();
+    let device = world.add_device().await;
+    let other = world.add_device().await;
     let operator = world.secrets.operator_token.clone();
     let uuid = device.uuid.clone();
     let get = |device: &Device, query: String| Call::get(&query).bearer(&device.key);
@@ -446,12 +446,12 @@ async fn drive<S: Stack>(c: &mut Checker<'_, S>) {
     c.expect(get(&device, format!("uuid={uuid}")), 200, "provisioned").await;
     c.expect(Call::post(json!({"uuid": uuid, "rotate": true})).bearer(&device.key), 200, "rotated").await;
     // Someone empties the private key by hand: partial, then repaired.
-    world.balena.set_device_var(device.id, S::KEY_VAR, "");
+    world.balena.set_device_var(device.id, S::KEY_VAR, "").await;
     c.expect(get(&device, format!("uuid={uuid}")), 200, "partial").await;
     c.expect(Call::post(json!({"uuid": uuid})).bearer(&device.key), 200, "repaired").await;
     c.expect(Call::delete(json!({"uuid": uuid})).bearer(&operator), 200, "deleted").await;
     c.expect(Call::delete(json!({"uuid": uuid})).bearer(&operator), 200, "not-provisioned").await;
-    let serviced = world.add_device();
+    let serviced = world.add_device().await;
     let mut root = Call::new("POST", "/").json(Target::Service.body(&serviced.uuid)).bearer(&serviced.key);
     c.expect(root.clone(), 201, "created").await;
     c.expect(get(&serviced, format!("uuid={}&balena_service={SERVICE}", serviced.uuid)), 200, "provisioned").await;
@@ -538,36 +538,36 @@ async fn gcp_answers_conform_and_cover_the_document() {
     let mut c = Checker::new(&spec, &world);
     drive(&mut c).await;
 
-    let device = world.add_device();
+    let device = world.add_device().await;
     let operator = world.secrets.operator_token.clone();
     let body = json!({"uuid": device.uuid});
     // balenaCloud failing, then throttling, past the retries.
-    world.balena.inject_fault(Fault::new(500).method("GET").times(1000));
+    world.balena.emulator().inject_fault(Fault::new(500).method("GET").times(1000));
     for call in [Call::get(&format!("uuid={}", device.uuid)), Call::post(body.clone()), Call::delete(body.clone())] {
         c.expect(call.bearer(&operator), 502, "provision.upstream.balena").await;
     }
-    world.balena.clear_faults();
-    world.balena.inject_fault(Fault::new(429).method("GET").retry_after(1).times(1000));
+    world.balena.emulator().clear_faults();
+    world.balena.emulator().inject_fault(Fault::new(429).method("GET").retry_after(1).times(1000));
     for call in [Call::get(&format!("uuid={}", device.uuid)), Call::post(body.clone()), Call::delete(body.clone())] {
         let answer = c.expect(call.bearer(&operator), 503, "provision.upstream.throttled").await;
         assert_eq!(answer.headers.get("retry-after").map(String::as_str), Some("1"), "the upstream's Retry-After passed on");
     }
-    world.balena.clear_faults();
+    world.balena.emulator().clear_faults();
     // The registry refusing.
     world.clearblade.inject_fault(provision_emulators::clearblade::Fault::new(403).times(1000));
     c.expect(Call::post(body.clone()).bearer(&operator), 502, "provision.upstream.cloud").await;
     world.clearblade.clear_faults();
     // Another request's lock (a generation after the POST's), held past half the budget.
     c.expect(Call::post(body.clone()).bearer(&operator), 201, "created").await;
-    world.balena.set_device_tag(device.id, &provision_core::balena::LockTag::key(99), "someone-else until 99999999999999");
+    world.balena.set_device_tag(device.id, &provision_core::balena::LockTag::key(99), "someone-else until 99999999999999").await;
     for call in [Call::post(json!({"uuid": device.uuid, "rotate": true})), Call::delete(body.clone())] {
         let answer = c.expect(call.bearer(&operator), 503, "provision.device.busy").await;
         assert!(answer.headers.contains_key("retry-after"), "{}", answer.raw_body);
     }
 
     // The hostile-input corpus: whatever each case gets, the document describes it.
-    let target = world.add_device();
-    let stranger = world.add_device();
+    let target = world.add_device().await;
+    let stranger = world.add_device().await;
     let material = provision_testkit::corpus::Material::new(&target.uuid);
     let callers = provision_testkit::corpus::Callers { device_key: &target.key, other_key: &stranger.key, operator_token: &operator };
     for case in provision_testkit::corpus::load() {

@@ -100,7 +100,11 @@ fn parse_args() -> Result<Config, String> {
             "--runs" => runs = Some(number("--runs", args.next())?),
             "--batch" => batch = Some(number("--batch", args.next())?),
             "--cold-runs" => cold_runs = Some(number("--cold-runs", args.next())?),
-            "--release-dir" => release_dir = Some(PathBuf::from(args.next().ok_or("--release-dir takes a directory")?)),
+            "--release-dir" => {
+                release_dir = Some(PathBuf::from(
+                    args.next().ok_or("--release-dir takes a directory")?,
+                ))
+            }
             "aws" => clouds.push("aws"),
             "azure" => clouds.push("azure"),
             "gcp" => clouds.push("gcp"),
@@ -112,12 +116,17 @@ fn parse_args() -> Result<Config, String> {
         clouds = vec!["aws", "azure", "gcp"];
     }
     clouds.dedup();
-    let release_dir = match release_dir.or_else(|| std::env::var_os("PROVISION_BENCH_RELEASE_DIR").map(PathBuf::from)) {
+    let release_dir = match release_dir
+        .or_else(|| std::env::var_os("PROVISION_BENCH_RELEASE_DIR").map(PathBuf::from))
+    {
         Some(dir) => dir,
         None => {
             // This executable sits in <target>/<profile>/.
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            exe.parent().and_then(Path::parent).map(|t| t.join("release")).ok_or("cannot tell the target directory; pass --release-dir")?
+            exe.parent()
+                .and_then(Path::parent)
+                .map(|t| t.join("release"))
+                .ok_or("cannot tell the target directory; pass --release-dir")?
         }
     };
     Ok(Config {
@@ -173,7 +182,10 @@ async fn main() {
             }
         }
     }
-    println!("\nprovision-bench finished in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "\nprovision-bench finished in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     if !failures.is_empty() {
         println!("{} unexpected outcome(s):", failures.len());
         for f in &failures {
@@ -190,11 +202,19 @@ fn print_header(config: &Config) {
         .find(|l| l.starts_with("model name"))
         .and_then(|l| l.split_once(':'))
         .map_or_else(|| "unknown CPU".to_string(), |(_, v)| v.trim().to_string());
-    let processors = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let processors = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
     let usable = std::thread::available_parallelism().map_or(0, |n| n.get());
     let os = std::fs::read_to_string("/etc/os-release")
         .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string())))
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("PRETTY_NAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+        })
         .unwrap_or_else(|| std::env::consts::OS.to_string());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let rustc = std::process::Command::new("rustc")
@@ -203,14 +223,27 @@ fn print_header(config: &Config) {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    println!("provision-bench{}", if config.smoke { " --smoke (checks the harness; the timings mean nothing)" } else { "" });
+    println!(
+        "provision-bench{}",
+        if config.smoke {
+            " --smoke (checks the harness; the timings mean nothing)"
+        } else {
+            ""
+        }
+    );
     println!(
         "machine: {model}; {processors} logical CPUs ({usable} usable); {} {os}, Linux {}; {rustc}",
         std::env::consts::ARCH,
         kernel.trim()
     );
     let functions = if config.smoke {
-        BINARIES.iter().map(|b| paths::binary(b).map_or_else(|e| format!("{b}: {e}"), |p| p.display().to_string())).collect::<Vec<_>>().join(", ")
+        BINARIES
+            .iter()
+            .map(|b| {
+                paths::binary(b).map_or_else(|e| format!("{b}: {e}"), |p| p.display().to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     } else {
         format!("release builds in {}", config.release_dir.display())
     };
@@ -222,7 +255,11 @@ fn print_header(config: &Config) {
     println!(
         "harness: this benchmark is a {} build; the emulators run in it (moto in Python), so wall times include the emulators' own time; \
          credential figures are measured in this process",
-        if cfg!(debug_assertions) { "dev (deps opt-level 1)" } else { "release" }
+        if cfg!(debug_assertions) {
+            "dev (deps opt-level 1)"
+        } else {
+            "release"
+        }
     );
 }
 
@@ -232,7 +269,10 @@ enum Host {
     /// A process polling the Lambda Runtime API.
     Lambda,
     /// An HTTP server on the port in `port_var`, with routes under `prefix`.
-    Http { port_var: &'static str, prefix: &'static str },
+    Http {
+        port_var: &'static str,
+        prefix: &'static str,
+    },
 }
 
 /// The published Node functions' figures, for the comparison column.
@@ -263,8 +303,16 @@ impl Bench for AwsWorld {
     const TITLE: &'static str = "AWS IoT Core";
     const BINARY: &'static str = "provision-lambda";
     const HOST: Host = Host::Lambda;
-    const NODE: Node = Node { post_depth: "12", delete_depth: "13", post_50: "~1.3 s", second_post: "400", deployed: "116 MiB deployed deps", credential: "—" };
-    const SETUP: &'static str = "through the Lambda Runtime API emulator; moto; balenaCloud emulator";
+    const NODE: Node = Node {
+        post_depth: "12",
+        delete_depth: "13",
+        post_50: "~1.3 s",
+        second_post: "400",
+        deployed: "116 MiB deployed deps",
+        credential: "—",
+    };
+    const SETUP: &'static str =
+        "through the Lambda Runtime API emulator; moto; balenaCloud emulator";
     fn functions(&self) -> &Functions {
         &self.functions
     }
@@ -277,8 +325,18 @@ impl Bench for AwsWorld {
 impl Bench for AzureWorld {
     const TITLE: &'static str = "Azure IoT Hub";
     const BINARY: &'static str = "provision-azure";
-    const HOST: Host = Host::Http { port_var: "FUNCTIONS_CUSTOMHANDLER_PORT", prefix: "/api" };
-    const NODE: Node = Node { post_depth: "8", delete_depth: "8", post_50: "—", second_post: "500", deployed: "—", credential: "~430 ms CPU" };
+    const HOST: Host = Host::Http {
+        port_var: "FUNCTIONS_CUSTOMHANDLER_PORT",
+        prefix: "/api",
+    };
+    const NODE: Node = Node {
+        post_depth: "8",
+        delete_depth: "8",
+        post_50: "—",
+        second_post: "500",
+        deployed: "—",
+        credential: "~430 ms CPU",
+    };
     const SETUP: &'static str = "custom handler over HTTP; IoT Hub emulator; balenaCloud emulator";
     fn functions(&self) -> &Functions {
         &self.functions
@@ -293,9 +351,20 @@ impl Bench for AzureWorld {
 impl Bench for GcpWorld {
     const TITLE: &'static str = "GCP / ClearBlade IoT Core";
     const BINARY: &'static str = "provision-cloudrun";
-    const HOST: Host = Host::Http { port_var: "PORT", prefix: "" };
-    const NODE: Node = Node { post_depth: "13", delete_depth: "13", post_50: "—", second_post: "500", deployed: "—", credential: "—" };
-    const SETUP: &'static str = "Cloud Run server over HTTP; ClearBlade emulator; balenaCloud emulator";
+    const HOST: Host = Host::Http {
+        port_var: "PORT",
+        prefix: "",
+    };
+    const NODE: Node = Node {
+        post_depth: "13",
+        delete_depth: "13",
+        post_50: "—",
+        second_post: "500",
+        deployed: "—",
+        credential: "—",
+    };
+    const SETUP: &'static str =
+        "Cloud Run server over HTTP; ClearBlade emulator; balenaCloud emulator";
     fn functions(&self) -> &Functions {
         &self.functions
     }
@@ -316,7 +385,13 @@ struct Row {
 }
 
 fn row(measure: impl Into<String>, ours: impl Into<String>) -> Row {
-    Row { measure: measure.into(), ours: ours.into(), target: String::new(), verdict: "", node: String::new() }
+    Row {
+        measure: measure.into(),
+        ours: ours.into(),
+        target: String::new(),
+        verdict: "",
+        node: String::new(),
+    }
 }
 
 impl Row {
@@ -334,12 +409,34 @@ impl Row {
 fn print_table(title: &str, rows: &[Row]) {
     let mut out = String::new();
     let _ = writeln!(out, "\n== {title}");
-    let w = rows.iter().map(|r| r.measure.chars().count()).max().unwrap_or(10).max(7);
-    let wo = rows.iter().map(|r| r.ours.chars().count()).max().unwrap_or(10).max(4);
-    let wt = rows.iter().map(|r| r.target.chars().count()).max().unwrap_or(6).max(6);
-    let _ = writeln!(out, "{:<w$}  {:<wo$}  {:<wt$}  {:<7} {}", "measure", "ours", "target", "verdict", "Node (published)");
+    let w = rows
+        .iter()
+        .map(|r| r.measure.chars().count())
+        .max()
+        .unwrap_or(10)
+        .max(7);
+    let wo = rows
+        .iter()
+        .map(|r| r.ours.chars().count())
+        .max()
+        .unwrap_or(10)
+        .max(4);
+    let wt = rows
+        .iter()
+        .map(|r| r.target.chars().count())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let _ = writeln!(
+        out,
+        "{:<w$}  {:<wo$}  {:<wt$}  {:<7} {}",
+        "measure", "ours", "target", "verdict", "Node (published)"
+    );
     for r in rows {
-        let line = format!("{:<w$}  {:<wo$}  {:<wt$}  {:<7} {}", r.measure, r.ours, r.target, r.verdict, r.node);
+        let line = format!(
+            "{:<w$}  {:<wo$}  {:<wt$}  {:<7} {}",
+            r.measure, r.ours, r.target, r.verdict, r.node
+        );
         let _ = writeln!(out, "{}", line.trim_end());
     }
     print!("{out}");
@@ -377,10 +474,16 @@ impl Op {
 
     /// A device in the state the operation starts from.
     async fn prepare<S: Stack>(self, world: &S) -> anyhow::Result<Device> {
-        let device = world.add_device();
+        let device = world.add_device().await;
         if self != Op::New {
             let answer = world.call(post(&device)).await?;
-            anyhow::ensure!(answer.status == 201, "preparing '{}': POST answered {}: {}", self.name(), answer.status, answer.raw_body);
+            anyhow::ensure!(
+                answer.status == 201,
+                "preparing '{}': POST answered {}: {}",
+                self.name(),
+                answer.status,
+                answer.raw_body
+            );
         }
         Ok(device)
     }
@@ -393,7 +496,8 @@ impl Op {
                 body["rotate"] = serde_json::json!(true);
                 Call::post(body).bearer(&device.key)
             }
-            Op::Delete => Call::delete(Target::Device.body(&device.uuid)).bearer(&world.secrets.operator_token),
+            Op::Delete => Call::delete(Target::Device.body(&device.uuid))
+                .bearer(&world.secrets.operator_token),
         }
     }
 }
@@ -403,7 +507,11 @@ fn post(device: &Device) -> Call {
 }
 
 fn answered(answer: &Answer) -> String {
-    if answer.status < 300 { format!("{} {}", answer.status, answer.status_text()) } else { format!("{} {}", answer.status, answer.error_code()) }
+    if answer.status < 300 {
+        format!("{} {}", answer.status, answer.status_text())
+    } else {
+        format!("{} {}", answer.status, answer.error_code())
+    }
 }
 
 /// Benchmarks one cloud and prints its table; returns the unexpected outcomes.
@@ -412,16 +520,27 @@ async fn bench<S: Bench>(config: &Config) -> anyhow::Result<Vec<String>> {
     // Without proxies: the operations' plain wall times, cold starts, the CPU batch.
     let direct = direct::<S>(config, &mut process_rows, &mut failures).await?;
     // With the fault proxies: calls, their depth, and the wall times at 0 and +50 ms per call.
-    let options = Options { faults: true, extra_env: vec![("RUST_LOG".into(), "info".into())], ..Options::default() };
-    let world = S::start_with(options).await.with_context(|| format!("starting the {} world", S::CLOUD))?;
+    let options = Options {
+        faults: true,
+        extra_env: vec![("RUST_LOG".into(), "info".into())],
+        ..Options::default()
+    };
+    let world = S::start_with(options)
+        .await
+        .with_context(|| format!("starting the {} world", S::CLOUD))?;
     let measured = measure(&world, config, &direct, &mut rows, &mut failures).await;
     world.stop().await;
     let notes = measured?;
     rows.extend(process_rows);
     sizes::<S>(config, &mut rows, &mut failures);
     credentials::<S>(config, &mut rows, &mut failures);
-    let binary = paths::binary(S::BINARY).map(|p| p.display().to_string()).unwrap_or_default();
-    print_table(&format!("{}: {} ({binary}) {}", S::TITLE, S::BINARY, S::SETUP), &rows);
+    let binary = paths::binary(S::BINARY)
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    print_table(
+        &format!("{}: {} ({binary}) {}", S::TITLE, S::BINARY, S::SETUP),
+        &rows,
+    );
     for note in notes {
         println!("note: {note}");
     }
@@ -430,15 +549,28 @@ async fn bench<S: Bench>(config: &Config) -> anyhow::Result<Vec<String>> {
 
 /// The operations through the fault proxies, against a running world with them.
 /// Returns notes for under the table.
-async fn measure<S: Bench>(world: &S, config: &Config, direct: &BTreeMap<&'static str, Duration>, rows: &mut Vec<Row>, failures: &mut Vec<String>) -> anyhow::Result<Vec<String>> {
-    let traffic = world.faults().context("the world has no fault proxies")?.traffic.clone();
+async fn measure<S: Bench>(
+    world: &S,
+    config: &Config,
+    direct: &BTreeMap<&'static str, Duration>,
+    rows: &mut Vec<Row>,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<Vec<String>> {
+    let traffic = world
+        .faults()
+        .context("the world has no fault proxies")?
+        .traffic
+        .clone();
 
     // The first request of a process also fetches what it then caches (ClearBlade's registry
     // credentials): one POST first, so the operations below are a warm process's.
-    let warm = world.add_device();
+    let warm = world.add_device().await;
     let answer = world.call(post(&warm)).await?;
     if answer.status != 201 {
-        failures.push(format!("warm-up POST answered {}: {}", answer.status, answer.raw_body));
+        failures.push(format!(
+            "warm-up POST answered {}: {}",
+            answer.status, answer.raw_body
+        ));
     }
 
     let mut timelines = Vec::new();
@@ -450,7 +582,11 @@ async fn measure<S: Bench>(world: &S, config: &Config, direct: &BTreeMap<&'stati
         let proxied = measured.wall.get(&0).and_then(|w| median(w));
         if let (Some(proxied), Some(plain)) = (proxied, direct.get(op.name())) {
             let added = proxied.saturating_sub(*plain);
-            let depth = measured.depth.get(&50).and_then(|d| d.iter().max().copied()).unwrap_or(0);
+            let depth = measured
+                .depth
+                .get(&50)
+                .and_then(|d| d.iter().max().copied())
+                .unwrap_or(0);
             if overhead.is_none_or(|(most, _, _)| added > most) {
                 overhead = Some((added, op.name(), depth));
             }
@@ -472,10 +608,23 @@ async fn measure<S: Bench>(world: &S, config: &Config, direct: &BTreeMap<&'stati
 
     if config.calls {
         for (op, timeline) in timelines {
-            println!("\n{} {}: upstream calls of one run with +50 ms per call (ms since the request)", S::CLOUD, op.name());
+            println!(
+                "\n{} {}: upstream calls of one run with +50 ms per call (ms since the request)",
+                S::CLOUD,
+                op.name()
+            );
             for e in timeline {
-                let end = e.finished.map_or_else(|| "…".to_string(), |f| format!("{:.0}", f.as_secs_f64() * 1e3));
-                println!("  {:>5.0} – {:>5}  {} {}", e.started.as_secs_f64() * 1e3, end, e.status.map_or("-".into(), |s| s.to_string()), e.label);
+                let end = e.finished.map_or_else(
+                    || "…".to_string(),
+                    |f| format!("{:.0}", f.as_secs_f64() * 1e3),
+                );
+                println!(
+                    "  {:>5.0} – {:>5}  {} {}",
+                    e.started.as_secs_f64() * 1e3,
+                    end,
+                    e.status.map_or("-".into(), |s| s.to_string()),
+                    e.label
+                );
             }
         }
     }
@@ -496,7 +645,9 @@ struct Measured {
 impl Measured {
     fn rows<S: Bench>(&self, op: Op, direct: Option<Duration>) -> Vec<Row> {
         let name = op.name();
-        let at = |map: &BTreeMap<u128, Vec<usize>>, latency: u128| map.get(&latency).cloned().unwrap_or_default();
+        let at = |map: &BTreeMap<u128, Vec<usize>>, latency: u128| {
+            map.get(&latency).cloned().unwrap_or_default()
+        };
         let mut rows = Vec::new();
         let mut answers = self.answers.clone();
         answers.dedup();
@@ -517,24 +668,41 @@ impl Measured {
         let deepest = d50.iter().copied().max().unwrap_or(0);
         let mut depth_row = row(format!("{name}: sequential depth"), depth);
         depth_row = match op {
-            Op::New => depth_row.target("≤ 3", deepest <= 3).node(S::NODE.post_depth),
+            Op::New => depth_row
+                .target("≤ 3", deepest <= 3)
+                .node(S::NODE.post_depth),
             Op::Again => depth_row.target("≤ 2", deepest <= 2),
-            Op::Delete => depth_row.target("≤ 3", deepest <= 3).node(S::NODE.delete_depth),
+            Op::Delete => depth_row
+                .target("≤ 3", deepest <= 3)
+                .node(S::NODE.delete_depth),
             Op::Rotate => depth_row,
         };
         rows.push(depth_row);
         for latency in LATENCIES {
-            let walls = self.wall.get(&latency.as_millis()).cloned().unwrap_or_default();
+            let walls = self
+                .wall
+                .get(&latency.as_millis())
+                .cloned()
+                .unwrap_or_default();
             let Some(m) = median(&walls) else { continue };
-            let label = if latency.is_zero() { format!("{name}: wall, 0 ms per call") } else { format!("{name}: wall, +{} ms per call", latency.as_millis()) };
+            let label = if latency.is_zero() {
+                format!("{name}: wall, 0 ms per call")
+            } else {
+                format!("{name}: wall, +{} ms per call", latency.as_millis())
+            };
             let mut r = row(label, ms(m));
             if op == Op::New && !latency.is_zero() {
-                r = r.target("< 200 ms", m < Duration::from_millis(200)).node(S::NODE.post_50);
+                r = r
+                    .target("< 200 ms", m < Duration::from_millis(200))
+                    .node(S::NODE.post_50);
             }
             rows.push(r);
         }
         if let Some(direct) = direct {
-            rows.push(row(format!("{name}: wall, no proxies (cross-check)"), ms(direct)));
+            rows.push(row(
+                format!("{name}: wall, no proxies (cross-check)"),
+                ms(direct),
+            ));
         }
         rows
     }
@@ -549,7 +717,13 @@ fn range(values: &[usize]) -> String {
     }
 }
 
-async fn operation<S: Bench>(world: &S, traffic: &Traffic, op: Op, runs: usize, failures: &mut Vec<String>) -> anyhow::Result<Measured> {
+async fn operation<S: Bench>(
+    world: &S,
+    traffic: &Traffic,
+    op: Op,
+    runs: usize,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<Measured> {
     let mut measured = Measured::default();
     for latency in LATENCIES {
         for _ in 0..runs {
@@ -564,14 +738,26 @@ async fn operation<S: Bench>(world: &S, traffic: &Traffic, op: Op, runs: usize, 
             let answer = answer.with_context(|| format!("{} got no answer", op.name()))?;
             let (status, text) = op.expected();
             if answer.status != status || answer.status_text() != text {
-                failures.push(format!("{} answered {} (expected {status} {text}): {}", op.name(), answer.status, answer.raw_body));
+                failures.push(format!(
+                    "{} answered {} (expected {status} {text}): {}",
+                    op.name(),
+                    answer.status,
+                    answer.raw_body
+                ));
             }
             if log.is_empty() {
-                failures.push(format!("{}: no upstream call went through the proxies", op.name()));
+                failures.push(format!(
+                    "{}: no upstream call went through the proxies",
+                    op.name()
+                ));
             }
             let key = latency.as_millis();
             measured.calls.entry(key).or_default().push(log.len());
-            measured.depth.entry(key).or_default().push(sequential_depth(&log));
+            measured
+                .depth
+                .entry(key)
+                .or_default()
+                .push(sequential_depth(&log));
             measured.wall.entry(key).or_default().push(wall);
             measured.answers.push(answered(&answer));
             if !latency.is_zero() {
@@ -585,14 +771,26 @@ async fn operation<S: Bench>(world: &S, traffic: &Traffic, op: Op, runs: usize, 
 /// In a world without the fault proxies (the function talks to the emulators directly): the
 /// wall time of each operation, median of `runs` (a cross-check of the proxies' own overhead),
 /// then the cold starts and the CPU batch, whose figures the proxies would only slow down.
-async fn direct<S: Bench>(config: &Config, rows: &mut Vec<Row>, failures: &mut Vec<String>) -> anyhow::Result<BTreeMap<&'static str, Duration>> {
-    let options = Options { extra_env: vec![("RUST_LOG".into(), "info".into())], ..Options::default() };
-    let world = S::start_with(options).await.with_context(|| format!("starting the {} world without proxies", S::CLOUD))?;
+async fn direct<S: Bench>(
+    config: &Config,
+    rows: &mut Vec<Row>,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<BTreeMap<&'static str, Duration>> {
+    let options = Options {
+        extra_env: vec![("RUST_LOG".into(), "info".into())],
+        ..Options::default()
+    };
+    let world = S::start_with(options)
+        .await
+        .with_context(|| format!("starting the {} world without proxies", S::CLOUD))?;
     let measured = async {
-        let warm = world.add_device();
+        let warm = world.add_device().await;
         let answer = world.call(post(&warm)).await?;
         if answer.status != 201 {
-            failures.push(format!("warm-up POST (no proxies) answered {}: {}", answer.status, answer.raw_body));
+            failures.push(format!(
+                "warm-up POST (no proxies) answered {}: {}",
+                answer.status, answer.raw_body
+            ));
         }
         let mut medians = BTreeMap::new();
         for op in Op::ALL {
@@ -604,14 +802,24 @@ async fn direct<S: Bench>(config: &Config, rows: &mut Vec<Row>, failures: &mut V
                 walls.push(started.elapsed());
                 let (status, text) = op.expected();
                 if answer.status != status || answer.status_text() != text {
-                    failures.push(format!("{} (no proxies) answered {} (expected {status} {text}): {}", op.name(), answer.status, answer.raw_body));
+                    failures.push(format!(
+                        "{} (no proxies) answered {} (expected {status} {text}): {}",
+                        op.name(),
+                        answer.status,
+                        answer.raw_body
+                    ));
                 }
             }
             if let Some(m) = median(&walls) {
                 medians.insert(op.name(), m);
             }
         }
-        let pid = *world.functions().pids().await.first().context("no function process")?;
+        let pid = *world
+            .functions()
+            .pids()
+            .await
+            .first()
+            .context("no function process")?;
         cold_starts(&world, config, pid, rows, failures).await?;
         batch(&world, config, pid, rows, failures).await?;
         anyhow::Ok(medians)
@@ -635,20 +843,33 @@ async fn settled(traffic: &Traffic) -> Vec<Exchange> {
 
 /// Cold starts: fresh processes of the world's binary with the world's function's own
 /// environment (read from /proc), on a port or runtime API of their own.
-async fn cold_starts<S: Bench>(world: &S, config: &Config, pid: u32, rows: &mut Vec<Row>, failures: &mut Vec<String>) -> anyhow::Result<()> {
+async fn cold_starts<S: Bench>(
+    world: &S,
+    config: &Config,
+    pid: u32,
+    rows: &mut Vec<Row>,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<()> {
     let env = environ(pid)?;
     let binary = paths::binary(S::BINARY)?;
     let (mut healthz, mut first_post, mut peak) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..config.cold_runs {
-        let (elapsed, answer, _) = cold_once(&binary, &env, S::HOST, Call::new("GET", "/healthz")).await?;
+        let (elapsed, answer, _) =
+            cold_once(&binary, &env, S::HOST, Call::new("GET", "/healthz")).await?;
         if answer.status != 200 {
-            failures.push(format!("cold start: GET /healthz answered {}: {}", answer.status, answer.raw_body));
+            failures.push(format!(
+                "cold start: GET /healthz answered {}: {}",
+                answer.status, answer.raw_body
+            ));
         }
         healthz.push(elapsed);
-        let device = world.add_device();
+        let device = world.add_device().await;
         let (elapsed, answer, hwm) = cold_once(&binary, &env, S::HOST, post(&device)).await?;
         if (answer.status, answer.status_text()) != (201, "created") {
-            failures.push(format!("cold start: the first POST answered {}: {}", answer.status, answer.raw_body));
+            failures.push(format!(
+                "cold start: the first POST answered {}: {}",
+                answer.status, answer.raw_body
+            ));
         }
         first_post.push(elapsed);
         match hwm {
@@ -661,13 +882,21 @@ async fn cold_starts<S: Bench>(world: &S, config: &Config, pid: u32, rows: &mut 
         Host::Http { .. } => "HTTP",
     };
     if let Some(m) = median(&healthz) {
-        rows.push(row(format!("cold start: spawn → GET /healthz 200 ({host})"), ms(m)).target("< 30 ms", m < Duration::from_millis(30)).node("module load 200–360 ms"));
+        rows.push(
+            row(
+                format!("cold start: spawn → GET /healthz 200 ({host})"),
+                ms(m),
+            )
+            .target("< 30 ms", m < Duration::from_millis(30))
+            .node("module load 200–360 ms"),
+        );
     }
     if let Some(m) = median(&first_post) {
         rows.push(row("cold start: spawn → first POST new 201", ms(m)));
     }
     if let Some(m) = median_u64(&peak) {
-        let single = row("peak RSS (VmHWM), process after one POST new", mib(m)).node("~78 MiB after one request");
+        let single = row("peak RSS (VmHWM), process after one POST new", mib(m))
+            .node("~78 MiB after one request");
         rows.push(match S::HOST {
             Host::Lambda => single.target("< 16 MiB", m < 16 * 1024),
             Host::Http { .. } => single,
@@ -678,15 +907,30 @@ async fn cold_starts<S: Bench>(world: &S, config: &Config, pid: u32, rows: &mut 
 
 /// Spawns the function with `env`, times it from the spawn to its answer to `call`, and reads
 /// its peak resident memory right after.
-async fn cold_once(binary: &Path, env: &[(String, String)], host: Host, call: Call) -> anyhow::Result<(Duration, Answer, Option<u64>)> {
+async fn cold_once(
+    binary: &Path,
+    env: &[(String, String)],
+    host: Host,
+    call: Call,
+) -> anyhow::Result<(Duration, Answer, Option<u64>)> {
     let logs = LogBook::default();
-    let tail = |logs: &LogBook| logs.lines().iter().rev().take(5).rev().cloned().collect::<Vec<_>>().join("\n");
+    let tail = |logs: &LogBook| {
+        logs.lines()
+            .iter()
+            .rev()
+            .take(5)
+            .rev()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     match host {
         Host::Lambda => {
             let runtime = LambdaRuntimeEmulator::start().await?;
             let env = with(env, "AWS_LAMBDA_RUNTIME_API", &runtime.runtime_api());
             let (invoker, event) = (runtime.clone(), call.function_url_event());
-            let invocation = tokio::spawn(async move { invoker.invoke(event, Duration::from_secs(30)).await });
+            let invocation =
+                tokio::spawn(async move { invoker.invoke(event, Duration::from_secs(30)).await });
             tokio::task::yield_now().await;
             let started = Instant::now();
             let process = spawn(binary, &env, &logs)?;
@@ -695,10 +939,17 @@ async fn cold_once(binary: &Path, env: &[(String, String)], host: Host, call: Ca
             let hwm = process.child.id().and_then(peak_rss_kib);
             process.stop().await;
             runtime.shutdown().await;
-            let invoked = invoked.with_context(|| format!("the cold Lambda process did not answer; its last lines:\n{}", tail(&logs)))?;
+            let invoked = invoked.with_context(|| {
+                format!(
+                    "the cold Lambda process did not answer; its last lines:\n{}",
+                    tail(&logs)
+                )
+            })?;
             let answer = match invoked.outcome {
                 InvocationOutcome::Response(value) => Answer::from_lambda_response(&value)?,
-                InvocationOutcome::Error(error) => anyhow::bail!("the cold Lambda process reported an invocation error: {error}"),
+                InvocationOutcome::Error(error) => {
+                    anyhow::bail!("the cold Lambda process reported an invocation error: {error}")
+                }
             };
             Ok((elapsed, answer, hwm))
         }
@@ -708,13 +959,30 @@ async fn cold_once(binary: &Path, env: &[(String, String)], host: Host, call: Ca
             let request = raw_request(&call, prefix);
             let started = Instant::now();
             let process = spawn(binary, &env, &logs)?;
-            let exchanged = tokio::task::spawn_blocking(move || exchange_when_listening(port, &request, Duration::from_secs(20))).await?;
+            let exchanged = tokio::task::spawn_blocking(move || {
+                exchange_when_listening(port, &request, Duration::from_secs(20))
+            })
+            .await?;
             let elapsed = started.elapsed();
             let hwm = process.child.id().and_then(peak_rss_kib);
             process.stop().await;
-            let (status, headers, raw_body) = exchanged.with_context(|| format!("the cold process did not answer; its last lines:\n{}", tail(&logs)))?;
+            let (status, headers, raw_body) = exchanged.with_context(|| {
+                format!(
+                    "the cold process did not answer; its last lines:\n{}",
+                    tail(&logs)
+                )
+            })?;
             let body = serde_json::from_str(&raw_body).unwrap_or(serde_json::Value::Null);
-            Ok((elapsed, Answer { status, headers, body, raw_body }, hwm))
+            Ok((
+                elapsed,
+                Answer {
+                    status,
+                    headers,
+                    body,
+                    raw_body,
+                },
+                hwm,
+            ))
         }
     }
 }
@@ -738,7 +1006,11 @@ fn raw_request(call: &Call, prefix: &str) -> Vec<u8> {
         target = format!("{target}?{}", call.query);
     }
     let body = call.body.clone().unwrap_or_default();
-    let mut head = format!("{} {target} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\n", call.method, body.len());
+    let mut head = format!(
+        "{} {target} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\n",
+        call.method,
+        body.len()
+    );
     for (name, value) in &call.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -752,12 +1024,19 @@ type RawAnswer = (u16, BTreeMap<String, String>, String);
 
 /// Connects as soon as the port listens (trying every 0.2 ms), sends `request` and reads the
 /// whole answer.
-fn exchange_when_listening(port: u16, request: &[u8], limit: Duration) -> anyhow::Result<RawAnswer> {
+fn exchange_when_listening(
+    port: u16,
+    request: &[u8],
+    limit: Duration,
+) -> anyhow::Result<RawAnswer> {
     let deadline = Instant::now() + limit;
     let mut stream = loop {
         match std::net::TcpStream::connect(("127.0.0.1", port)) {
             Ok(stream) => break stream,
-            Err(e) if Instant::now() < deadline && e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(e)
+                if Instant::now() < deadline
+                    && e.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
                 std::thread::sleep(Duration::from_micros(200));
             }
             Err(e) => anyhow::bail!("nothing listened on port {port}: {e}"),
@@ -767,16 +1046,26 @@ fn exchange_when_listening(port: u16, request: &[u8], limit: Duration) -> anyhow
     stream.write_all(request)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").context("no complete answer head")?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no complete answer head")?;
     let head = String::from_utf8_lossy(&raw[..end]).into_owned();
     let mut lines = head.lines();
-    let status: u16 = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).context("no status line")?;
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
     let headers: BTreeMap<String, String> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     let mut body = raw[end + 4..].to_vec();
-    if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
         body = dechunk(&body)?;
     }
     Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
@@ -785,7 +1074,10 @@ fn exchange_when_listening(port: u16, request: &[u8], limit: Duration) -> anyhow
 fn dechunk(mut raw: &[u8]) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
-        let end = raw.windows(2).position(|w| w == b"\r\n").context("bad chunk")?;
+        let end = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("bad chunk")?;
         let size_text = String::from_utf8_lossy(&raw[..end]);
         let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
         raw = &raw[end + 2..];
@@ -800,16 +1092,34 @@ fn dechunk(mut raw: &[u8]) -> anyhow::Result<Vec<u8>> {
 
 /// The CPU time per device of a batch of POSTs for new devices, through the world's (warm)
 /// function process, and that process's peak resident memory over its life.
-async fn batch<S: Bench>(world: &S, config: &Config, pid: u32, rows: &mut Vec<Row>, failures: &mut Vec<String>) -> anyhow::Result<()> {
+async fn batch<S: Bench>(
+    world: &S,
+    config: &Config,
+    pid: u32,
+    rows: &mut Vec<Row>,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<()> {
     let hz = clock_ticks_per_second();
-    let devices: Vec<Device> = (0..config.batch).map(|_| world.add_device()).collect();
+    let mut devices: Vec<Device> = Vec::new();
+    for _ in 0..config.batch {
+        devices.push(world.add_device().await);
+    }
     let before = cpu_ticks(pid)?;
     let started = Instant::now();
-    let answers: Vec<anyhow::Result<Answer>> =
-        futures::stream::iter(devices.iter()).map(|d| world.call(post(d))).buffer_unordered(BATCH_CONCURRENCY).collect().await;
+    let answers: Vec<anyhow::Result<Answer>> = futures::stream::iter(devices.iter())
+        .map(|d| world.call(post(d)))
+        .buffer_unordered(BATCH_CONCURRENCY)
+        .collect()
+        .await;
     let wall = started.elapsed();
     let after = cpu_ticks(pid)?;
-    let created = answers.iter().filter(|a| a.as_ref().is_ok_and(|a| a.status == 201 && a.status_text() == "created")).count();
+    let created = answers
+        .iter()
+        .filter(|a| {
+            a.as_ref()
+                .is_ok_and(|a| a.status == 201 && a.status_text() == "created")
+        })
+        .count();
     if created != devices.len() {
         let odd: Vec<String> = answers
             .iter()
@@ -820,16 +1130,31 @@ async fn batch<S: Bench>(world: &S, config: &Config, pid: u32, rows: &mut Vec<Ro
             })
             .take(3)
             .collect();
-        failures.push(format!("batch: {created} of {} POSTs answered 201 created ({odd:?})", devices.len()));
+        failures.push(format!(
+            "batch: {created} of {} POSTs answered 201 created ({odd:?})",
+            devices.len()
+        ));
     }
     let cpu = Duration::from_secs_f64((after - before) as f64 / hz as f64);
     let per_device = cpu / devices.len().max(1) as u32;
     rows.push(row(
-        format!("CPU per device, batch of {} POST new (utime+stime)", devices.len()),
-        format!("{} ({} ±{} in all, {:.1} s wall)", ms(per_device), ms(cpu), ms(Duration::from_secs_f64(1.0 / hz as f64)), wall.as_secs_f64()),
+        format!(
+            "CPU per device, batch of {} POST new (utime+stime)",
+            devices.len()
+        ),
+        format!(
+            "{} ({} ±{} in all, {:.1} s wall)",
+            ms(per_device),
+            ms(cpu),
+            ms(Duration::from_secs_f64(1.0 / hz as f64)),
+            wall.as_secs_f64()
+        ),
     ));
     match peak_rss_kib(pid) {
-        Some(kib) => rows.push(row("peak RSS (VmHWM), warm process after the batch", mib(kib))),
+        Some(kib) => rows.push(row(
+            "peak RSS (VmHWM), warm process after the batch",
+            mib(kib),
+        )),
         None => failures.push("batch: could not read the process's VmHWM".into()),
     }
     Ok(())
@@ -849,7 +1174,11 @@ fn sizes<S: Bench>(config: &Config, rows: &mut Vec<Row>, failures: &mut Vec<Stri
             }
         }
     };
-    let note = if release_build { " (release)" } else { " (debug build: no release build found)" };
+    let note = if release_build {
+        " (release)"
+    } else {
+        " (debug build: no release build found)"
+    };
     match std::fs::metadata(&path) {
         Ok(meta) => rows.push(row(format!("binary size{note}"), mib(meta.len() / 1024))),
         Err(e) => failures.push(format!("size of {}: {e}", path.display())),
@@ -857,8 +1186,16 @@ fn sizes<S: Bench>(config: &Config, rows: &mut Vec<Row>, failures: &mut Vec<Stri
     if matches!(S::HOST, Host::Lambda) {
         match lambda_zip_size(&path) {
             Ok(bytes) => {
-                let r = row(format!("Lambda zip (bootstrap, deflate){note}"), mib(bytes / 1024)).node(S::NODE.deployed);
-                rows.push(if release_build { r.target("< 8 MiB", bytes < 8 * 1024 * 1024) } else { r });
+                let r = row(
+                    format!("Lambda zip (bootstrap, deflate){note}"),
+                    mib(bytes / 1024),
+                )
+                .node(S::NODE.deployed);
+                rows.push(if release_build {
+                    r.target("< 8 MiB", bytes < 8 * 1024 * 1024)
+                } else {
+                    r
+                });
             }
             Err(e) => failures.push(format!("Lambda zip: {e:#}")),
         }
@@ -877,9 +1214,20 @@ info.external_attr = 0o100755 << 16
 info.compress_type = zipfile.ZIP_DEFLATED
 with open(sys.argv[1], 'rb') as f, zipfile.ZipFile(sys.argv[2], 'w') as z:
     z.writestr(info, f.read())";
-    let python = ["python3", "python"].into_iter().find(|p| std::process::Command::new(p).arg("-V").output().is_ok_and(|o| o.status.success()));
-    let python = python.map(PathBuf::from).unwrap_or_else(|| paths::venv().join("bin/python"));
-    let status = std::process::Command::new(python).args(["-c", SCRIPT]).arg(binary).arg(&zip).status()?;
+    let python = ["python3", "python"].into_iter().find(|p| {
+        std::process::Command::new(p)
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let python = python
+        .map(PathBuf::from)
+        .unwrap_or_else(|| paths::venv().join("bin/python"));
+    let status = std::process::Command::new(python)
+        .args(["-c", SCRIPT])
+        .arg(binary)
+        .arg(&zip)
+        .status()?;
     anyhow::ensure!(status.success(), "python zipfile failed");
     let size = std::fs::metadata(&zip)?.len();
     let _ = std::fs::remove_dir_all(&dir);
@@ -891,8 +1239,16 @@ with open(sys.argv[1], 'rb') as f, zipfile.ZipFile(sys.argv[2], 'w') as z:
 fn credentials<S: Bench>(config: &Config, rows: &mut Vec<Row>, failures: &mut Vec<String>) {
     let uuid = DeviceUuid::parse(&uuid::Uuid::new_v4().simple().to_string()).expect("a UUID");
     for (algorithm, name, runs) in [
-        (KeyAlgorithm::EcP256, "EC P-256", if config.smoke { 5 } else { 200 }),
-        (KeyAlgorithm::Rsa2048, "RSA-2048", if config.smoke { 1 } else { 10 }),
+        (
+            KeyAlgorithm::EcP256,
+            "EC P-256",
+            if config.smoke { 5 } else { 200 },
+        ),
+        (
+            KeyAlgorithm::Rsa2048,
+            "RSA-2048",
+            if config.smoke { 1 } else { 10 },
+        ),
     ] {
         let (mut keys, mut whole) = (Vec::new(), Vec::new());
         for _ in 0..runs {
@@ -910,13 +1266,26 @@ fn credentials<S: Bench>(config: &Config, rows: &mut Vec<Row>, failures: &mut Ve
                 Ok(_) => failures.push(format!("{name}: {} made nothing", S::WORK)),
                 Err(e) => failures.push(format!("{name}: {}: {e}", S::WORK)),
             }
-            let _ = provision_core::credentials::base64_encode(key.private_pem().expose().as_bytes());
+            let _ =
+                provision_core::credentials::base64_encode(key.private_pem().expose().as_bytes());
             whole.push(started.elapsed());
         }
-        let (Some(key), Some(all)) = (median(&keys), median(&whole)) else { continue };
-        let key_row = row(format!("credential: {name} key generation (median of {runs})"), ms(key));
-        rows.push(if algorithm == KeyAlgorithm::EcP256 { key_row.target("< 1 ms", key < Duration::from_millis(1)) } else { key_row });
-        let mut all_row = row(format!("credential: {name} {} per device", S::WORK), ms(all));
+        let (Some(key), Some(all)) = (median(&keys), median(&whole)) else {
+            continue;
+        };
+        let key_row = row(
+            format!("credential: {name} key generation (median of {runs})"),
+            ms(key),
+        );
+        rows.push(if algorithm == KeyAlgorithm::EcP256 {
+            key_row.target("< 1 ms", key < Duration::from_millis(1))
+        } else {
+            key_row
+        });
+        let mut all_row = row(
+            format!("credential: {name} {} per device", S::WORK),
+            ms(all),
+        );
         if algorithm == KeyAlgorithm::Rsa2048 {
             all_row = all_row.node(S::NODE.credential);
         }
@@ -928,13 +1297,15 @@ fn credentials<S: Bench>(config: &Config, rows: &mut Vec<Row>, failures: &mut Ve
 
 /// A process's environment.
 fn environ(pid: u32) -> anyhow::Result<Vec<(String, String)>> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).with_context(|| format!("reading /proc/{pid}/environ"))?;
+    let raw = std::fs::read(format!("/proc/{pid}/environ"))
+        .with_context(|| format!("reading /proc/{pid}/environ"))?;
     Ok(raw
         .split(|b| *b == 0)
         .filter(|e| !e.is_empty())
         .filter_map(|e| {
             let text = String::from_utf8_lossy(e);
-            text.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+            text.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect())
 }
@@ -942,16 +1313,28 @@ fn environ(pid: u32) -> anyhow::Result<Vec<(String, String)>> {
 /// VmHWM of a process, in KiB.
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The fields after the command name (which may hold spaces) start at field 3 (state).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("unreadable /proc/<pid>/stat")?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("unreadable /proc/<pid>/stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| -> anyhow::Result<u64> { fields.get(n - 3).and_then(|v| v.parse().ok()).context("unreadable /proc/<pid>/stat") };
+    let field = |n: usize| -> anyhow::Result<u64> {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .context("unreadable /proc/<pid>/stat")
+    };
     Ok(field(14)? + field(15)?)
 }
 

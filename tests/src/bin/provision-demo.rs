@@ -52,7 +52,7 @@ async fn run<S: Stack>(title: &str) -> anyhow::Result<()> {
     println!("######## {title}");
     println!("starting the emulators and the function ...");
     let world = S::start().await?;
-    let device = world.add_device();
+    let device = world.add_device().await;
     println!("{}", world.describe());
     println!("demo device {} with its own API key; its fleet has the service 'cloud-relay'\n", device.uuid);
     let service = json!({"uuid": device.uuid, "balena_service": "cloud-relay"});
@@ -64,7 +64,7 @@ async fn run<S: Stack>(title: &str) -> anyhow::Result<()> {
     let mut rotate = service.clone();
     rotate["rotate"] = json!(true);
     step(&world, &device, "4. the device rotates its certificate", Call::post(rotate).bearer(&device.key)).await?;
-    let stranger = world.add_device();
+    let stranger = world.add_device().await;
     step(&world, &device, "5. another device's key tries the same UUID", Call::post(service.clone()).bearer(&stranger.key)).await?;
     let operator = &world.secrets.operator_token;
     step(&world, &device, "6. the operator deprovisions it", Call::delete(service.clone()).bearer(operator)).await?;
@@ -89,7 +89,7 @@ async fn step<S: Stack>(world: &S, device: &Device, title: &str, call: Call) -> 
     let calls: Vec<String> = world.balena.requests().iter().map(|r| format!("{} {}", r.method, r.resource)).collect();
     let unit = if S::CLOUD == "aws" { "new connections to AWS" } else { "registry requests" };
     println!("   upstream: {} balenaCloud calls {calls:?}; {} {unit}", calls.len(), world.registry_calls() - registry_before);
-    let stored = vars(world, device, Target::Service);
+    let stored = vars(world, device, Target::Service).await;
     let names: Vec<&String> = stored.keys().collect();
     match stored.get(S::CSR_VARS[0]) {
         Some(value) => {
