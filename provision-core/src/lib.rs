@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod balena;
+pub mod check;
 pub mod config;
 pub mod credentials;
 pub mod error;

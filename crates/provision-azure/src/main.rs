@@ -20,13 +20,21 @@ Environment:
   PROVISION_ALLOW_UNAUTHENTICATED 'true' accepts callers without credentials
   PROVISION_REQUEST_BUDGET_MS     time budget of one request (default 25000)
   PROVISION_KEY_TYPE              ec-p256 (default) or rsa-2048
-  RUST_LOG                        log filter (default info)";
+  RUST_LOG                        log filter (default info; with --check, warn, on stderr)";
 
 #[tokio::main]
 async fn main() {
     if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
-        println!("{HELP}");
+        println!("{HELP}\n\n{}", provision_core::check::HELP);
         return;
+    }
+    match provision_core::check::CheckRequest::from_args(std::env::args().skip(1)) {
+        Ok(None) => {}
+        Ok(Some(request)) => std::process::exit(check(&request).await),
+        Err(e) => {
+            eprintln!("provision-azure: {e}");
+            std::process::exit(2);
+        }
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -34,13 +42,14 @@ async fn main() {
         )
         .with_ansi(false)
         .init();
-    let (service, port, limits) = match configure() {
+    let Configured { settings, registry, port, limits } = match configure() {
         Ok(configured) => configured,
         Err(e) => {
             eprintln!("provision-azure: {e}");
             std::process::exit(2);
         }
     };
+    let service = provision_core::build(&settings, Arc::new(registry));
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -58,7 +67,15 @@ async fn main() {
     }
 }
 
-fn configure() -> Result<(provision_core::Service, u16, provision_core::server::Limits), provision_core::ConfigError> {
+/// What the handler runs with, read and checked from the environment.
+struct Configured {
+    settings: provision_core::Settings,
+    registry: provision_core::registry::azure::IotHubRegistry,
+    port: u16,
+    limits: provision_core::server::Limits,
+}
+
+fn configure() -> Result<Configured, provision_core::ConfigError> {
     let settings = provision_core::Settings::from_env()?;
     let registry = provision_core::azure_registry_from_env()?;
     let port = match std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT").ok().filter(|v| !v.is_empty()) {
@@ -68,5 +85,25 @@ fn configure() -> Result<(provision_core::Service, u16, provision_core::server::
             .map_err(|_| provision_core::ConfigError::new("FUNCTIONS_CUSTOMHANDLER_PORT", "must be a port number"))?,
     };
     let limits = provision_core::server::Limits::for_budget(settings.request_budget);
-    Ok((provision_core::build(&settings, Arc::new(registry)), port, limits))
+    Ok(Configured { settings, registry, port, limits })
+}
+
+/// `--check`: the configuration loaded as at start-up, then the read-only checks. Gives the
+/// exit code: 0 when every check passed.
+async fn check(request: &provision_core::check::CheckRequest) -> i32 {
+    // Logs (warnings unless RUST_LOG says otherwise) go to stderr, apart from the check's lines.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    match configure() {
+        Ok(configured) => i32::from(!provision_core::check::run_and_print(&configured.settings, &configured.registry, request).await),
+        Err(e) => {
+            eprintln!("provision-azure: {e}");
+            1
+        }
+    }
 }

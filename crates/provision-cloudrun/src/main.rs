@@ -24,7 +24,7 @@ Environment:
   PROVISION_REQUEST_BUDGET_MS     time budget of one request (default 25000)
   PROVISION_KEY_TYPE              ec-p256 (default) or rsa-2048
   PROVISION_SHUTDOWN_GRACE_MS     how long requests in flight may finish after SIGTERM (default 9000)
-  RUST_LOG                        log filter (default info)
+  RUST_LOG                        log filter (default info; with --check, warn, on stderr)
  gcp:
   GCP_PROJECT_ID, GCP_REGION, CB_REGISTRY_ID   where the ClearBlade registry is (required)
   CB_SERVICE_ACCOUNT              base64 of the ClearBlade service-account JSON (required)
@@ -37,8 +37,16 @@ Environment:
 #[tokio::main]
 async fn main() {
     if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
-        println!("{HELP}");
+        println!("{HELP}\n\n{}", provision_core::check::HELP);
         return;
+    }
+    match provision_core::check::CheckRequest::from_args(std::env::args().skip(1)) {
+        Ok(None) => {}
+        Ok(Some(request)) => std::process::exit(check(&request).await),
+        Err(e) => {
+            eprintln!("provision-cloudrun: {e}");
+            std::process::exit(2);
+        }
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -60,7 +68,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let service = Arc::new(configured.service);
+    let service = Arc::new(provision_core::build(&configured.settings, configured.registry));
     tracing::info!(port = configured.port, cloud = service.cloud(), "listening");
     let shutdown = provision_core::server::shutdown_signal();
     if let Err(e) = provision_core::server::serve(listener, service, configured.limits, shutdown, configured.grace).await {
@@ -70,8 +78,10 @@ async fn main() {
     tracing::info!("stopped");
 }
 
+/// What the server runs with, read and checked from the environment.
 struct Configured {
-    service: provision_core::Service,
+    settings: provision_core::Settings,
+    registry: Arc<dyn provision_core::registry::Registry>,
     port: u16,
     limits: Limits,
     grace: Duration,
@@ -97,12 +107,27 @@ async fn configure() -> Result<Configured, ConfigError> {
             return Err(ConfigError::new("PROVISION_CLOUD", format!("is '{other}': this build serves {}", built.join(", "))));
         }
     };
-    Ok(Configured {
-        service: provision_core::build(&settings, registry),
-        port,
-        limits: Limits::for_budget(settings.request_budget),
-        grace,
-    })
+    Ok(Configured { limits: Limits::for_budget(settings.request_budget), settings, registry, port, grace })
+}
+
+/// `--check`: the configuration loaded as at start-up, then the read-only checks. Gives the
+/// exit code: 0 when every check passed.
+async fn check(request: &provision_core::check::CheckRequest) -> i32 {
+    // Logs (warnings unless RUST_LOG says otherwise) go to stderr, apart from the check's lines.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    match configure().await {
+        Ok(configured) => i32::from(!provision_core::check::run_and_print(&configured.settings, configured.registry.as_ref(), request).await),
+        Err(e) => {
+            eprintln!("provision-cloudrun: {e}");
+            1
+        }
+    }
 }
 
 fn number_setting(name: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {

@@ -167,6 +167,32 @@ impl Registry for AwsIotRegistry {
         super::certificate_variables((CERT_VAR, KEY_VAR), credential, private_key)
     }
 
+    /// DescribeEndpoint (the account's device data endpoint): allowed to the function's role,
+    /// and it needs the region and credentials to be right.
+    async fn probe(&self, deadline: Deadline) -> Result<String, UpstreamFailure> {
+        let sent = tokio::time::timeout(deadline.remaining(), self.client.describe_endpoint().endpoint_type("iot:Data-ATS").send()).await;
+        let answer = match sent {
+            Err(_) => return Err(UpstreamFailure::Unavailable { detail: "the request's time budget was used up".into() }),
+            Ok(Ok(answer)) => answer,
+            // Beside AWS's own refusals, say why the call could not be made at all (no
+            // credentials, no connection): that is what the operator fixes next.
+            Ok(Err(err)) => {
+                return Err(match (classify(&err).failure, &err) {
+                    (UpstreamFailure::Unavailable { detail }, e) if !matches!(e, SdkError::ServiceError(_)) => {
+                        let cause: String = aws_sdk_iot::error::DisplayErrorContext(e).to_string().chars().filter(|c| !c.is_control()).take(300).collect();
+                        UpstreamFailure::Unavailable { detail: format!("{detail} ({cause})") }
+                    }
+                    (failure, _) => failure,
+                });
+            }
+        };
+        let region = self.client.config().region().map_or_else(|| "no region".to_owned(), |r| r.to_string());
+        Ok(format!(
+            "DescribeEndpoint in {region}: devices connect to {}",
+            answer.endpoint_address().unwrap_or("(no address in the answer)")
+        ))
+    }
+
     async fn inspect(&self, deadline: Deadline, thing: &str) -> Result<RegistryState, UpstreamFailure> {
         let principals = match call(deadline, self.client.list_thing_principals().thing_name(thing).send()).await {
             Ok(out) => out.principals().to_vec(),

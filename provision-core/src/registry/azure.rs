@@ -169,7 +169,12 @@ impl IotHubRegistry {
         let mut url = self.base.clone();
         url.set_path(&format!("/devices/{}", uri_component(device)));
         url.set_query(Some(&format!("api-version={API_VERSION}")));
-        let mut request = Request::new(url, method);
+        self.send_request(deadline, Request::new(url, method), body, if_match).await
+    }
+
+    /// Sends one request through the pipeline, within the deadline; 2xx and 404 are answers,
+    /// anything else a failure.
+    async fn send_request(&self, deadline: Deadline, mut request: Request, body: Option<&Value>, if_match: Option<&str>) -> Result<Reply, UpstreamFailure> {
         if let Some(body) = body {
             request.insert_header("content-type", "application/json");
             request.set_body(body.to_string());
@@ -266,6 +271,20 @@ impl Registry for IotHubRegistry {
 
     fn variables(&self, _uuid: &DeviceUuid, credential: &RegisteredCredential, private_key: Option<&Secret>) -> Vec<(&'static str, Secret)> {
         super::certificate_variables((CERT_VAR, KEY_VAR), credential, private_key)
+    }
+
+    /// Lists at most one device identity (`GET /devices?top=1`): it needs the policy's
+    /// registry read right, and the SAS token the connection string signs.
+    async fn probe(&self, deadline: Deadline) -> Result<String, UpstreamFailure> {
+        let mut url = self.base.clone();
+        url.set_path("/devices");
+        url.set_query(Some(&format!("top=1&api-version={API_VERSION}")));
+        let reply = self.send_request(deadline, Request::new(url, Method::Get), None, None).await?;
+        if reply.status == 404 {
+            return Err(UpstreamFailure::Refused { status: 404, detail: format!("no device registry at {}", self.base) });
+        }
+        let hub = self.base.host_str().unwrap_or("the hub");
+        Ok(format!("hub {hub} lists device identities for the policy's SAS token (GET /devices?top=1)"))
     }
 
     async fn inspect(&self, deadline: Deadline, device: &str) -> Result<RegistryState, UpstreamFailure> {

@@ -381,6 +381,14 @@ impl Registry for ClearBladeRegistry {
         vars
     }
 
+    /// Fetches the registry's own credentials afresh with the service account
+    /// (`getRegistryCredentials`: a POST that only reads): it needs the service account to be
+    /// accepted and the registry to exist where the settings say.
+    async fn probe(&self, deadline: Deadline) -> Result<String, UpstreamFailure> {
+        let access = self.access(deadline, true).await?;
+        Ok(format!("the service account fetched the credentials of {} (regional API {})", self.path.path(), access.url))
+    }
+
     async fn inspect(&self, deadline: Deadline, device_id: &str) -> Result<RegistryState, UpstreamFailure> {
         let Some(device) = self.get_device(deadline, device_id).await? else {
             return Ok(RegistryState::default());

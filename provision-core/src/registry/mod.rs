@@ -158,6 +158,11 @@ pub trait Registry: Send + Sync {
     /// The variables that describe `credential` (the private key's, when given, included).
     fn variables(&self, uuid: &DeviceUuid, credential: &RegisteredCredential, private_key: Option<&Secret>) -> Vec<(&'static str, Secret)>;
 
+    /// One read-only call showing that the registry can be reached and accepts the function's
+    /// credentials (the operator's `--check`). It writes nothing. `Ok` says, in a few words for
+    /// the operator and never with a secret, what answered.
+    async fn probe(&self, deadline: Deadline) -> Result<String, UpstreamFailure>;
+
     /// The device's entry and credentials.
     async fn inspect(&self, deadline: Deadline, device_id: &str) -> Result<RegistryState, UpstreamFailure>;
 
