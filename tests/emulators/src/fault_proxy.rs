@@ -405,12 +405,7 @@ async fn relay(inbound: TcpStream, upstream: &'static str, target_port: u16, fla
             Some(FaultKind::Hang) => {
                 // Wait for the client to give up (it closes the connection), or a minute.
                 let _ = tokio::time::timeout(Duration::from_secs(60), async {
-                    loop {
-                        match inbound.fill().await {
-                            Ok(true) => continue,
-                            _ => break,
-                        }
-                    }
+                    while let Ok(true) = inbound.fill().await {}
                 })
                 .await;
                 traffic.finish(index, None);

@@ -63,17 +63,59 @@ fn enc(s: &str) -> String {
     out
 }
 
-/// `path?name=enc(value)&...`
+/// `path?name=value&...` as balena-sdk's pinejs-client writes it (see [`odata_value`]).
 fn url_of(path: &str, params: &[(&str, &str)]) -> String {
     let query: Vec<String> = params
         .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .map(|(k, v)| {
+            if k.starts_with('$') {
+                format!("{k}={}", odata_value(v))
+            } else {
+                format!("{}={}", enc(k), enc(v))
+            }
+        })
         .collect();
     if query.is_empty() {
         path.to_string()
     } else {
         format!("{path}?{}", query.join("&"))
     }
+}
+
+/// An OData option value as it goes into a URL pinejs reads: syntax stays literal (pinejs
+/// refuses `%2C`, `%28`...), spaces are `%20`, and each string literal's content is
+/// percent-encoded with its quotes doubled. An unterminated literal stays unterminated.
+fn odata_value(value: &str) -> String {
+    let mut out = String::new();
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                let mut content = String::new();
+                let mut closed = false;
+                while let Some(c) = chars.next() {
+                    if c == '\'' {
+                        if chars.peek() == Some(&'\'') {
+                            chars.next();
+                            content.push(c);
+                            continue;
+                        }
+                        closed = true;
+                        break;
+                    }
+                    content.push(c);
+                }
+                out.push('\'');
+                out.push_str(&enc(&content).replace("%27", "''"));
+                if closed {
+                    out.push('\'');
+                }
+            }
+            ' ' => out.push_str("%20"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 struct Answer {
@@ -549,7 +591,8 @@ async fn large_values_with_any_characters_round_trip_and_guard() {
     let fx = fixture().await;
     let dev = fx.dev_a;
     let mut value: String = (0..6000).map(|i| (b'A' + (i % 26) as u8) as char).collect();
-    value.push_str("+/=== it''s 'quoted' (paren) a,b;c & d=e %41 \u{e9}\u{1F512} \\ \" \n end");
+    // Any character but a line break, which balena refuses in variables (checked below).
+    value.push_str("+/=== it''s 'quoted' (paren) a,b;c & d=e %41 \u{e9}\u{1F512} \\ \" \t end");
     let created = fx
         .post(
             USER,
@@ -576,6 +619,22 @@ async fn large_values_with_any_characters_round_trip_and_guard() {
         200
     );
     assert!(fx.emu.device_vars(dev).is_empty());
+    for line_break in ["a\nb", "a\rb"] {
+        let refused = fx
+            .post(
+                USER,
+                "device_environment_variable",
+                json!({"device": dev, "name": "AWS_CERT", "value": line_break}),
+            )
+            .await;
+        assert_eq!(
+            (refused.status, refused.json()),
+            (
+                400,
+                json!("Variable values cannot contain line break characters")
+            )
+        );
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -586,12 +645,10 @@ async fn large_values_with_any_characters_round_trip_and_guard() {
 async fn auth_is_required_and_both_key_forms_work() {
     let fx = fixture().await;
     let none = fx.send("GET", None, "/v7/device", None).await;
-    assert_eq!((none.status, none.body.as_str()), (401, "Unauthorized"));
+    // pinejs answers 401 with no body.
+    assert_eq!((none.status, none.body.as_str()), (401, ""));
     let unknown = fx.send("GET", Some("nope"), "/v7/device", None).await;
-    assert_eq!(
-        (unknown.status, unknown.body.as_str()),
-        (401, "Unauthorized")
-    );
+    assert_eq!((unknown.status, unknown.body.as_str()), (401, ""));
     let by_param = fx
         .send(
             "GET",
@@ -709,7 +766,8 @@ async fn device_key_sees_only_its_own_rows() {
         .d();
     assert_eq!(expanded[0]["owns__device"], json!([{"uuid": UUID_A}]));
 
-    // Writes: foreign keys it cannot see are 400, invisible rows never match.
+    // Writes: foreign keys it cannot see are 401 (as balena answers), invisible rows never
+    // match.
     let post_b = fx
         .post(
             DEV_KEY,
@@ -717,7 +775,7 @@ async fn device_key_sees_only_its_own_rows() {
             json!({"device": fx.dev_b, "name": "X", "value": "x"}),
         )
         .await;
-    assert_eq!(post_b.status, 400);
+    assert_eq!(post_b.status, 401);
     let si_b = emu.service_install_id(fx.dev_b, "main").expect("install");
     let post_si = fx
         .post(
@@ -726,7 +784,7 @@ async fn device_key_sees_only_its_own_rows() {
             json!({"service_install": si_b, "name": "X", "value": "x"}),
         )
         .await;
-    assert_eq!(post_si.status, 400);
+    assert_eq!(post_si.status, 401);
     let theirs = fx
         .get(
             USER,
@@ -827,6 +885,7 @@ async fn foreign_keys_read_as_id_objects_unless_expanded() {
             "created_at",
             "device_name",
             "id",
+            "modified_at",
             "uuid"
         ]
     );
@@ -906,7 +965,8 @@ async fn percent_encoded_plus_and_raw_forms_are_equivalent() {
         format!("/v7/device?$select=id&$filter=uuid+eq+'{UUID_A}'"),
         format!("/v7/device?%24select=id&%24filter=uuid%20eq%20%27{UUID_A}%27"),
         format!("/v7/device?$select=id&$filter=uuid eq '{UUID_A}'"),
-        format!("/v7/device?$select=id&$filter=uuid%20eq%20%27{UUID_A}%27%20and%20id%20ne%20%2d1"),
+        format!("/v7/device?$select=id&$filter=uuid%20eq%20%27{UUID_A}%27%20and%20id%20ne%20-1"),
+        format!("/v7/device?$select=id&$filter=uuid%20eq%20%27{UUID_A}%27%20and%20id%20ne%20%2B0"),
         format!(
             "/v7/device?$select=id&$filter=(uuid+eq+'{UUID_A}')+and+(belongs_to__application+eq+{})",
             fx.app_a
@@ -922,18 +982,83 @@ async fn percent_encoded_plus_and_raw_forms_are_equivalent() {
         let rows = fx.send("GET", Some(USER), &pq, None).await.d();
         assert_eq!(rows, expect, "{pq}");
     }
-    // A literal plus sign must be sent as %2B; `+` is a space.
+    // Inside a literal, `+` is a plus (decodeURIComponent), not a space as outside.
     fx.emu.set_device_var(fx.dev_a, "P", "a+b c");
+    for (literal, matches) in [("'a%2Bb%20c'", 1), ("'a+b%20c'", 1), ("'a%2Bb+c'", 0)] {
+        let pq = format!("/v7/device_environment_variable?$filter=value+eq+{literal}");
+        let rows = fx.send("GET", Some(USER), &pq, None).await.d();
+        assert_eq!(rows.len(), matches, "{pq}");
+    }
+}
+
+/// `path_and_query` as reqwest sends it: a `'` in the query goes out as `%27` (which pinejs
+/// reads as an apostrophe too).
+fn as_sent(path_and_query: &str) -> String {
+    match path_and_query.split_once('?') {
+        Some((path, query)) => format!("{path}?{}", query.replace('\'', "%27")),
+        None => path_and_query.to_string(),
+    }
+}
+
+/// pinejs reads the raw URL: a percent-encoded syntax character is "Malformed url", wherever
+/// it stands outside a string literal.
+#[tokio::test]
+async fn percent_encoded_syntax_is_a_malformed_url() {
+    let fx = fixture().await;
+    for pq in [
+        "/v7/device?$select=id%2Cuuid".to_string(),
+        "/v7/device?$expand=device_tag%28%24select%3Did%29".to_string(),
+        "/v7/device?$expand=device_tag($select=id%3Btag_key)".to_string(),
+        "/v7/device?$select=%69d".to_string(),
+        "/v7/device?$sel%65ct=id".to_string(),
+        "/v7/device?$filter=id%20eq%20%31".to_string(),
+        "/v7/device/%24count".to_string(),
+        format!("/v7/device%28uuid='{UUID_A}')"),
+        // A lone %27 inside a literal closes it.
+        "/v7/device?$filter=uuid%20eq%20'a%27'".to_string(),
+    ] {
+        let a = fx.send("GET", Some(USER), &pq, None).await;
+        assert_eq!(
+            (a.status, a.json()),
+            (400, json!(format!("Malformed url: '{}'", as_sent(&pq)))),
+            "{pq}"
+        );
+    }
+    // Inside a literal everything is decoded, `%27%27` is a quote and `+` stays a plus.
+    fx.emu.set_device_var(fx.dev_a, "P", "a+b c,(d)='e'");
+    for literal in [
+        "'a+b%20c%2C%28d%29%3D''e'''",
+        "'a%2Bb%20c,(d)=%27%27e%27%27'",
+        "%27a+b%20c,(d)=''e''%27",
+    ] {
+        let pq =
+            format!("/v7/device_environment_variable?$select=name&$filter=value%20eq%20{literal}");
+        assert_eq!(
+            fx.send("GET", Some(USER), &pq, None).await.d(),
+            vec![json!({"name": "P"})],
+            "{pq}"
+        );
+    }
+    // An escape decodeURIComponent refuses fails inside pinejs: 500, no body.
+    for pq in [
+        "/v7/device?$filter=uuid%20eq%20%27%ZZ%27",
+        "/v7/device?$filter=uuid%20eq%20%27%FF%27",
+        "/v7/device?$filter=uuid%20eq%20'a%2'",
+    ] {
+        let a = fx.send("GET", Some(USER), pq, None).await;
+        assert_eq!((a.status, a.body.as_str()), (500, ""), "{pq}");
+    }
+    // A repeated option: the last one wins.
     let rows = fx
         .send(
             "GET",
             Some(USER),
-            "/v7/device_environment_variable?$filter=value%20eq%20'a%2Bb+c'",
+            &format!("/v7/device({})?$select=id&$select=uuid", fx.dev_a),
             None,
         )
         .await
         .d();
-    assert_eq!(rows.len(), 1);
+    assert_eq!(rows, vec![json!({"uuid": UUID_A})]);
 }
 
 #[tokio::test]
@@ -983,7 +1108,7 @@ async fn doubled_quotes_and_injection_attempts_are_data() {
 }
 
 #[tokio::test]
-async fn malformed_input_is_400_with_a_text_body() {
+async fn malformed_input_is_400_with_a_json_string_body() {
     let fx = fixture().await;
     let filters = [
         "",
@@ -1017,13 +1142,13 @@ async fn malformed_input_is_400_with_a_text_body() {
             "filter {filter:?} -> {} {}",
             a.status, a.body
         );
-        assert!(!a.body.is_empty());
+        assert!(a.json().is_string(), "{}", a.body);
         let ct = a
             .headers
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        assert!(ct.starts_with("text/plain"), "{ct}");
+        assert!(ct.starts_with("application/json"), "{ct}");
     }
     let deep = format!("{}uuid eq 'x'{}", "(".repeat(5000), ")".repeat(5000));
     assert_eq!(
@@ -1044,9 +1169,6 @@ async fn malformed_input_is_400_with_a_text_body() {
         "/v7/device?$top=x",
         "/v7/device?$orderby=bogus desc",
         "/v7/device?$bogus=1",
-        "/v7/device?$select=id&$select=uuid",
-        "/v7/device?$filter=uuid%20eq%20%27%ZZ%27",
-        "/v7/device?$filter=uuid%20eq%20%27%FF%27",
         "/v7/device(",
         "/v7/device(uuid=)",
         "/v7/device(1)junk",
@@ -1078,7 +1200,11 @@ async fn malformed_input_is_400_with_a_text_body() {
             json!({"device": 999, "name": "A", "value": "v"}),
         )
         .await;
-    assert_eq!(missing_fk.status, 400);
+    // The database's foreign key answers, as balena words it.
+    assert_eq!(
+        (missing_fk.status, missing_fk.json()),
+        (409, json!("Data is referenced by device."))
+    );
     let post_to_entity = fx
         .send(
             "POST",

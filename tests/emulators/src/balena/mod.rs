@@ -7,7 +7,11 @@
 //! * Auth: `Authorization: Bearer <key>` or `?apikey=<key>`. A *user key* sees and writes
 //!   everything; a *device key* sees only its device, its application, that application's
 //!   services, and its own service installs, variables and tags, and writes only its own
-//!   variables, tags and device row. An unknown or missing key gets 401 `Unauthorized`.
+//!   variables, tags and device row. An unknown or missing key gets 401 with an empty body.
+//! * URLs are read raw, as pinejs reads them (see [`pinejs_url`]): OData syntax must stand
+//!   literally, only a literal's content is percent-decoded, and a percent-encoded syntax
+//!   character is 400 `"Malformed url: '<path and query>'"`. Errors are JSON strings, as
+//!   pinejs's are.
 //! * Reads: `GET /v7/<resource>`, `/v7/<resource>(<id>)`, `/v7/<resource>(<field>='<value>')`,
 //!   `/v7/<resource>/$count`, with `$select`, `$filter`, `$expand` (nested options `$select`,
 //!   `$filter`, `$expand`, `$orderby`, `$top`, `$skip`; `nav/$count`), `$orderby`, `$top`,
@@ -18,11 +22,15 @@
 //!   `false`, integers, `'strings'` (`''` for a quote), navigation paths over foreign keys
 //!   (`a/b eq 1`), `nav/$count`, lambdas `nav/any(x: ...)` / `nav/all(x: ...)` over to-one
 //!   and to-many navigations, and `startswith endswith contains substringof tolower toupper
-//!   length`. Unknown names, type mismatches and malformed input are 400 with a text body.
+//!   length`. Malformed input is 400 "Malformed url"; unknown names and type mismatches are
+//!   400 with the reason (pinejs fails those with an empty 500; a client must not send them).
 //! * Writes: `POST` (201 with the row), `PATCH` and `DELETE` by key or by `$filter` (200 with an
-//!   empty body, also when nothing matched; rows the key cannot see never match). A unique
-//!   constraint violation is 409 `Unique key constraint violated ...`; a foreign key to a row
-//!   that does not exist or that the key cannot see is 400. Foreign keys in bodies may be
+//!   empty body, also when nothing matched; rows the key cannot see never match; an empty
+//!   body is 400 `"No fields to update"`). A unique constraint violation is 409 worded as
+//!   balena words it (`"\"device\" and \"tag_key\" must be unique."`); a foreign key to a
+//!   missing row is 409 `"Data is referenced by <field>."`, one a device key cannot see (or a
+//!   missing service install) 401. A variable value with a line break is 400
+//!   `"Variable values cannot contain line break characters"`. Foreign keys in bodies may be
 //!   `12`, `{"__id": 12}` or `{"@odata.id": "...(12)"}`. Creating a device creates a
 //!   `service_install` for each service of its application (and a new service is installed on
 //!   the application's devices), as balena does; deleting a row deletes its dependents.
@@ -36,6 +44,7 @@
 //! supervisor or any device-facing endpoint other than `/ping`.
 
 mod odata;
+mod pinejs_url;
 mod query;
 mod schema;
 mod store;
@@ -53,12 +62,11 @@ use serde_json::{Map, Value, json};
 
 use crate::common::fault::{Matcher, Rule, emulator_fault};
 use crate::common::hooks::{self, Hooks, test_hooks};
+use crate::common::percent::percent_decode;
 use crate::common::server::{self, Servers};
 use crate::common::{self, lock};
-use odata::{
-    ODataError, parse_options, parse_query_pairs, parse_resource_path, percent_decode,
-    resource_name_of,
-};
+use odata::{ODataError, parse_options, parse_resource_path, resource_name_of};
+use pinejs_url::{PinejsUrlError, Place, decode_odata_text, decode_query};
 use query::{Eval, bind_key, bind_options};
 use schema::Res;
 use store::{Row, Store, Viewer, WriteError, int_field};
@@ -351,18 +359,19 @@ fn pairs(
 // HTTP
 // ---------------------------------------------------------------------------------------------
 
-/// A refusal, answered with a text body.
+/// A refusal, answered as pinejs answers: the message as a JSON string, or no body at all.
 #[derive(Debug)]
 struct ApiError {
     status: StatusCode,
-    message: String,
+    /// `None` for an empty body (pinejs's 401 and its 500s).
+    message: Option<String>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            message: message.into(),
+            message: Some(message.into()),
         }
     }
 
@@ -371,11 +380,37 @@ impl ApiError {
     }
 
     fn unauthorized() -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized")
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: None,
+        }
     }
 
     fn not_found() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "Not Found")
+    }
+
+    /// pinejs's answer to a URL its grammar refuses; `path_and_query` as received.
+    fn malformed_url(path_and_query: &str) -> ApiError {
+        ApiError::bad_request(format!("Malformed url: '{path_and_query}'"))
+    }
+
+    fn from_url_error(e: PinejsUrlError, path_and_query: &str) -> ApiError {
+        match e {
+            PinejsUrlError::Malformed => ApiError::malformed_url(path_and_query),
+            // pinejs lets decodeURIComponent's URIError escape: a 500 with no body.
+            PinejsUrlError::UndecodableLiteral => ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: None,
+            },
+        }
+    }
+
+    fn into_response(self) -> Response {
+        match self.message {
+            Some(message) => json_response(self.status, &Value::String(message)),
+            None => self.status.into_response(),
+        }
     }
 }
 
@@ -455,10 +490,20 @@ async fn handle(AxumState(shared): AxumState<Shared>, req: Request) -> Response 
             Some(fault) => fault_response(&fault),
             None => match body {
                 Err(_) => text(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large".into()),
-                Ok(body) => match serve(&mut state, &method, path, query, key.as_deref(), &body) {
-                    Ok(res) => res,
-                    Err(e) => text(e.status, e.message),
-                },
+                Ok(body) => {
+                    let request = ApiRequest {
+                        method: &method,
+                        path,
+                        query,
+                        path_and_query: &path_and_query,
+                        key: key.as_deref(),
+                        body: &body,
+                    };
+                    match serve(&mut state, &request) {
+                        Ok(res) => res,
+                        Err(e) => e.into_response(),
+                    }
+                }
             },
         }
     };
@@ -481,14 +526,27 @@ fn fault_response(fault: &Rule) -> Response {
     fault.with_retry_after(text(status, reason.to_string()))
 }
 
-fn serve(
-    state: &mut State,
-    method: &Method,
-    path: &str,
-    query: &str,
-    key: Option<&str>,
-    body: &[u8],
-) -> Result<Response, ApiError> {
+/// One request as [`serve`] needs it.
+struct ApiRequest<'a> {
+    method: &'a Method,
+    path: &'a str,
+    /// Raw, still percent-encoded.
+    query: &'a str,
+    /// As received, for pinejs's "Malformed url" message.
+    path_and_query: &'a str,
+    key: Option<&'a str>,
+    body: &'a [u8],
+}
+
+fn serve(state: &mut State, request: &ApiRequest<'_>) -> Result<Response, ApiError> {
+    let ApiRequest {
+        method,
+        path,
+        query,
+        path_and_query,
+        key,
+        body,
+    } = *request;
     if path == "/ping" {
         return Ok(text(StatusCode::OK, "OK".into()));
     }
@@ -503,11 +561,16 @@ fn serve(
         None => return Err(ApiError::unauthorized()),
     };
 
-    let rest = percent_decode(rest, false)?;
-    let target = parse_resource_path(&rest)?;
+    // Syntax errors are pinejs's "Malformed url"; the names are checked against the schema
+    // after, with their own messages.
+    let url_error = |e| ApiError::from_url_error(e, path_and_query);
+    let malformed = |_: ODataError| ApiError::malformed_url(path_and_query);
+    let rest = decode_odata_text(rest, Place::Path).map_err(url_error)?;
+    let target = parse_resource_path(&rest).map_err(malformed)?;
     let res = Res::from_name(&target.resource).ok_or_else(ApiError::not_found)?;
-    let pairs = parse_query_pairs(query)?;
-    let mut opts = bind_options(res, &parse_options(&pairs)?)?;
+    let pairs = decode_query(query).map_err(url_error)?;
+    let raw_options = parse_options(&pairs).map_err(malformed)?;
+    let mut opts = bind_options(res, &raw_options)?;
     if let Some(key) = &target.key {
         opts.and_filter(bind_key(res, key)?);
     }

@@ -1,14 +1,14 @@
-//! A hand-written parser for the OData subset pinejs speaks: percent-decoding, the resource path
-//! (`device(12)`, `device(uuid='x')`, `device/$count`), the query options (`$select`, `$filter`,
-//! `$expand` with nested options, `$orderby`, `$top`, `$skip`) and the `$filter` expression
-//! grammar (a tokenizer plus a recursive-descent parser).
+//! A hand-written parser for the OData subset pinejs speaks, over the plain text
+//! [`super::pinejs_url`] makes of the raw URL: the resource path (`device(12)`,
+//! `device(uuid='x')`, `device/$count`), the query options (`$select`, `$filter`, `$expand`
+//! with nested options, `$orderby`, `$top`, `$skip`) and the `$filter` expression grammar (a
+//! tokenizer plus a recursive-descent parser).
 //!
 //! Everything here works on names only; [`super::query`] binds the names to the schema. Every
-//! failure is an [`ODataError`], which the server answers with a 400 and a text body.
+//! failure is an [`ODataError`]: a syntax error here is pinejs's 400 "Malformed url", a name
+//! the schema does not know (from [`super::query`]) a 400 with the reason.
 
 use std::fmt;
-
-use crate::common::percent::{self, PercentError};
 
 /// The deepest nesting (parentheses, `not`, lambdas, function calls, nested `$expand`) accepted.
 /// Deeper input is refused instead of risking the stack.
@@ -17,8 +17,6 @@ pub const MAX_DEPTH: usize = 64;
 /// Why a URL could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ODataError {
-    BadPercentEncoding,
-    InvalidUtf8,
     UnexpectedChar {
         pos: usize,
         ch: char,
@@ -65,8 +63,6 @@ impl fmt::Display for ODataError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use ODataError::*;
         match self {
-            BadPercentEncoding => write!(f, "Malformed percent-encoding in URL"),
-            InvalidUtf8 => write!(f, "URL does not decode to UTF-8"),
             UnexpectedChar { pos, ch } => write!(f, "Unexpected character {ch:?} at {pos}"),
             UnterminatedString { pos } => {
                 write!(f, "Unterminated string literal starting at {pos}")
@@ -106,26 +102,8 @@ impl fmt::Display for ODataError {
 impl std::error::Error for ODataError {}
 
 // ---------------------------------------------------------------------------------------------
-// Percent-decoding and splitting
+// Splitting
 // ---------------------------------------------------------------------------------------------
-
-/// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`, as in a query string).
-pub fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, ODataError> {
-    percent::percent_decode(s, plus_is_space).map_err(|e| match e {
-        PercentError::BadEscape => ODataError::BadPercentEncoding,
-        PercentError::InvalidUtf8 => ODataError::InvalidUtf8,
-    })
-}
-
-/// Splits a raw query string into decoded `(name, value)` pairs.
-pub fn parse_query_pairs(query: &str) -> Result<Vec<(String, String)>, ODataError> {
-    let mut pairs = Vec::new();
-    for part in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = part.split_once('=').unwrap_or((part, ""));
-        pairs.push((percent_decode(name, true)?, percent_decode(value, true)?));
-    }
-    Ok(pairs)
-}
 
 /// Splits `s` on `sep` where it is outside parentheses and string literals.
 pub fn split_top_level(s: &str, sep: char) -> Result<Vec<&str>, ODataError> {
@@ -251,10 +229,11 @@ pub fn tokenize(s: &str) -> Result<Vec<(usize, Tok)>, ODataError> {
                 chars.next();
                 toks.push((pos, Tok::Str(read_string(&mut chars, pos)?)));
             }
-            c if c.is_ascii_digit() || c == '-' => {
+            // `+` is a sign only when the URL spelled it `%2B` (a raw `+` is a space).
+            c if c.is_ascii_digit() || c == '-' || c == '+' => {
                 let mut text = String::new();
                 while let Some(&(_, d)) = chars.peek() {
-                    if d.is_ascii_alphanumeric() || d == '-' || d == '.' {
+                    if d.is_ascii_alphanumeric() || matches!(d, '-' | '+' | '.') {
                         text.push(d);
                         chars.next();
                     } else {
@@ -788,19 +767,15 @@ fn parse_expand(value: &str, depth: usize) -> Result<Vec<RawExpand>, ODataError>
     Ok(items)
 }
 
-/// Parses the decoded query pairs into options. `apikey` and parameters that do not start
+/// Parses the decoded query pairs (see [`super::pinejs_url`]) into options. `apikey` and parameters that do not start
 /// with `$` are not OData options and are skipped; `$format` is accepted and ignored.
 pub fn parse_options(pairs: &[(String, String)]) -> Result<RawOptions, ODataError> {
     let mut opts = RawOptions::default();
-    let mut seen: Vec<&str> = Vec::new();
     for (name, value) in pairs {
         if !name.starts_with('$') || name == "$format" {
             continue;
         }
-        if seen.contains(&name.as_str()) {
-            return Err(ODataError::DuplicateOption(name.clone()));
-        }
-        seen.push(name);
+        // A repeated option replaces the earlier one, as pinejs's parser keeps the last.
         opts.set(name, value, 0)?;
     }
     Ok(opts)
@@ -916,16 +891,6 @@ mod tests {
 
     fn s(v: &str) -> Operand {
         Operand::Lit(Literal::Str(v.into()))
-    }
-
-    #[test]
-    fn decodes_percent_and_plus() {
-        assert_eq!(percent_decode("a%20b+c%2B", true).unwrap(), "a b c+");
-        assert_eq!(percent_decode("a+b", false).unwrap(), "a+b");
-        assert_eq!(percent_decode("%E2%9C%93", true).unwrap(), "\u{2713}");
-        assert!(percent_decode("%zz", true).is_err());
-        assert!(percent_decode("%2", true).is_err());
-        assert!(percent_decode("%ff", true).is_err());
     }
 
     #[test]

@@ -148,6 +148,12 @@ const CREATED_AT: Field = Field {
     required: false,
     writable: false,
 };
+const MODIFIED_AT: Field = Field {
+    name: "modified_at",
+    kind: Kind::Timestamp,
+    required: false,
+    writable: false,
+};
 
 static DEFS: [ResDef; 7] = [
     ResDef {
@@ -157,6 +163,7 @@ static DEFS: [ResDef; 7] = [
             f("app_name", Kind::Text, true),
             f("slug", Kind::Text, false),
             CREATED_AT,
+            MODIFIED_AT,
         ],
         reverse: &[
             Reverse {
@@ -180,6 +187,7 @@ static DEFS: [ResDef; 7] = [
             f("device_name", Kind::Text, false),
             f("belongs_to__application", Kind::Fk(Res::Application), true),
             CREATED_AT,
+            MODIFIED_AT,
         ],
         reverse: &[
             Reverse {
@@ -207,6 +215,7 @@ static DEFS: [ResDef; 7] = [
             f("service_name", Kind::Text, true),
             f("application", Kind::Fk(Res::Application), true),
             CREATED_AT,
+            MODIFIED_AT,
         ],
         reverse: &[Reverse {
             name: "service_install",
@@ -222,6 +231,7 @@ static DEFS: [ResDef; 7] = [
             f("device", Kind::Fk(Res::Device), true),
             f("installs__service", Kind::Fk(Res::Service), true),
             CREATED_AT,
+            MODIFIED_AT,
         ],
         reverse: &[Reverse {
             name: "device_service_environment_variable",
@@ -238,6 +248,7 @@ static DEFS: [ResDef; 7] = [
             f("name", Kind::Text, true),
             f("value", Kind::Text, true),
             CREATED_AT,
+            MODIFIED_AT,
         ],
         reverse: &[],
         unique: &[&["device", "name"]],
@@ -250,6 +261,7 @@ static DEFS: [ResDef; 7] = [
             f("name", Kind::Text, true),
             f("value", Kind::Text, true),
             CREATED_AT,
+            MODIFIED_AT,
         ],
         reverse: &[],
         unique: &[&["service_install", "name"]],
@@ -262,6 +274,7 @@ static DEFS: [ResDef; 7] = [
             f("tag_key", Kind::Text, true),
             f("value", Kind::Text, true),
             CREATED_AT,
+            MODIFIED_AT,
         ],
         reverse: &[],
         unique: &[&["device", "tag_key"]],

@@ -29,9 +29,9 @@ pub enum Viewer {
 /// Why a write was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteError {
-    /// 400: bad body, unknown field, wrong type, foreign key not found or not visible.
+    /// 400: bad body, unknown field, wrong type, a variable value with a line break.
     BadRequest(String),
-    /// 409: a unique constraint would be violated.
+    /// 409: a unique constraint would be violated, or a foreign key names no row.
     Conflict(String),
     /// 401: this key may not write this resource at all.
     Unauthorized,
@@ -124,6 +124,7 @@ impl Store {
         if !may_write(viewer, res) {
             return Err(WriteError::Unauthorized);
         }
+        check_variable_value(res, body)?;
         let mut row = Row::new();
         for (name, value) in body {
             let value = self.check_value(viewer, res, name, value)?;
@@ -157,7 +158,9 @@ impl Store {
         table.next_id += 1;
         let id = table.next_id;
         row.insert("id".into(), json!(id));
-        row.insert("created_at".into(), json!(now_iso8601()));
+        let now = json!(now_iso8601());
+        row.insert("created_at".into(), now.clone());
+        row.insert("modified_at".into(), now);
         table.rows.insert(id, row);
         match res {
             Res::Device => {
@@ -239,6 +242,11 @@ impl Store {
         ids: &[i64],
         body: &Map<String, Value>,
     ) -> Result<(), WriteError> {
+        // pinejs refuses these before looking for the rows, so also when none match.
+        if body.is_empty() {
+            return Err(WriteError::BadRequest("No fields to update".into()));
+        }
+        check_variable_value(res, body)?;
         let mut changes = Row::new();
         for (name, value) in body {
             let value = self.check_value(viewer, res, name, value)?;
@@ -257,9 +265,7 @@ impl Store {
         if !may_write(viewer, res) {
             return Err(WriteError::Unauthorized);
         }
-        if changes.is_empty() {
-            return Ok(());
-        }
+        changes.insert("modified_at".into(), json!(now_iso8601()));
         let mut updated = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(row) = self.row(res, *id) {
@@ -335,13 +341,19 @@ impl Store {
                 let Some(id) = fk_id(value) else {
                     return bad(format!("{}.{name} must be an id", res.name()));
                 };
-                if self.visible_row(viewer, target, id).is_none() {
-                    return bad(format!(
-                        "Foreign key constraint violated: {}.{name} = {id} does not exist",
-                        res.name()
-                    ));
+                if self.visible_row(viewer, target, id).is_some() {
+                    return Ok(json!(id));
                 }
-                Ok(json!(id))
+                // balena's own checks run first and answer 401 for what the key cannot see
+                // (a device key, any row but its own) and for a service variable's missing
+                // install (looked up before the insert); the database's foreign key answers
+                // the rest.
+                match viewer {
+                    Viewer::All if target != Res::ServiceInstall => Err(WriteError::Conflict(
+                        format!("Data is referenced by {name}."),
+                    )),
+                    _ => Err(WriteError::Unauthorized),
+                }
             }
         }
     }
@@ -355,7 +367,7 @@ impl Store {
                 Some(*id) != skip && unique_key(unique, other).as_ref() == Some(&key)
             });
             if clash {
-                return Err(unique_error(res, unique));
+                return Err(unique_error(unique));
             }
         }
         Ok(())
@@ -374,7 +386,7 @@ impl Store {
                 if let Some(key) = unique_key(unique, row)
                     && !seen.insert(key)
                 {
-                    return Err(unique_error(res, unique));
+                    return Err(unique_error(unique));
                 }
             }
         }
@@ -424,12 +436,31 @@ fn unique_key(fields: &[&str], row: &Row) -> Option<Vec<String>> {
         .collect()
 }
 
-fn unique_error(res: Res, fields: &[&str]) -> WriteError {
-    WriteError::Conflict(format!(
-        "Unique key constraint violated: \"{}\" must be unique on ({})",
-        res.name(),
-        fields.join(", ")
-    ))
+/// The 409 of a unique constraint, worded as balena words it: `"device" and "tag_key" must be
+/// unique.` balena's index on service variables is on (device, service, name), which the
+/// emulator holds as (service_install, name).
+fn unique_error(fields: &[&str]) -> WriteError {
+    let words: Vec<String> = fields
+        .iter()
+        .flat_map(|f| match *f {
+            "service_install" => vec!["device", "service"],
+            f => vec![f],
+        })
+        .map(|f| format!("\"{f}\""))
+        .collect();
+    WriteError::Conflict(format!("{} must be unique.", words.join(" and ")))
+}
+
+/// balena refuses variable values with line breaks (devices read variables as lines).
+fn check_variable_value(res: Res, body: &Map<String, Value>) -> Result<(), WriteError> {
+    let is_variable = matches!(res, Res::DeviceEnvVar | Res::DeviceServiceEnvVar);
+    let value = body.get("value").and_then(Value::as_str).unwrap_or("");
+    if is_variable && value.contains(['\n', '\r']) {
+        return Err(WriteError::BadRequest(
+            "Variable values cannot contain line break characters".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The current time as `2024-05-01T12:34:56.789Z`.
