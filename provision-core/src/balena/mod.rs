@@ -322,7 +322,7 @@ impl BalenaClient {
         if answer.status.is_success() {
             return Ok(());
         }
-        if answer.status != StatusCode::CONFLICT {
+        if !is_duplicate(&answer) {
             return Err(refused(&answer));
         }
         // It exists after all: update it in place, addressed by its unique pair.
@@ -361,7 +361,7 @@ impl BalenaClient {
             .await?;
         match answer.status {
             s if s.is_success() => Ok(true),
-            StatusCode::CONFLICT => Ok(false),
+            _ if is_duplicate(&answer) => Ok(false),
             _ => Err(refused(&answer)),
         }
     }
@@ -469,7 +469,7 @@ impl BalenaClient {
             .await?;
         match answer.status {
             s if s.is_success() => Ok(true),
-            StatusCode::CONFLICT => Ok(false),
+            _ if is_duplicate(&answer) => Ok(false),
             _ => Err(refused(&answer)),
         }
     }
@@ -554,4 +554,12 @@ impl BalenaClient {
 
 fn refused(answer: &Answer) -> UpstreamFailure {
     answer.refused()
+}
+
+/// Whether balenaCloud refused a create because the row exists. pinejs answers 409 to every
+/// constraint violation: a duplicate says `"device" and "tag_key" must be unique.`, a missing
+/// parent (the device was deleted meanwhile) `Data is referenced by device.`, which is no
+/// race to retry.
+fn is_duplicate(answer: &Answer) -> bool {
+    answer.status == StatusCode::CONFLICT && String::from_utf8_lossy(&answer.body).contains("must be unique")
 }
