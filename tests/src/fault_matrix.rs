@@ -316,7 +316,7 @@ fn check_answer(op: Operation, answer: &Answer) -> Vec<String> {
         }
         _ => problems.push(format!("unexpected answer {}: {}", answer.status, answer.raw_body)),
     }
-    if !answer.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()) || answer.body["request_id"].as_str().is_none() {
+    if answer.body["error"]["message"].as_str().is_none_or(|m| m.is_empty()) || answer.body["request_id"].as_str().is_none() {
         problems.push(format!("error body is not the contract's JSON: {}", answer.raw_body));
     }
     problems

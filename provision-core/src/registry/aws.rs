@@ -363,11 +363,10 @@ impl Registry for AwsIotRegistry {
             );
             let inactive = ok_if_gone(inactive);
             let detached = ok_if_gone(detached);
-            if inactive.is_err() && detached.is_ok() {
-                if let Err(f) = call(deadline, self.client.attach_thing_principal().thing_name(thing).principal(arn).send()).await {
+            if inactive.is_err() && detached.is_ok()
+                && let Err(f) = call(deadline, self.client.attach_thing_principal().thing_name(thing).principal(arn).send()).await {
                     tracing::error!(certificate = %id, error = %f.failure, "could not attach again a certificate that is still active");
                 }
-            }
             inactive.and(detached)
         });
         let results = futures::future::join_all(steps).await;

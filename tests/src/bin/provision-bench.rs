@@ -429,8 +429,8 @@ fn print_table(title: &str, rows: &[Row]) {
         .max(6);
     let _ = writeln!(
         out,
-        "{:<w$}  {:<wo$}  {:<wt$}  {:<7} {}",
-        "measure", "ours", "target", "verdict", "Node (published)"
+        "{:<w$}  {:<wo$}  {:<wt$}  {:<7} Node (published)",
+        "measure", "ours", "target", "verdict"
     );
     for r in rows {
         let line = format!(
