@@ -29,3 +29,11 @@ async fn fault_matrix_azure() {
 async fn fault_matrix_gcp() {
     matrix::<GcpWorld>().await;
 }
+
+/// The same matrix with the real balenaCloud API server (open-balena-api) behind the fault
+/// proxy, for one cloud (ClearBlade: its cells cover every balenaCloud call the flow makes):
+/// the rollbacks and the convergence after them hold against the real API's answers too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_matrix_gcp_on_open_balena() {
+    matrix::<provision_testkit::stack::OnOpenBalena<GcpWorld>>().await;
+}
