@@ -31,24 +31,36 @@ const MAX_TOKEN: usize = 4096;
 pub fn identify(headers: &HeaderMap, policy: &AuthPolicy) -> Result<Caller, ProvisionError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
-        return if policy.allow_unauthenticated { Ok(Caller::Anonymous) } else { Err(ProvisionError::AuthMissing) };
+        return if policy.allow_unauthenticated {
+            Ok(Caller::Anonymous)
+        } else {
+            Err(ProvisionError::AuthMissing)
+        };
     };
     if values.next().is_some() {
-        return Err(ProvisionError::AuthInvalid("more than one Authorization header".into()));
+        return Err(ProvisionError::AuthInvalid(
+            "more than one Authorization header".into(),
+        ));
     }
-    let value = value
-        .to_str()
-        .map_err(|_| ProvisionError::AuthInvalid("the Authorization header is not visible ASCII".into()))?;
+    let value = value.to_str().map_err(|_| {
+        ProvisionError::AuthInvalid("the Authorization header is not visible ASCII".into())
+    })?;
     let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(ProvisionError::AuthInvalid("use 'Authorization: Bearer <token>'".into()));
+        return Err(ProvisionError::AuthInvalid(
+            "use 'Authorization: Bearer <token>'".into(),
+        ));
     }
     let token = token.trim();
     if token.is_empty() {
-        return Err(ProvisionError::AuthInvalid("the bearer token is empty".into()));
+        return Err(ProvisionError::AuthInvalid(
+            "the bearer token is empty".into(),
+        ));
     }
     if token.len() > MAX_TOKEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ProvisionError::AuthInvalid("the bearer token is not a usable token".into()));
+        return Err(ProvisionError::AuthInvalid(
+            "the bearer token is not a usable token".into(),
+        ));
     }
     if let Some(operator) = &policy.operator_token
         && constant_time_eq(token, operator.expose())
@@ -72,24 +84,64 @@ mod tests {
     }
 
     fn policy() -> AuthPolicy {
-        AuthPolicy { operator_token: Some(Secret::new("operator-token-0123456789")), allow_unauthenticated: false }
+        AuthPolicy {
+            operator_token: Some(Secret::new("operator-token-0123456789")),
+            allow_unauthenticated: false,
+        }
     }
 
     #[test]
     fn shapes() {
-        assert!(matches!(identify(&headers(&[]), &policy()), Err(ProvisionError::AuthMissing)));
-        let open = AuthPolicy { allow_unauthenticated: true, ..policy() };
-        assert!(matches!(identify(&headers(&[]), &open), Ok(Caller::Anonymous)));
-        assert!(matches!(identify(&headers(&["Bearer operator-token-0123456789"]), &policy()), Ok(Caller::Operator)));
-        assert!(matches!(identify(&headers(&["bearer   operator-token-0123456789 "]), &policy()), Ok(Caller::Operator)));
-        assert!(matches!(identify(&headers(&["Bearer devicekey"]), &policy()), Ok(Caller::BalenaKey(_))));
-        for bad in [&["Basic abc"][..], &["Bearer"], &["Bearer "], &["Bearer a b"], &["Bearer x", "Bearer y"], &["Token abc"]] {
-            assert!(matches!(identify(&headers(bad), &policy()), Err(ProvisionError::AuthInvalid(_))), "{bad:?}");
+        assert!(matches!(
+            identify(&headers(&[]), &policy()),
+            Err(ProvisionError::AuthMissing)
+        ));
+        let open = AuthPolicy {
+            allow_unauthenticated: true,
+            ..policy()
+        };
+        assert!(matches!(
+            identify(&headers(&[]), &open),
+            Ok(Caller::Anonymous)
+        ));
+        assert!(matches!(
+            identify(&headers(&["Bearer operator-token-0123456789"]), &policy()),
+            Ok(Caller::Operator)
+        ));
+        assert!(matches!(
+            identify(
+                &headers(&["bearer   operator-token-0123456789 "]),
+                &policy()
+            ),
+            Ok(Caller::Operator)
+        ));
+        assert!(matches!(
+            identify(&headers(&["Bearer devicekey"]), &policy()),
+            Ok(Caller::BalenaKey(_))
+        ));
+        for bad in [
+            &["Basic abc"][..],
+            &["Bearer"],
+            &["Bearer "],
+            &["Bearer a b"],
+            &["Bearer x", "Bearer y"],
+            &["Token abc"],
+        ] {
+            assert!(
+                matches!(
+                    identify(&headers(bad), &policy()),
+                    Err(ProvisionError::AuthInvalid(_))
+                ),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn operator_prefix_is_not_operator() {
-        assert!(matches!(identify(&headers(&["Bearer operator-token-012345678"]), &policy()), Ok(Caller::BalenaKey(_))));
+        assert!(matches!(
+            identify(&headers(&["Bearer operator-token-012345678"]), &policy()),
+            Ok(Caller::BalenaKey(_))
+        ));
     }
 }

@@ -16,7 +16,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(variable: &'static str, problem: impl Into<String>) -> Self {
-        ConfigError { variable, problem: problem.into() }
+        ConfigError {
+            variable,
+            problem: problem.into(),
+        }
     }
 }
 
@@ -46,39 +49,59 @@ impl Settings {
     /// Reads settings through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let balena_api_key = required(&lookup, "BALENA_API_KEY")?;
-        let balena_api_url = lookup("BALENA_API_URL").filter(|v| !v.is_empty()).unwrap_or_else(|| DEFAULT_BALENA_API_URL.into());
+        let balena_api_url = lookup("BALENA_API_URL")
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| DEFAULT_BALENA_API_URL.into());
         url_setting("BALENA_API_URL", &balena_api_url)?;
         let operator_token = match lookup("PROVISION_OPERATOR_TOKEN").filter(|v| !v.is_empty()) {
             None => None,
             Some(token) if token.len() < MIN_OPERATOR_TOKEN => {
                 return Err(ConfigError::new(
                     "PROVISION_OPERATOR_TOKEN",
-                    format!("is too short to be a secret: use at least {MIN_OPERATOR_TOKEN} characters (e.g. `openssl rand -hex 32`)"),
+                    format!(
+                        "is too short to be a secret: use at least {MIN_OPERATOR_TOKEN} characters (e.g. `openssl rand -hex 32`)"
+                    ),
                 ));
             }
             Some(token) if !token.bytes().all(|b| b.is_ascii_graphic()) => {
-                return Err(ConfigError::new("PROVISION_OPERATOR_TOKEN", "must be visible ASCII without spaces"));
+                return Err(ConfigError::new(
+                    "PROVISION_OPERATOR_TOKEN",
+                    "must be visible ASCII without spaces",
+                ));
             }
             Some(token) => Some(Secret::new(token)),
         };
-        let allow_unauthenticated = bool_setting(&lookup, "PROVISION_ALLOW_UNAUTHENTICATED", false)?;
+        let allow_unauthenticated =
+            bool_setting(&lookup, "PROVISION_ALLOW_UNAUTHENTICATED", false)?;
         let request_budget = match lookup("PROVISION_REQUEST_BUDGET_MS").filter(|v| !v.is_empty()) {
             None => Duration::from_secs(25),
             Some(v) => match v.parse::<u64>() {
                 Ok(ms) if (100..=900_000).contains(&ms) => Duration::from_millis(ms),
-                _ => return Err(ConfigError::new("PROVISION_REQUEST_BUDGET_MS", "must be a whole number of milliseconds from 100 to 900000")),
+                _ => {
+                    return Err(ConfigError::new(
+                        "PROVISION_REQUEST_BUDGET_MS",
+                        "must be a whole number of milliseconds from 100 to 900000",
+                    ));
+                }
             },
         };
         let key_algorithm = match lookup("PROVISION_KEY_TYPE").as_deref().map(str::trim) {
             None | Some("") => KeyAlgorithm::default(),
-            Some(v) => KeyAlgorithm::parse(v)
-                .ok_or_else(|| ConfigError::new("PROVISION_KEY_TYPE", "must be 'ec-p256' (the default) or 'rsa-2048'"))?,
+            Some(v) => KeyAlgorithm::parse(v).ok_or_else(|| {
+                ConfigError::new(
+                    "PROVISION_KEY_TYPE",
+                    "must be 'ec-p256' (the default) or 'rsa-2048'",
+                )
+            })?,
         };
         let upstream_timeout = upstream_timeout(&lookup)?;
         Ok(Settings {
             balena_api_key,
             balena_api_url,
-            auth: AuthPolicy { operator_token, allow_unauthenticated },
+            auth: AuthPolicy {
+                operator_token,
+                allow_unauthenticated,
+            },
             request_budget,
             key_algorithm,
             upstream_timeout,
@@ -94,19 +117,29 @@ pub fn upstream_timeout(lookup: &impl Fn(&str) -> Option<String>) -> Result<Dura
         None => Ok(Duration::from_secs(8)),
         Some(v) => match v.trim().parse::<u64>() {
             Ok(ms) if (50..=60_000).contains(&ms) => Ok(Duration::from_millis(ms)),
-            _ => Err(ConfigError::new("PROVISION_UPSTREAM_TIMEOUT_MS", "must be a whole number of milliseconds from 50 to 60000")),
+            _ => Err(ConfigError::new(
+                "PROVISION_UPSTREAM_TIMEOUT_MS",
+                "must be a whole number of milliseconds from 50 to 60000",
+            )),
         },
     }
 }
 
-pub fn required(lookup: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<Secret, ConfigError> {
+pub fn required(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Secret, ConfigError> {
     match lookup(name) {
         Some(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
         _ => Err(ConfigError::new(name, "is required and not set")),
     }
 }
 
-pub fn bool_setting(lookup: &impl Fn(&str) -> Option<String>, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+pub fn bool_setting(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
     match lookup(name).as_deref().map(str::trim) {
         None | Some("") => Ok(default),
         Some("true") => Ok(true),
@@ -118,7 +151,10 @@ pub fn bool_setting(lookup: &impl Fn(&str) -> Option<String>, name: &'static str
 pub fn url_setting(name: &'static str, value: &str) -> Result<(), ConfigError> {
     match reqwest::Url::parse(value) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(()),
-        _ => Err(ConfigError::new(name, "must be an http(s) URL such as https://api.balena-cloud.com")),
+        _ => Err(ConfigError::new(
+            name,
+            "must be an http(s) URL such as https://api.balena-cloud.com",
+        )),
     }
 }
 
@@ -128,18 +164,32 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_lookup(|k| map.get(k).cloned())
     }
 
     #[test]
     fn upstream_timeout_is_bounded() {
         let base = [("BALENA_API_KEY", "k")];
-        assert_eq!(settings(&base).unwrap().upstream_timeout, Duration::from_secs(8));
-        let set = settings(&[("BALENA_API_KEY", "k"), ("PROVISION_UPSTREAM_TIMEOUT_MS", "250")]).unwrap();
+        assert_eq!(
+            settings(&base).unwrap().upstream_timeout,
+            Duration::from_secs(8)
+        );
+        let set = settings(&[
+            ("BALENA_API_KEY", "k"),
+            ("PROVISION_UPSTREAM_TIMEOUT_MS", "250"),
+        ])
+        .unwrap();
         assert_eq!(set.upstream_timeout, Duration::from_millis(250));
         for bad in ["0", "49", "60001", "fast", "-1"] {
-            let err = settings(&[("BALENA_API_KEY", "k"), ("PROVISION_UPSTREAM_TIMEOUT_MS", bad)]).unwrap_err();
+            let err = settings(&[
+                ("BALENA_API_KEY", "k"),
+                ("PROVISION_UPSTREAM_TIMEOUT_MS", bad),
+            ])
+            .unwrap_err();
             assert_eq!(err.variable, "PROVISION_UPSTREAM_TIMEOUT_MS", "{bad}");
         }
     }
@@ -160,11 +210,35 @@ mod tests {
     #[test]
     fn bad_values_name_their_variable() {
         for (pairs, var) in [
-            (vec![("BALENA_API_KEY", "k"), ("PROVISION_ALLOW_UNAUTHENTICATED", "yes")], "PROVISION_ALLOW_UNAUTHENTICATED"),
-            (vec![("BALENA_API_KEY", "k"), ("PROVISION_OPERATOR_TOKEN", "short")], "PROVISION_OPERATOR_TOKEN"),
-            (vec![("BALENA_API_KEY", "k"), ("BALENA_API_URL", "ftp://x")], "BALENA_API_URL"),
-            (vec![("BALENA_API_KEY", "k"), ("PROVISION_REQUEST_BUDGET_MS", "-1")], "PROVISION_REQUEST_BUDGET_MS"),
-            (vec![("BALENA_API_KEY", "k"), ("PROVISION_KEY_TYPE", "rsa")], "PROVISION_KEY_TYPE"),
+            (
+                vec![
+                    ("BALENA_API_KEY", "k"),
+                    ("PROVISION_ALLOW_UNAUTHENTICATED", "yes"),
+                ],
+                "PROVISION_ALLOW_UNAUTHENTICATED",
+            ),
+            (
+                vec![
+                    ("BALENA_API_KEY", "k"),
+                    ("PROVISION_OPERATOR_TOKEN", "short"),
+                ],
+                "PROVISION_OPERATOR_TOKEN",
+            ),
+            (
+                vec![("BALENA_API_KEY", "k"), ("BALENA_API_URL", "ftp://x")],
+                "BALENA_API_URL",
+            ),
+            (
+                vec![
+                    ("BALENA_API_KEY", "k"),
+                    ("PROVISION_REQUEST_BUDGET_MS", "-1"),
+                ],
+                "PROVISION_REQUEST_BUDGET_MS",
+            ),
+            (
+                vec![("BALENA_API_KEY", "k"), ("PROVISION_KEY_TYPE", "rsa")],
+                "PROVISION_KEY_TYPE",
+            ),
         ] {
             let err = settings(&pairs).unwrap_err();
             assert_eq!(err.variable, var);
@@ -174,7 +248,8 @@ mod tests {
 
     #[test]
     fn error_never_shows_the_token() {
-        let err = settings(&[("BALENA_API_KEY", "k"), ("PROVISION_OPERATOR_TOKEN", "abc")]).unwrap_err();
+        let err =
+            settings(&[("BALENA_API_KEY", "k"), ("PROVISION_OPERATOR_TOKEN", "abc")]).unwrap_err();
         assert!(!err.to_string().contains("abc"));
     }
 }

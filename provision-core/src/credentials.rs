@@ -21,7 +21,9 @@ pub fn base64_encode(data: &[u8]) -> String {
 }
 
 pub fn base64_decode(data: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD.decode(data.trim()).ok()
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .ok()
 }
 
 /// The bits that identify a public key (the subjectPublicKey of an SPKI: the EC point, or the
@@ -36,7 +38,10 @@ impl PublicKeyId {
 
     /// A short fingerprint for logs and status reports (not secret).
     pub fn fingerprint(&self) -> String {
-        sha256(&self.0)[..8].iter().map(|b| format!("{b:02x}")).collect()
+        sha256(&self.0)[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
@@ -90,7 +95,9 @@ impl DeviceKey {
     pub fn generate_with(algorithm: KeyAlgorithm) -> Result<Self, String> {
         let key = match algorithm {
             KeyAlgorithm::EcP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
-            KeyAlgorithm::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048),
+            KeyAlgorithm::Rsa2048 => {
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            }
         }
         .map_err(|e| format!("key generation failed: {e}"))?;
         let private_pem = Secret::new(key.serialize_pem());
@@ -106,7 +113,10 @@ impl DeviceKey {
     }
 
     pub fn public_key_pem(&self) -> PublicKeyPem {
-        PublicKeyPem { pem: spki_pem(&self.key.subject_public_key_info()), rsa: !self.key.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256) }
+        PublicKeyPem {
+            pem: spki_pem(&self.key.subject_public_key_info()),
+            rsa: !self.key.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256),
+        }
     }
 
     /// A PKCS#10 request for this key with the device UUID as its common name.
@@ -127,7 +137,10 @@ impl DeviceKey {
         let now = time_now();
         params.not_before = now - std::time::Duration::from_secs(300);
         params.not_after = now + std::time::Duration::from_secs(days as u64 * 86_400);
-        params.self_signed(&self.key).map(|c| c.pem()).map_err(|e| format!("certificate signing failed: {e}"))
+        params
+            .self_signed(&self.key)
+            .map(|c| c.pem())
+            .map_err(|e| format!("certificate signing failed: {e}"))
     }
 }
 
@@ -145,15 +158,23 @@ fn device_name(uuid: &DeviceUuid) -> DistinguishedName {
 /// thumbprint (IoT Hub): the device keeps its key, and the issuer is a throwaway key, since
 /// thumbprint authentication never checks the chain.
 pub fn certificate_for_csr(csr: &DeviceCsr, days: i64) -> Result<String, String> {
-    let issuer_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
-    let mut issuer_params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
-    issuer_params.distinguished_name.push(DnType::CommonName, "balena-provision thumbprint issuer");
+    let issuer_key =
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut issuer_params =
+        CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    issuer_params
+        .distinguished_name
+        .push(DnType::CommonName, "balena-provision thumbprint issuer");
     let issuer = rcgen::Issuer::new(issuer_params, issuer_key);
-    let mut request = rcgen::CertificateSigningRequestParams::from_pem(csr.pem()).map_err(|e| format!("CSR unreadable: {e}"))?;
+    let mut request = rcgen::CertificateSigningRequestParams::from_pem(csr.pem())
+        .map_err(|e| format!("CSR unreadable: {e}"))?;
     let now = time_now();
     request.params.not_before = now - std::time::Duration::from_secs(300);
     request.params.not_after = now + std::time::Duration::from_secs(days as u64 * 86_400);
-    request.signed_by(&issuer).map(|c| c.pem()).map_err(|e| format!("certificate signing failed: {e}"))
+    request
+        .signed_by(&issuer)
+        .map(|c| c.pem())
+        .map_err(|e| format!("certificate signing failed: {e}"))
 }
 
 /// A certificate signing request a device sent so it can keep its private key.
@@ -169,12 +190,15 @@ impl DeviceCsr {
     /// at least 2048 bits, and whose subject common name is this device's UUID. The error reads
     /// as the rest of a sentence that starts with the field name.
     pub fn parse(pem: &str, uuid: &DeviceUuid) -> Result<Self, String> {
-        let der = pem_block(pem, "CERTIFICATE REQUEST").ok_or("is not a PEM 'CERTIFICATE REQUEST' block")?;
-        let (rest, csr) = X509CertificationRequest::from_der(&der).map_err(|_| "is not a valid PKCS#10 request")?;
+        let der = pem_block(pem, "CERTIFICATE REQUEST")
+            .ok_or("is not a PEM 'CERTIFICATE REQUEST' block")?;
+        let (rest, csr) = X509CertificationRequest::from_der(&der)
+            .map_err(|_| "is not a valid PKCS#10 request")?;
         if !rest.is_empty() {
             return Err("has trailing data after the request".into());
         }
-        csr.verify_signature().map_err(|_| "has a signature that does not verify")?;
+        csr.verify_signature()
+            .map_err(|_| "has a signature that does not verify")?;
         let info = &csr.certification_request_info;
         check_key_type(&info.subject_pki)?;
         let cn = info
@@ -184,13 +208,21 @@ impl DeviceCsr {
             .and_then(|cn| cn.as_str().ok())
             .ok_or("has no subject common name; it must be the device UUID")?;
         if cn != uuid.as_str() {
-            return Err("is for another device: its subject common name is not the device UUID".into());
+            return Err(
+                "is for another device: its subject common name is not the device UUID".into(),
+            );
         }
-        let is_rsa = matches!(info.subject_pki.parsed(), Ok(x509_parser::public_key::PublicKey::RSA(_)));
+        let is_rsa = matches!(
+            info.subject_pki.parsed(),
+            Ok(x509_parser::public_key::PublicKey::RSA(_))
+        );
         Ok(DeviceCsr {
             pem: pem.trim().to_owned() + "\n",
             public_key: PublicKeyId(info.subject_pki.subject_public_key.data.to_vec()),
-            public_key_pem: PublicKeyPem { pem: spki_pem(info.subject_pki.raw), rsa: is_rsa },
+            public_key_pem: PublicKeyPem {
+                pem: spki_pem(info.subject_pki.raw),
+                rsa: is_rsa,
+            },
         })
     }
 
@@ -237,7 +269,11 @@ pub fn public_key_of_pem(pem: &str) -> Option<PublicKeyId> {
 fn check_key_type(spki: &SubjectPublicKeyInfo<'_>) -> Result<(), String> {
     match spki.parsed() {
         Ok(x509_parser::public_key::PublicKey::EC(point)) => {
-            let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok());
             if curve == Some(x509_parser::oid_registry::OID_EC_P256) && point.key_size() == 256 {
                 Ok(())
             } else {
@@ -245,7 +281,9 @@ fn check_key_type(spki: &SubjectPublicKeyInfo<'_>) -> Result<(), String> {
             }
         }
         Ok(x509_parser::public_key::PublicKey::RSA(rsa)) if rsa.key_size() >= 2048 => Ok(()),
-        Ok(x509_parser::public_key::PublicKey::RSA(_)) => Err("has an RSA key shorter than 2048 bits".into()),
+        Ok(x509_parser::public_key::PublicKey::RSA(_)) => {
+            Err("has an RSA key shorter than 2048 bits".into())
+        }
         _ => Err("has a key that is neither EC P-256 nor RSA".into()),
     }
 }
@@ -279,7 +317,8 @@ pub fn certificate_facts(pem: &str) -> Result<CertificateFacts, String> {
 
 /// The public key of a PEM private key (PKCS#8, or SEC1/PKCS#1 as `rcgen` reads them).
 pub fn public_key_of_private_pem(pem: &Secret) -> Result<PublicKeyId, String> {
-    let key = KeyPair::from_pem(pem.expose()).map_err(|_| "not a usable private key".to_string())?;
+    let key =
+        KeyPair::from_pem(pem.expose()).map_err(|_| "not a usable private key".to_string())?;
     Ok(PublicKeyId(key.der_bytes().to_vec()))
 }
 
@@ -300,7 +339,10 @@ mod tests {
         let key = DeviceKey::generate().unwrap();
         let csr = DeviceCsr::parse(&key.csr_pem(&uuid()).unwrap(), &uuid()).unwrap();
         assert_eq!(csr.public_key(), &key.public_key());
-        assert_eq!(public_key_of_private_pem(key.private_pem()).unwrap(), key.public_key());
+        assert_eq!(
+            public_key_of_private_pem(key.private_pem()).unwrap(),
+            key.public_key()
+        );
     }
 
     #[test]
@@ -313,7 +355,11 @@ mod tests {
 
     #[test]
     fn garbage_csr_is_refused() {
-        for bad in ["", "hello", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"] {
+        for bad in [
+            "",
+            "hello",
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        ] {
             assert!(DeviceCsr::parse(bad, &uuid()).is_err());
         }
     }
@@ -337,7 +383,10 @@ mod tests {
         let key = DeviceKey::generate().unwrap();
         let csr = DeviceCsr::parse(&key.csr_pem(&uuid()).unwrap(), &uuid()).unwrap();
         let pem = certificate_for_csr(&csr, 30).unwrap();
-        assert_eq!(certificate_facts(&pem).unwrap().public_key, key.public_key());
+        assert_eq!(
+            certificate_facts(&pem).unwrap().public_key,
+            key.public_key()
+        );
     }
 
     #[test]
@@ -354,7 +403,10 @@ mod tests {
     fn rsa_keys_make_csrs_and_certificates_for_the_same_key() {
         let key = DeviceKey::generate_with(KeyAlgorithm::Rsa2048).unwrap();
         assert!(key.private_pem().expose().contains("BEGIN PRIVATE KEY"));
-        assert_eq!(public_key_of_private_pem(key.private_pem()).unwrap(), key.public_key());
+        assert_eq!(
+            public_key_of_private_pem(key.private_pem()).unwrap(),
+            key.public_key()
+        );
         let csr = DeviceCsr::parse(&key.csr_pem(&uuid()).unwrap(), &uuid()).unwrap();
         assert_eq!(csr.public_key(), &key.public_key());
         let pem = key.self_signed_pem(&uuid(), 30).unwrap();
@@ -387,6 +439,9 @@ mod tests {
             let csr = DeviceCsr::parse(&key.csr_pem(&uuid()).unwrap(), &uuid()).unwrap();
             assert_eq!(csr.public_key_pem(), &pem);
         }
-        assert_eq!(public_key_of_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"), None);
+        assert_eq!(
+            public_key_of_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"),
+            None
+        );
     }
 }

@@ -46,7 +46,9 @@ pub enum ProvisionError {
     /// `allow` lists the methods the path serves, as the `Allow` header does.
     #[error("method {method} is not allowed here; use one of {allow}")]
     BadMethod { method: String, allow: &'static str },
-    #[error("no Authorization header: send 'Authorization: Bearer <device API key or operator token>'")]
+    #[error(
+        "no Authorization header: send 'Authorization: Bearer <device API key or operator token>'"
+    )]
     AuthMissing,
     #[error("{0}")]
     AuthInvalid(String),
@@ -57,22 +59,37 @@ pub enum ProvisionError {
     #[error("another request is changing device {0}; retry shortly")]
     Busy(String),
     #[error("{system}: {step} failed: {failure}")]
-    Upstream { system: Upstream, step: &'static str, failure: UpstreamFailure },
+    Upstream {
+        system: Upstream,
+        step: &'static str,
+        failure: UpstreamFailure,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl ProvisionError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        ProvisionError::BadRequest { code, message: message.into() }
+        ProvisionError::BadRequest {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn balena(step: &'static str, failure: UpstreamFailure) -> Self {
-        ProvisionError::Upstream { system: Upstream::Balena, step, failure }
+        ProvisionError::Upstream {
+            system: Upstream::Balena,
+            step,
+            failure,
+        }
     }
 
     pub fn cloud(step: &'static str, failure: UpstreamFailure) -> Self {
-        ProvisionError::Upstream { system: Upstream::Cloud, step, failure }
+        ProvisionError::Upstream {
+            system: Upstream::Cloud,
+            step,
+            failure,
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -81,13 +98,16 @@ impl ProvisionError {
             ProvisionError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProvisionError::BadContentType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProvisionError::BadMethod { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ProvisionError::AuthMissing | ProvisionError::AuthInvalid(_) => StatusCode::UNAUTHORIZED,
+            ProvisionError::AuthMissing | ProvisionError::AuthInvalid(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             ProvisionError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProvisionError::DeviceNotFound(_) => StatusCode::NOT_FOUND,
             ProvisionError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProvisionError::Upstream { failure: UpstreamFailure::Throttled { .. }, .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProvisionError::Upstream {
+                failure: UpstreamFailure::Throttled { .. },
+                ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
             ProvisionError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProvisionError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -104,11 +124,18 @@ impl ProvisionError {
             ProvisionError::Forbidden(_) => "provision.auth.forbidden",
             ProvisionError::DeviceNotFound(_) => "provision.device.not-found",
             ProvisionError::Busy(_) => "provision.device.busy",
-            ProvisionError::Upstream { failure: UpstreamFailure::Throttled { .. }, .. } => {
-                "provision.upstream.throttled"
-            }
-            ProvisionError::Upstream { system: Upstream::Balena, .. } => "provision.upstream.balena",
-            ProvisionError::Upstream { system: Upstream::Cloud, .. } => "provision.upstream.cloud",
+            ProvisionError::Upstream {
+                failure: UpstreamFailure::Throttled { .. },
+                ..
+            } => "provision.upstream.throttled",
+            ProvisionError::Upstream {
+                system: Upstream::Balena,
+                ..
+            } => "provision.upstream.balena",
+            ProvisionError::Upstream {
+                system: Upstream::Cloud,
+                ..
+            } => "provision.upstream.cloud",
             ProvisionError::Internal(_) => "provision.internal",
         }
     }
@@ -116,9 +143,10 @@ impl ProvisionError {
     /// Seconds for a `Retry-After` header, for the answers that invite a retry.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ProvisionError::Upstream { failure: UpstreamFailure::Throttled { retry_after }, .. } => {
-                Some(retry_after.map(|d| d.as_secs().max(1)).unwrap_or(1))
-            }
+            ProvisionError::Upstream {
+                failure: UpstreamFailure::Throttled { retry_after },
+                ..
+            } => Some(retry_after.map(|d| d.as_secs().max(1)).unwrap_or(1)),
             ProvisionError::Busy(_) => Some(1),
             _ => None,
         }
@@ -169,17 +197,31 @@ mod tests {
     fn one_of_each() -> Vec<ProvisionError> {
         let failures = [
             UpstreamFailure::Throttled { retry_after: None },
-            UpstreamFailure::Refused { status: 400, detail: "no".into() },
-            UpstreamFailure::Unavailable { detail: "down".into() },
+            UpstreamFailure::Refused {
+                status: 400,
+                detail: "no".into(),
+            },
+            UpstreamFailure::Unavailable {
+                detail: "down".into(),
+            },
         ];
-        let mut all: Vec<ProvisionError> = [codes::NO_BODY, codes::BAD_JSON, codes::BAD_UUID, codes::BAD_SERVICE, codes::BAD_CSR]
-            .into_iter()
-            .map(|code| ProvisionError::bad_request(code, "m"))
-            .collect();
+        let mut all: Vec<ProvisionError> = [
+            codes::NO_BODY,
+            codes::BAD_JSON,
+            codes::BAD_UUID,
+            codes::BAD_SERVICE,
+            codes::BAD_CSR,
+        ]
+        .into_iter()
+        .map(|code| ProvisionError::bad_request(code, "m"))
+        .collect();
         all.extend([
             ProvisionError::TooLarge { limit: 1 },
             ProvisionError::BadContentType { got: "x".into() },
-            ProvisionError::BadMethod { method: "PUT".into(), allow: "GET" },
+            ProvisionError::BadMethod {
+                method: "PUT".into(),
+                allow: "GET",
+            },
             ProvisionError::AuthMissing,
             ProvisionError::AuthInvalid("x".into()),
             ProvisionError::Forbidden("x".into()),
@@ -211,9 +253,16 @@ mod tests {
 
     #[test]
     fn all_codes_is_every_code_with_its_status() {
-        let made: BTreeSet<(&str, u16)> = one_of_each().iter().map(|e| (e.code(), e.status().as_u16())).collect();
+        let made: BTreeSet<(&str, u16)> = one_of_each()
+            .iter()
+            .map(|e| (e.code(), e.status().as_u16()))
+            .collect();
         let listed: BTreeSet<(&str, u16)> = ALL_CODES.iter().copied().collect();
-        assert_eq!(listed.len(), ALL_CODES.len(), "ALL_CODES lists a code twice");
+        assert_eq!(
+            listed.len(),
+            ALL_CODES.len(),
+            "ALL_CODES lists a code twice"
+        );
         assert_eq!(made, listed, "ALL_CODES and the codes errors carry differ");
         // One status per code: a client may branch on either.
         let codes: BTreeSet<&str> = ALL_CODES.iter().map(|(code, _)| *code).collect();
@@ -223,7 +272,12 @@ mod tests {
     #[test]
     fn retry_after_goes_with_every_503_and_nothing_else() {
         for error in one_of_each() {
-            assert_eq!(error.retry_after().is_some(), error.status() == StatusCode::SERVICE_UNAVAILABLE, "{}", error.code());
+            assert_eq!(
+                error.retry_after().is_some(),
+                error.status() == StatusCode::SERVICE_UNAVAILABLE,
+                "{}",
+                error.code()
+            );
         }
     }
 }

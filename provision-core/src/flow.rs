@@ -28,7 +28,9 @@ use crate::api::ids::DeviceUuid;
 use crate::api::request::{Operation, ProvisionRequest};
 use crate::auth::Caller;
 use crate::balena::{BalenaClient, DeviceRecord, StoredVar, VarTarget, Visibility};
-use crate::credentials::{DeviceCsr, DeviceKey, KeyAlgorithm, base64_decode, public_key_of_private_pem};
+use crate::credentials::{
+    DeviceCsr, DeviceKey, KeyAlgorithm, base64_decode, public_key_of_private_pem,
+};
 use crate::error::{ProvisionError, UpstreamFailure, codes};
 use crate::registry::{Material, RegisteredCredential, Registration, Registry, RegistryState};
 use crate::retry::Deadline;
@@ -62,7 +64,11 @@ impl Status {
     }
 
     pub fn http_status(self) -> http::StatusCode {
-        if self == Status::Created { http::StatusCode::CREATED } else { http::StatusCode::OK }
+        if self == Status::Created {
+            http::StatusCode::CREATED
+        } else {
+            http::StatusCode::OK
+        }
     }
 }
 
@@ -83,7 +89,11 @@ struct Snapshot {
 
 impl Snapshot {
     fn vars(&self) -> BTreeMap<String, Secret> {
-        self.record.vars.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect()
+        self.record
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect()
     }
 
     /// Nothing of ours anywhere: no variables, no credentials (an empty entry may exist).
@@ -133,7 +143,12 @@ pub struct Provisioner {
 
 impl Provisioner {
     pub fn new(balena: BalenaClient, registry: Arc<dyn Registry>, budget: Duration) -> Self {
-        Provisioner { balena, registry, budget, key_algorithm: KeyAlgorithm::default() }
+        Provisioner {
+            balena,
+            registry,
+            budget,
+            key_algorithm: KeyAlgorithm::default(),
+        }
     }
 
     /// The key pair made for devices that send no CSR.
@@ -152,19 +167,29 @@ impl Provisioner {
         self.budget / 4
     }
 
-    pub async fn run(&self, request: ProvisionRequest, caller: Caller, request_id: &str) -> Result<Outcome, ProvisionError> {
+    pub async fn run(
+        &self,
+        request: ProvisionRequest,
+        caller: Caller,
+        request_id: &str,
+    ) -> Result<Outcome, ProvisionError> {
         let deadline = Deadline::after(self.budget - self.reserve());
         // The caller's proof, balenaCloud's state and the registry's state do not depend on each
         // other: one round trip for all three. Nothing is changed before the proof is checked.
         let removal = matches!(request.operation, Operation::Deprovision);
-        let (proof, snapshot) =
-            tokio::join!(self.check_caller(deadline, &caller, &request.uuid), self.read(deadline, &request, removal));
+        let (proof, snapshot) = tokio::join!(
+            self.check_caller(deadline, &caller, &request.uuid),
+            self.read(deadline, &request, removal)
+        );
         proof?;
         let snapshot = match snapshot {
             Err(ProvisionError::DeviceNotFound(_)) if matches!(caller, Caller::BalenaKey(_)) => {
                 return Err(ProvisionError::balena(
                     "reading the device",
-                    UpstreamFailure::Refused { status: 403, detail: "the function's own BALENA_API_KEY cannot see this device".into() },
+                    UpstreamFailure::Refused {
+                        status: 403,
+                        detail: "the function's own BALENA_API_KEY cannot see this device".into(),
+                    },
                 ));
             }
             other => other?,
@@ -174,35 +199,61 @@ impl Provisioner {
             Operation::Status => Ok(self.report(&request.uuid, device_id, &snapshot)),
             Operation::Provision { rotate, csr } => {
                 let mode = csr.as_ref().map_or(KeyMode::Generated, KeyMode::Csr);
-                self.provision(deadline, &request, device_id, snapshot, *rotate, mode, request_id).await
+                self.provision(
+                    deadline, &request, device_id, snapshot, *rotate, mode, request_id,
+                )
+                .await
             }
-            Operation::Deprovision => self.deprovision(deadline, &request, device_id, snapshot, request_id).await,
+            Operation::Deprovision => {
+                self.deprovision(deadline, &request, device_id, snapshot, request_id)
+                    .await
+            }
         }
     }
 
-    async fn check_caller(&self, deadline: Deadline, caller: &Caller, uuid: &DeviceUuid) -> Result<(), ProvisionError> {
-        let Caller::BalenaKey(key) = caller else { return Ok(()) };
+    async fn check_caller(
+        &self,
+        deadline: Deadline,
+        caller: &Caller,
+        uuid: &DeviceUuid,
+    ) -> Result<(), ProvisionError> {
+        let Caller::BalenaKey(key) = caller else {
+            return Ok(());
+        };
         match self.balena.visibility(deadline, key, uuid).await {
             Ok(Visibility::Visible) => Ok(()),
             Ok(Visibility::Invisible) => Err(ProvisionError::Forbidden(uuid.to_string())),
-            Ok(Visibility::KeyRejected) => Err(ProvisionError::AuthInvalid("balenaCloud does not accept this key".into())),
+            Ok(Visibility::KeyRejected) => Err(ProvisionError::AuthInvalid(
+                "balenaCloud does not accept this key".into(),
+            )),
             Err(f) => Err(ProvisionError::balena("checking the caller's key", f)),
         }
     }
 
     /// balenaCloud's and the registry's view of the device, read together (for a removal, only
     /// what DELETE acts on: one round trip).
-    async fn read(&self, deadline: Deadline, request: &ProvisionRequest, removal: bool) -> Result<Snapshot, ProvisionError> {
+    async fn read(
+        &self,
+        deadline: Deadline,
+        request: &ProvisionRequest,
+        removal: bool,
+    ) -> Result<Snapshot, ProvisionError> {
         let device_id = self.registry.device_id(&request.uuid);
         let names = self.registry.variable_names();
         let inspect = async {
             if removal {
-                self.registry.inspect_for_removal(deadline, &device_id).await
+                self.registry
+                    .inspect_for_removal(deadline, &device_id)
+                    .await
             } else {
                 self.registry.inspect(deadline, &device_id).await
             }
         };
-        let (record, state) = tokio::join!(self.balena.read_device(deadline, &request.uuid, request.service.as_ref(), names), inspect);
+        let (record, state) = tokio::join!(
+            self.balena
+                .read_device(deadline, &request.uuid, request.service.as_ref(), names),
+            inspect
+        );
         let record = record
             .map_err(|f| ProvisionError::balena("reading the device", f))?
             .ok_or_else(|| ProvisionError::DeviceNotFound(request.uuid.to_string()))?;
@@ -210,11 +261,18 @@ impl Provisioner {
             let service = request.service.as_ref().map(|s| s.as_str()).unwrap_or("");
             return Err(ProvisionError::bad_request(
                 codes::BAD_SERVICE,
-                format!("device {} has no service named '{service}'", request.uuid.short()),
+                format!(
+                    "device {} has no service named '{service}'",
+                    request.uuid.short()
+                ),
             ));
         };
         let state = state.map_err(|f| ProvisionError::cloud("reading the registry", f))?;
-        Ok(Snapshot { record, target, state })
+        Ok(Snapshot {
+            record,
+            target,
+            state,
+        })
     }
 
     fn assess(&self, uuid: &DeviceUuid, snapshot: &Snapshot, mode: KeyMode<'_>) -> Assessment {
@@ -222,14 +280,20 @@ impl Provisioner {
         let stored_key = self.registry.stored_public_key(&vars);
         let private = vars
             .get(self.registry.private_key_variable())
-            .map(|v| base64_decode(v.expose()).and_then(|pem| String::from_utf8(pem).ok()).map(Secret::new))
+            .map(|v| {
+                base64_decode(v.expose())
+                    .and_then(|pem| String::from_utf8(pem).ok())
+                    .map(Secret::new)
+            })
             .map(|pem| pem.and_then(|pem| public_key_of_private_pem(&pem).ok()));
         // Where only the private key says which credential is the device's (ClearBlade), a
         // device that keeps its own key has none stored: the registered key stands for it.
         let implicit = !self.registry.variables_name_credential() && private.is_none();
         let key_consistent = match (mode, &private) {
             (KeyMode::Csr(csr), None) => implicit || stored_key.as_ref() == Some(csr.public_key()),
-            (KeyMode::Generated | KeyMode::Either, Some(Some(public))) => stored_key.as_ref() == Some(public),
+            (KeyMode::Generated | KeyMode::Either, Some(Some(public))) => {
+                stored_key.as_ref() == Some(public)
+            }
             (KeyMode::Either, None) => implicit || stored_key.is_some(),
             _ => false,
         };
@@ -248,7 +312,9 @@ impl Provisioner {
             .credentials
             .iter()
             .filter(|_| key_consistent && fixed_ok && snapshot.state.entry)
-            .find(|c| c.active && c.complete && self.registry.names(&vars, c) && csr_key_registered(c))
+            .find(|c| {
+                c.active && c.complete && self.registry.names(&vars, c) && csr_key_registered(c)
+            })
             .cloned();
         let extras = snapshot
             .state
@@ -257,8 +323,19 @@ impl Provisioner {
             .filter(|c| matched.as_ref().is_none_or(|m| m.id != c.id))
             .cloned()
             .collect();
-        let named = matched.clone().or_else(|| snapshot.state.credentials.iter().find(|c| c.active && self.registry.names(&vars, c)).cloned());
-        Assessment { usable: matched, named, extras }
+        let named = matched.clone().or_else(|| {
+            snapshot
+                .state
+                .credentials
+                .iter()
+                .find(|c| c.active && self.registry.names(&vars, c))
+                .cloned()
+        });
+        Assessment {
+            usable: matched,
+            named,
+            extras,
+        }
     }
 
     fn report(&self, uuid: &DeviceUuid, device_id: String, snapshot: &Snapshot) -> Outcome {
@@ -289,7 +366,12 @@ impl Provisioner {
             .registry
             .variable_names()
             .iter()
-            .map(|name| (name.to_string(), Value::Bool(snapshot.record.vars.contains_key(*name))))
+            .map(|name| {
+                (
+                    name.to_string(),
+                    Value::Bool(snapshot.record.vars.contains_key(*name)),
+                )
+            })
             .collect();
         Outcome {
             status,
@@ -317,7 +399,12 @@ impl Provisioner {
     ) -> Result<Outcome, ProvisionError> {
         let assessment = self.assess(&request.uuid, &snapshot, mode);
         if assessment.healthy() && !rotate {
-            return Ok(Outcome { status: Status::AlreadyProvisioned, device_id, variables: Vec::new(), details: None });
+            return Ok(Outcome {
+                status: Status::AlreadyProvisioned,
+                device_id,
+                variables: Vec::new(),
+                details: None,
+            });
         }
         let device = snapshot.record.device_id;
         let free_at_first = self.lock_free(&snapshot, false);
@@ -330,18 +417,32 @@ impl Provisioner {
             let lock = Lock::next(&snapshot, request_id, self.budget, Some(goal));
             let (taken, registered) = tokio::join!(
                 self.take(deadline, &snapshot, &lock),
-                self.registry.register(deadline, &request.uuid, &snapshot.state, fresh.material()),
+                self.registry
+                    .register(deadline, &request.uuid, &snapshot.state, fresh.material()),
             );
             match (taken, registered) {
                 (Ok(true), Ok(registration)) => {
-                    return match self.finish_fresh(deadline, request, &snapshot, &registration, &fresh, device_id.clone()).await {
+                    return match self
+                        .finish_fresh(
+                            deadline,
+                            request,
+                            &snapshot,
+                            &registration,
+                            &fresh,
+                            device_id.clone(),
+                        )
+                        .await
+                    {
                         Ok(outcome) => Ok(outcome),
                         // A lock taken for a goal is only ever followed by undoing: whatever else
                         // the device needs is done under a lock taken afresh (another request
                         // may already judge this one done).
                         Err(FreshError::Conflict) => {
                             self.release(deadline, device, &lock).await;
-                            self.provision_after(deadline, request, device_id, rotate, mode, request_id, true).await
+                            self.provision_after(
+                                deadline, request, device_id, rotate, mode, request_id, true,
+                            )
+                            .await
                         }
                         Err(FreshError::Failed(e)) => {
                             self.release(deadline, device, &lock).await;
@@ -354,7 +455,8 @@ impl Provisioner {
                     if let Ok(registration) = &registered {
                         // Another request is working on this device, or the lock could not be
                         // taken: this credential is not needed.
-                        self.discard(cleanup, &device_id, &registration.credential).await;
+                        self.discard(cleanup, &device_id, &registration.credential)
+                            .await;
                         // An entry made here goes too, unless another request holds the lock
                         // (it may be using the entry: creating one is idempotent).
                         if registration.created_entry
@@ -367,7 +469,9 @@ impl Provisioner {
                     match taken {
                         Ok(true) => {
                             self.release(deadline, device, &lock).await;
-                            return Err(registered.err().unwrap_or_else(|| ProvisionError::Internal("lock state".into())));
+                            return Err(registered
+                                .err()
+                                .unwrap_or_else(|| ProvisionError::Internal("lock state".into())));
                         }
                         Err(f) => {
                             self.release(deadline, device, &lock).await;
@@ -378,10 +482,26 @@ impl Provisioner {
                 }
             }
         }
-        let seen_free = if free_at_first { snapshot.record.head_lock().map(|h| h.generation) } else { None };
+        let seen_free = if free_at_first {
+            snapshot.record.head_lock().map(|h| h.generation)
+        } else {
+            None
+        };
         let origin_fresh = snapshot.is_fresh();
-        let (lock, snapshot) = self.acquire(deadline, request, request_id, seen_free, false).await?;
-        let result = self.provision_locked(deadline, request, device_id, snapshot, rotate, mode, origin_fresh).await;
+        let (lock, snapshot) = self
+            .acquire(deadline, request, request_id, seen_free, false)
+            .await?;
+        let result = self
+            .provision_locked(
+                deadline,
+                request,
+                device_id,
+                snapshot,
+                rotate,
+                mode,
+                origin_fresh,
+            )
+            .await;
         self.release(deadline, device, &lock).await;
         result
     }
@@ -400,9 +520,21 @@ impl Provisioner {
         request_id: &str,
         origin_fresh: bool,
     ) -> Result<Outcome, ProvisionError> {
-        let (lock, snapshot) = self.acquire(deadline, request, request_id, None, false).await?;
+        let (lock, snapshot) = self
+            .acquire(deadline, request, request_id, None, false)
+            .await?;
         let device = snapshot.record.device_id;
-        let result = self.provision_locked(deadline, request, device_id, snapshot, rotate, mode, origin_fresh).await;
+        let result = self
+            .provision_locked(
+                deadline,
+                request,
+                device_id,
+                snapshot,
+                rotate,
+                mode,
+                origin_fresh,
+            )
+            .await;
         self.release(deadline, device, &lock).await;
         result
     }
@@ -419,13 +551,20 @@ impl Provisioner {
         device_id: String,
     ) -> Result<Outcome, FreshError> {
         let credential = &registration.credential;
-        let vars = self.registry.variables(&request.uuid, credential, fresh.private_pem());
-        let creates = vars.iter().map(|(name, value)| self.balena.create_var(deadline, snapshot.target, name, value));
+        let vars = self
+            .registry
+            .variables(&request.uuid, credential, fresh.private_pem());
+        let creates = vars.iter().map(|(name, value)| {
+            self.balena
+                .create_var(deadline, snapshot.target, name, value)
+        });
         let (activated, created) = tokio::join!(
-            self.registry.activate(deadline, &request.uuid, &snapshot.state, None, credential),
+            self.registry
+                .activate(deadline, &request.uuid, &snapshot.state, None, credential),
             futures::future::join_all(creates),
         );
-        let conflict = created.iter().any(|r| matches!(r, Ok(false))) || activated.as_ref().is_err_and(entry_changed);
+        let conflict = created.iter().any(|r| matches!(r, Ok(false)))
+            || activated.as_ref().is_err_and(entry_changed);
         let store_failure = created.iter().find_map(|r| r.as_ref().err().cloned());
         if !conflict && store_failure.is_none() && activated.is_ok() {
             return Ok(Outcome {
@@ -438,28 +577,45 @@ impl Provisioner {
         // Undo this request's variables (only where they still hold our values), then the
         // credential: variables never name a revoked credential.
         let deadline = deadline.extended(self.reserve());
-        let undo = vars.iter().zip(&created).filter(|(_, r)| matches!(r, Ok(true))).map(|((name, value), _)| {
-            self.balena.delete_var_if(deadline, snapshot.target, name, value)
-        });
+        let undo = vars
+            .iter()
+            .zip(&created)
+            .filter(|(_, r)| matches!(r, Ok(true)))
+            .map(|((name, value), _)| {
+                self.balena
+                    .delete_var_if(deadline, snapshot.target, name, value)
+            });
         for result in futures::future::join_all(undo).await {
             if let Err(f) = result {
                 tracing::error!(error = %f, "could not remove a variable this request stored");
             }
         }
-        self.discard(deadline, &self.registry.device_id(&request.uuid), credential).await;
+        self.discard(
+            deadline,
+            &self.registry.device_id(&request.uuid),
+            credential,
+        )
+        .await;
         if conflict {
-            tracing::info!("the device changed before the lock was taken; re-reading under the lock");
+            tracing::info!(
+                "the device changed before the lock was taken; re-reading under the lock"
+            );
             return Err(FreshError::Conflict);
         }
         if registration.created_entry
-            && let Err(f) = self.registry.remove_entry(deadline, &self.registry.device_id(&request.uuid)).await
+            && let Err(f) = self
+                .registry
+                .remove_entry(deadline, &self.registry.device_id(&request.uuid))
+                .await
         {
             tracing::error!(error = %f, "could not remove the registry entry this request made");
         }
         Err(FreshError::Failed(match (activated, store_failure) {
             (Err(e), _) => e,
             (Ok(()), Some(f)) => ProvisionError::balena("storing the variables", f),
-            (Ok(()), None) => ProvisionError::Internal("fresh provisioning failed without a cause".into()),
+            (Ok(()), None) => {
+                ProvisionError::Internal("fresh provisioning failed without a cause".into())
+            }
         }))
     }
 
@@ -475,11 +631,31 @@ impl Provisioner {
         mode: KeyMode<'_>,
         origin_fresh: bool,
     ) -> Result<Outcome, ProvisionError> {
-        match self.provision_locked_once(deadline, request, device_id.clone(), snapshot, rotate, mode, origin_fresh).await {
+        match self
+            .provision_locked_once(
+                deadline,
+                request,
+                device_id.clone(),
+                snapshot,
+                rotate,
+                mode,
+                origin_fresh,
+            )
+            .await
+        {
             Err(e) if entry_changed(&e) => {
                 tracing::info!(error = %e, "the registry entry changed meanwhile; reading it again");
                 let snapshot = self.read(deadline, request, false).await?;
-                self.provision_locked_once(deadline, request, device_id, snapshot, rotate, mode, origin_fresh).await
+                self.provision_locked_once(
+                    deadline,
+                    request,
+                    device_id,
+                    snapshot,
+                    rotate,
+                    mode,
+                    origin_fresh,
+                )
+                .await
             }
             other => other,
         }
@@ -498,12 +674,23 @@ impl Provisioner {
     ) -> Result<Outcome, ProvisionError> {
         let assessment = self.assess(&request.uuid, &snapshot, mode);
         if assessment.healthy() && !rotate {
-            return Ok(Outcome { status: Status::AlreadyProvisioned, device_id, variables: Vec::new(), details: None });
+            return Ok(Outcome {
+                status: Status::AlreadyProvisioned,
+                device_id,
+                variables: Vec::new(),
+                details: None,
+            });
         }
         if assessment.usable.is_some() && !rotate {
             // The stored credential is good; only stale ones need to go.
-            self.revoke_all(deadline, &device_id, &assessment.extras).await?;
-            return Ok(Outcome { status: Status::Repaired, device_id, variables: Vec::new(), details: None });
+            self.revoke_all(deadline, &device_id, &assessment.extras)
+                .await?;
+            return Ok(Outcome {
+                status: Status::Repaired,
+                device_id,
+                variables: Vec::new(),
+                details: None,
+            });
         }
         let status = if rotate && assessment.usable.is_some() {
             Status::Rotated
@@ -513,34 +700,63 @@ impl Provisioner {
             Status::Repaired
         };
         let fresh = Fresh::new(mode, self.key_algorithm)?;
-        let registration = self.registry.register(deadline, &request.uuid, &snapshot.state, fresh.material()).await?;
+        let registration = self
+            .registry
+            .register(deadline, &request.uuid, &snapshot.state, fresh.material())
+            .await?;
         let credential = &registration.credential;
-        let vars = self.registry.variables(&request.uuid, credential, fresh.private_pem());
+        let vars = self
+            .registry
+            .variables(&request.uuid, credential, fresh.private_pem());
         // With a CSR the device keeps its key: a private key stored earlier must go.
         let private_name = self.registry.private_key_variable();
-        let remove_private = fresh.private_pem().is_none() && snapshot.record.vars.contains_key(private_name);
+        let remove_private =
+            fresh.private_pem().is_none() && snapshot.record.vars.contains_key(private_name);
         let writes = vars.iter().map(|(name, value)| {
             let existing = snapshot.record.vars.get(*name).map(|v| v.id);
-            self.balena.write_var(deadline, snapshot.target, existing, name, value)
+            self.balena
+                .write_var(deadline, snapshot.target, existing, name, value)
         });
         let removal = async {
-            if remove_private { self.balena.delete_vars(deadline, snapshot.target, &[private_name]).await } else { Ok(()) }
+            if remove_private {
+                self.balena
+                    .delete_vars(deadline, snapshot.target, &[private_name])
+                    .await
+            } else {
+                Ok(())
+            }
         };
         let (activated, written, removed) = tokio::join!(
-            self.registry.activate(deadline, &request.uuid, &snapshot.state, assessment.named.as_ref(), credential),
+            self.registry.activate(
+                deadline,
+                &request.uuid,
+                &snapshot.state,
+                assessment.named.as_ref(),
+                credential
+            ),
             futures::future::join_all(writes),
             removal,
         );
-        let store_failure = written.into_iter().chain(std::iter::once(removed)).find_map(Result::err);
+        let store_failure = written
+            .into_iter()
+            .chain(std::iter::once(removed))
+            .find_map(Result::err);
         if let (Ok(()), None) = (&activated, &store_failure) {
             // Only now, with the new credential stored and usable, do the old ones go.
-            if let Err(e) = self.revoke_all(deadline, &device_id, &snapshot.state.credentials).await {
+            if let Err(e) = self
+                .revoke_all(deadline, &device_id, &snapshot.state.credentials)
+                .await
+            {
                 // An old credential that still works must stay named by the variables: put them
                 // back and drop the new one. One that no longer works is only litter, which the
                 // next request clears; the device has what it needs.
-                if self.still_active(deadline, &device_id, &snapshot.state.credentials).await {
+                if self
+                    .still_active(deadline, &device_id, &snapshot.state.credentials)
+                    .await
+                {
                     let cleanup = deadline.extended(self.reserve());
-                    self.restore(cleanup, snapshot.target, &snapshot.record.vars, &vars).await;
+                    self.restore(cleanup, snapshot.target, &snapshot.record.vars, &vars)
+                        .await;
                     self.discard(cleanup, &device_id, credential).await;
                     return Err(e);
                 }
@@ -550,11 +766,17 @@ impl Provisioner {
             if remove_private {
                 variables.push(private_name.to_string());
             }
-            return Ok(Outcome { status, device_id, variables, details: None });
+            return Ok(Outcome {
+                status,
+                device_id,
+                variables,
+                details: None,
+            });
         }
         // Put the variables back as they were, then drop the new credential.
         let cleanup = deadline.extended(self.reserve());
-        self.restore(cleanup, snapshot.target, &snapshot.record.vars, &vars).await;
+        self.restore(cleanup, snapshot.target, &snapshot.record.vars, &vars)
+            .await;
         self.discard(cleanup, &device_id, credential).await;
         if registration.created_entry
             && let Err(f) = self.registry.remove_entry(cleanup, &device_id).await
@@ -564,7 +786,9 @@ impl Provisioner {
         Err(match (activated, store_failure) {
             (Err(e), _) => e,
             (Ok(()), Some(f)) => ProvisionError::balena("storing the variables", f),
-            (Ok(()), None) => ProvisionError::Internal("provisioning failed without a cause".into()),
+            (Ok(()), None) => {
+                ProvisionError::Internal("provisioning failed without a cause".into())
+            }
         })
     }
 
@@ -577,12 +801,19 @@ impl Provisioner {
         request_id: &str,
     ) -> Result<Outcome, ProvisionError> {
         if snapshot.is_empty() {
-            return Ok(Outcome { status: Status::NotProvisioned, device_id, variables: Vec::new(), details: None });
+            return Ok(Outcome {
+                status: Status::NotProvisioned,
+                device_id,
+                variables: Vec::new(),
+                details: None,
+            });
         }
         let device = snapshot.record.device_id;
         if !self.lock_free(&snapshot, true) {
             // Another request is changing the device: wait for it, then remove what it left.
-            return self.deprovision_after(deadline, request, device_id, request_id, None, Vec::new()).await;
+            return self
+                .deprovision_after(deadline, request, device_id, request_id, None, Vec::new())
+                .await;
         }
         // Nobody was changing the device a moment ago: take the lock while the variables go and
         // the credentials stop working, all at once. Should another request have taken it in
@@ -608,11 +839,20 @@ impl Provisioner {
             let cleanup = deadline.extended(self.reserve());
             match (&deleted, &retired) {
                 (Err(_), Ok(())) => {
-                    if let Err(f) = self.registry.unretire(cleanup, &device_id, &snapshot.state, &snapshot.vars()).await {
+                    if let Err(f) = self
+                        .registry
+                        .unretire(cleanup, &device_id, &snapshot.state, &snapshot.vars())
+                        .await
+                    {
                         tracing::error!(error = %f, "could not make the credentials work again after the variables could not be deleted");
                     }
                 }
-                (Ok(()), Err(_)) if !present.is_empty() && self.still_active(cleanup, &device_id, &snapshot.state.credentials).await => {
+                (Ok(()), Err(_))
+                    if !present.is_empty()
+                        && self
+                            .still_active(cleanup, &device_id, &snapshot.state.credentials)
+                            .await =>
+                {
                     self.recreate(cleanup, target, &snapshot.record.vars).await;
                 }
                 _ => {}
@@ -632,12 +872,30 @@ impl Provisioner {
             if taken.is_err() {
                 self.release(deadline, device, &lock).await;
             }
-            return self.deprovision_after(deadline, request, device_id, request_id, lock.generation.checked_sub(1), present).await;
+            return self
+                .deprovision_after(
+                    deadline,
+                    request,
+                    device_id,
+                    request_id,
+                    lock.generation.checked_sub(1),
+                    present,
+                )
+                .await;
         }
         // Variables gone, credentials unusable: remove what is left (AWS: the inactive, detached
         // certificates and the thing).
-        match self.registry.purge(deadline, &device_id, &snapshot.state).await {
-            Ok(true) => Ok(Outcome { status: Status::Deleted, device_id, variables: present, details: None }),
+        match self
+            .registry
+            .purge(deadline, &device_id, &snapshot.state)
+            .await
+        {
+            Ok(true) => Ok(Outcome {
+                status: Status::Deleted,
+                device_id,
+                variables: present,
+                details: None,
+            }),
             Err(f) => {
                 self.release(deadline, device, &lock).await;
                 Err(ProvisionError::cloud("deleting the registry entry", f))
@@ -647,7 +905,8 @@ impl Provisioner {
             // afresh (a lock taken for a goal is only ever followed by undoing).
             Ok(false) => {
                 self.release(deadline, device, &lock).await;
-                self.deprovision_after(deadline, request, device_id, request_id, None, present).await
+                self.deprovision_after(deadline, request, device_id, request_id, None, present)
+                    .await
             }
         }
     }
@@ -664,7 +923,9 @@ impl Provisioner {
         removed: Vec<String>,
     ) -> Result<Outcome, ProvisionError> {
         let disturbed = seen_free.is_some();
-        let (lock, snapshot) = self.acquire(deadline, request, request_id, seen_free, disturbed).await?;
+        let (lock, snapshot) = self
+            .acquire(deadline, request, request_id, seen_free, disturbed)
+            .await?;
         let device = snapshot.record.device_id;
         let result = self.deprovision_locked(deadline, device_id, snapshot).await;
         self.release(deadline, device, &lock).await;
@@ -672,9 +933,19 @@ impl Provisioner {
     }
 
     /// DELETE with the lock held, from `snapshot` (read under it, or just before taking it).
-    async fn deprovision_locked(&self, deadline: Deadline, device_id: String, snapshot: Snapshot) -> Result<Outcome, ProvisionError> {
+    async fn deprovision_locked(
+        &self,
+        deadline: Deadline,
+        device_id: String,
+        snapshot: Snapshot,
+    ) -> Result<Outcome, ProvisionError> {
         if snapshot.is_empty() {
-            return Ok(Outcome { status: Status::NotProvisioned, device_id, variables: Vec::new(), details: None });
+            return Ok(Outcome {
+                status: Status::NotProvisioned,
+                device_id,
+                variables: Vec::new(),
+                details: None,
+            });
         }
         let present: Vec<String> = snapshot.record.vars.keys().cloned().collect();
         // Variables first: they must never name a credential that is gone.
@@ -691,12 +962,22 @@ impl Provisioner {
                 .await
                 .map_err(|f| ProvisionError::cloud("deleting the registry entry", f))
         } else {
-            self.revoke_all(deadline, &device_id, &snapshot.state.credentials).await
+            self.revoke_all(deadline, &device_id, &snapshot.state.credentials)
+                .await
         };
         if let Err(e) = revocation {
             // A credential that still works must stay named by the variables: put them back.
-            if !present.is_empty() && self.still_active(deadline, &device_id, &snapshot.state.credentials).await {
-                self.recreate(deadline.extended(self.reserve()), snapshot.target, &snapshot.record.vars).await;
+            if !present.is_empty()
+                && self
+                    .still_active(deadline, &device_id, &snapshot.state.credentials)
+                    .await
+            {
+                self.recreate(
+                    deadline.extended(self.reserve()),
+                    snapshot.target,
+                    &snapshot.record.vars,
+                )
+                .await;
             }
             return Err(e);
         }
@@ -706,10 +987,20 @@ impl Provisioner {
                 .await
                 .map_err(|f| ProvisionError::cloud("deleting the registry entry", f))?;
         }
-        Ok(Outcome { status: Status::Deleted, device_id, variables: present, details: None })
+        Ok(Outcome {
+            status: Status::Deleted,
+            device_id,
+            variables: present,
+            details: None,
+        })
     }
 
-    async fn revoke_all(&self, deadline: Deadline, device_id: &str, credentials: &[RegisteredCredential]) -> Result<(), ProvisionError> {
+    async fn revoke_all(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+        credentials: &[RegisteredCredential],
+    ) -> Result<(), ProvisionError> {
         if credentials.is_empty() {
             return Ok(());
         }
@@ -721,9 +1012,21 @@ impl Provisioner {
 
     /// Whether any of `credentials` still lets a device in, as far as the registry says now (a
     /// registry that cannot be read counts as "yes": the variables are then put back).
-    async fn still_active(&self, deadline: Deadline, device_id: &str, credentials: &[RegisteredCredential]) -> bool {
-        match self.registry.inspect(deadline.extended(self.reserve()), device_id).await {
-            Ok(state) => state.credentials.iter().any(|c| c.active && credentials.iter().any(|old| old.id == c.id)),
+    async fn still_active(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+        credentials: &[RegisteredCredential],
+    ) -> bool {
+        match self
+            .registry
+            .inspect(deadline.extended(self.reserve()), device_id)
+            .await
+        {
+            Ok(state) => state
+                .credentials
+                .iter()
+                .any(|c| c.active && credentials.iter().any(|old| old.id == c.id)),
             Err(f) => {
                 tracing::warn!(error = %f, "could not re-read the registry after a failed revocation");
                 true
@@ -733,8 +1036,15 @@ impl Provisioner {
 
     /// Stores again variables this request deleted (those that another request has stored in
     /// the meantime are left as they are).
-    async fn recreate(&self, deadline: Deadline, target: VarTarget, before: &BTreeMap<String, StoredVar>) {
-        let steps = before.iter().map(|(name, old)| self.balena.create_var(deadline, target, name, &old.value));
+    async fn recreate(
+        &self,
+        deadline: Deadline,
+        target: VarTarget,
+        before: &BTreeMap<String, StoredVar>,
+    ) {
+        let steps = before
+            .iter()
+            .map(|(name, old)| self.balena.create_var(deadline, target, name, &old.value));
         for result in futures::future::join_all(steps).await {
             if let Err(f) = result {
                 tracing::error!(error = %f, "could not store a variable again after a failed revocation");
@@ -743,18 +1053,41 @@ impl Provisioner {
     }
 
     /// Best-effort removal of a credential this request made and no longer needs.
-    async fn discard(&self, deadline: Deadline, device_id: &str, credential: &RegisteredCredential) {
-        if let Err(f) = self.registry.revoke(deadline, device_id, std::slice::from_ref(credential)).await {
+    async fn discard(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+        credential: &RegisteredCredential,
+    ) {
+        if let Err(f) = self
+            .registry
+            .revoke(deadline, device_id, std::slice::from_ref(credential))
+            .await
+        {
             tracing::error!(credential = %credential.id, error = %f, "could not remove a credential this request made");
         }
     }
 
     /// Puts variables back to their values before this request (deleting the ones it added).
-    async fn restore(&self, deadline: Deadline, target: VarTarget, before: &BTreeMap<String, StoredVar>, written: &[(&'static str, Secret)]) {
+    async fn restore(
+        &self,
+        deadline: Deadline,
+        target: VarTarget,
+        before: &BTreeMap<String, StoredVar>,
+        written: &[(&'static str, Secret)],
+    ) {
         let steps = written.iter().map(|(name, ours)| async move {
             match before.get(*name) {
-                Some(old) => self.balena.write_var(deadline, target, Some(old.id), name, &old.value).await,
-                None => self.balena.delete_var_if(deadline, target, name, ours).await,
+                Some(old) => {
+                    self.balena
+                        .write_var(deadline, target, Some(old.id), name, &old.value)
+                        .await
+                }
+                None => {
+                    self.balena
+                        .delete_var_if(deadline, target, name, ours)
+                        .await
+                }
             }
         });
         for result in futures::future::join_all(steps).await {
@@ -776,7 +1109,9 @@ impl Provisioner {
     /// DELETE that lost the race), so the registry may no longer hold the key the lock was
     /// taken for: its variables, which that removal left alone, stand for it.
     fn lock_free_as(&self, snapshot: &Snapshot, removal: bool, disturbed: bool) -> bool {
-        let Some(head) = snapshot.record.head_lock() else { return true };
+        let Some(head) = snapshot.record.head_lock() else {
+            return true;
+        };
         let value = LockValue::parse(&head.value);
         if value.released || value.until < now_ms() {
             return true;
@@ -784,13 +1119,16 @@ impl Provisioner {
         // A goal is about the variables of one target (the device's, or one service's): a
         // request reading another target's judges it by the registry alone (the holder's
         // variables are created, never overwritten, so any still arriving lose nothing).
-        if value.goal.is_some() && value.target.as_deref() != Some(target_word(snapshot.target).as_str()) {
+        if value.goal.is_some()
+            && value.target.as_deref() != Some(target_word(snapshot.target).as_str())
+        {
             return match &value.goal {
-                Some(Goal::Key(key)) => snapshot
-                    .state
-                    .credentials
-                    .iter()
-                    .any(|c| c.active && c.public_key.as_ref().is_none_or(|k| k.fingerprint() == *key)),
+                Some(Goal::Key(key)) => snapshot.state.credentials.iter().any(|c| {
+                    c.active
+                        && c.public_key
+                            .as_ref()
+                            .is_none_or(|k| k.fingerprint() == *key)
+                }),
                 _ => snapshot.state.credentials.is_empty(),
             };
         }
@@ -804,10 +1142,21 @@ impl Provisioner {
             Some(Goal::Key(key)) => {
                 let vars = snapshot.vars();
                 let private = self.registry.private_key_variable();
-                let written = self.registry.variable_names().iter().filter(|n| **n != private).all(|n| vars.contains_key(*n));
-                let named_is_key = self.registry.stored_public_key(&vars).is_some_and(|k| k.fingerprint() == *key);
+                let written = self
+                    .registry
+                    .variable_names()
+                    .iter()
+                    .filter(|n| **n != private)
+                    .all(|n| vars.contains_key(*n));
+                let named_is_key = self
+                    .registry
+                    .stored_public_key(&vars)
+                    .is_some_and(|k| k.fingerprint() == *key);
                 let holds_key = snapshot.state.credentials.iter().any(|c| {
-                    c.public_key.as_ref().is_some_and(|k| k.fingerprint() == *key) || (named_is_key && self.registry.names(&vars, c))
+                    c.public_key
+                        .as_ref()
+                        .is_some_and(|k| k.fingerprint() == *key)
+                        || (named_is_key && self.registry.names(&vars, c))
                 });
                 // DELETE's lighter read does not describe AWS certificates: the stored one stands.
                 written && (holds_key || (removal && named_is_key) || disturbed)
@@ -817,7 +1166,12 @@ impl Provisioner {
 
     /// Takes the lock `lock` names (the generation after `snapshot`'s latest), deleting beside
     /// it lock tags so old that no request can still follow them.
-    async fn take(&self, deadline: Deadline, snapshot: &Snapshot, lock: &Lock) -> Result<bool, UpstreamFailure> {
+    async fn take(
+        &self,
+        deadline: Deadline,
+        snapshot: &Snapshot,
+        lock: &Lock,
+    ) -> Result<bool, UpstreamFailure> {
         let device = snapshot.record.device_id;
         let head = snapshot.record.head_lock().map(|h| h.generation);
         // A request follows the generation it read within its own budget: a tag whose holder's
@@ -837,7 +1191,11 @@ impl Provisioner {
                 tracing::warn!(error = %f, "could not delete old lock tags; the next change tries again");
             }
         };
-        let (taken, ()) = tokio::join!(self.balena.try_lock(deadline, device, lock.generation, &lock.value), tidy);
+        let (taken, ()) = tokio::join!(
+            self.balena
+                .try_lock(deadline, device, lock.generation, &lock.value),
+            tidy
+        );
         taken
     }
 
@@ -860,20 +1218,27 @@ impl Provisioner {
         loop {
             let snapshot = self.read(deadline, request, false).await?;
             let head = snapshot.record.head_lock().map(|h| h.generation);
-            if (head.is_some() && head == seen_free) || self.lock_free_as(&snapshot, false, disturbed) {
+            if (head.is_some() && head == seen_free)
+                || self.lock_free_as(&snapshot, false, disturbed)
+            {
                 let lock = Lock::next(&snapshot, request_id, self.budget, None);
                 match self.take(deadline, &snapshot, &lock).await {
                     Ok(true) => return Ok((lock, snapshot)),
                     Ok(false) => {}
                     Err(f) => {
-                        self.release(deadline, snapshot.record.device_id, &lock).await;
+                        self.release(deadline, snapshot.record.device_id, &lock)
+                            .await;
                         return Err(ProvisionError::balena("taking the device lock", f));
                     }
                 }
             }
             let pause = wait.mul_f64(0.5 + fastrand::f64());
             if tokio::time::Instant::now() + pause >= give_up {
-                let held = snapshot.record.head_lock().map(|h| h.value.clone()).unwrap_or_default();
+                let held = snapshot
+                    .record
+                    .head_lock()
+                    .map(|h| h.value.clone())
+                    .unwrap_or_default();
                 tracing::warn!(lock = %held, vars = snapshot.record.vars.len(), credentials = snapshot.state.credentials.len(), "gave up waiting for the device lock");
                 return Err(ProvisionError::Busy(request.uuid.to_string()));
             }
@@ -886,18 +1251,39 @@ impl Provisioner {
     async fn release(&self, deadline: Deadline, device: i64, lock: &Lock) {
         // Released even when the budget is spent: a lock left held would stall the next request.
         let deadline = deadline.extended(self.reserve());
-        let deadline = if deadline.remaining() < Duration::from_secs(2) { Deadline::after(Duration::from_secs(2)) } else { deadline };
-        if let Err(f) = self.balena.rewrite_lock(deadline, device, lock.generation, &lock.value, &lock.released()).await {
+        let deadline = if deadline.remaining() < Duration::from_secs(2) {
+            Deadline::after(Duration::from_secs(2))
+        } else {
+            deadline
+        };
+        if let Err(f) = self
+            .balena
+            .rewrite_lock(
+                deadline,
+                device,
+                lock.generation,
+                &lock.value,
+                &lock.released(),
+            )
+            .await
+        {
             tracing::error!(error = %f, "could not release the device lock; it expires by itself");
         }
     }
 }
 
 /// Adds the variables an earlier step of a DELETE removed to what the rest of it reports.
-fn merge_removed(result: Result<Outcome, ProvisionError>, removed: Vec<String>) -> Result<Outcome, ProvisionError> {
+fn merge_removed(
+    result: Result<Outcome, ProvisionError>,
+    removed: Vec<String>,
+) -> Result<Outcome, ProvisionError> {
     match result {
         Ok(outcome) if outcome.status == Status::NotProvisioned && !removed.is_empty() => {
-            Ok(Outcome { status: Status::Deleted, variables: removed, ..outcome })
+            Ok(Outcome {
+                status: Status::Deleted,
+                variables: removed,
+                ..outcome
+            })
         }
         Ok(mut outcome) => {
             for name in removed {
@@ -917,7 +1303,14 @@ fn merge_removed(result: Result<Outcome, ProvisionError>, removed: Vec<String>) 
 fn entry_changed(e: &ProvisionError) -> bool {
     matches!(
         e,
-        ProvisionError::Upstream { system: crate::error::Upstream::Cloud, failure: UpstreamFailure::Refused { status: 404 | 409 | 412, .. }, .. }
+        ProvisionError::Upstream {
+            system: crate::error::Upstream::Cloud,
+            failure: UpstreamFailure::Refused {
+                status: 404 | 409 | 412,
+                ..
+            },
+            ..
+        }
     )
 }
 
@@ -936,9 +1329,9 @@ impl<'a> Fresh<'a> {
     fn new(mode: KeyMode<'a>, algorithm: KeyAlgorithm) -> Result<Self, ProvisionError> {
         match mode {
             KeyMode::Csr(csr) => Ok(Fresh::Csr(csr)),
-            KeyMode::Generated | KeyMode::Either => {
-                DeviceKey::generate_with(algorithm).map(Fresh::Generated).map_err(ProvisionError::Internal)
-            }
+            KeyMode::Generated | KeyMode::Either => DeviceKey::generate_with(algorithm)
+                .map(Fresh::Generated)
+                .map_err(ProvisionError::Internal),
         }
     }
 
@@ -989,14 +1382,25 @@ impl LockValue {
     /// An unreadable value counts as expired.
     fn parse(value: &str) -> LockValue {
         let words: Vec<&str> = value.split_whitespace().collect();
-        let after = |word: &str| words.iter().position(|w| *w == word).and_then(|i| words.get(i + 1)).copied();
+        let after = |word: &str| {
+            words
+                .iter()
+                .position(|w| *w == word)
+                .and_then(|i| words.get(i + 1))
+                .copied()
+        };
         let until = after("until").and_then(|u| u.parse().ok()).unwrap_or(0);
         let goal = match after("goal") {
             Some("gone") => Some(Goal::Gone),
             Some("key") => after("key").map(|k| Goal::Key(k.to_owned())),
             _ => None,
         };
-        LockValue { until, goal, target: after("for").map(str::to_owned), released: words.last() == Some(&"released") }
+        LockValue {
+            until,
+            goal,
+            target: after("for").map(str::to_owned),
+            released: words.last() == Some(&"released"),
+        }
     }
 }
 
@@ -1010,15 +1414,26 @@ impl Lock {
     fn next(snapshot: &Snapshot, request_id: &str, budget: Duration, goal: Option<Goal>) -> Self {
         let generation = snapshot.record.head_lock().map_or(1, |h| h.generation + 1);
         let until = now_ms() + budget.as_millis() as u64 + 5_000;
-        let holder: String = request_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(64).collect();
-        let holder = if holder.is_empty() { "request".to_owned() } else { holder };
+        let holder: String = request_id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(64)
+            .collect();
+        let holder = if holder.is_empty() {
+            "request".to_owned()
+        } else {
+            holder
+        };
         let target = target_word(snapshot.target);
         let goal = match goal {
             None => String::new(),
             Some(Goal::Gone) => format!(" goal gone for {target}"),
             Some(Goal::Key(key)) => format!(" goal key {key} for {target}"),
         };
-        Lock { generation, value: format!("{holder} until {until}{goal}") }
+        Lock {
+            generation,
+            value: format!("{holder} until {until}{goal}"),
+        }
     }
 
     fn released(&self) -> String {
@@ -1027,7 +1442,10 @@ impl Lock {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -1038,10 +1456,30 @@ mod tests {
     fn lock_values_parse() {
         let v = LockValue::parse("abc-1 until 1700000000000 goal key 0a1b for device released");
         let key = Some(Goal::Key("0a1b".into()));
-        assert_eq!(v, LockValue { until: 1_700_000_000_000, goal: key, target: Some("device".into()), released: true });
+        assert_eq!(
+            v,
+            LockValue {
+                until: 1_700_000_000_000,
+                goal: key,
+                target: Some("device".into()),
+                released: true
+            }
+        );
         let v = LockValue::parse("abc until 5 goal gone for service-12");
-        assert_eq!(v, LockValue { until: 5, goal: Some(Goal::Gone), target: Some("service-12".into()), released: false });
-        assert_eq!(LockValue::parse("garbage").until, 0, "an unreadable lock counts as expired");
+        assert_eq!(
+            v,
+            LockValue {
+                until: 5,
+                goal: Some(Goal::Gone),
+                target: Some("service-12".into()),
+                released: false
+            }
+        );
+        assert_eq!(
+            LockValue::parse("garbage").until,
+            0,
+            "an unreadable lock counts as expired"
+        );
         assert_eq!(LockValue::parse("x until 7").goal, None);
     }
 }

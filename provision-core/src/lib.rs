@@ -47,7 +47,8 @@ pub fn build(settings: &Settings, registry: Arc<dyn Registry>) -> Service {
         settings.balena_api_key.clone(),
         retry::RetryPolicy::with_attempt_timeout(settings.upstream_timeout),
     );
-    let provisioner = flow::Provisioner::new(balena, registry, settings.request_budget).with_key_algorithm(settings.key_algorithm);
+    let provisioner = flow::Provisioner::new(balena, registry, settings.request_budget)
+        .with_key_algorithm(settings.key_algorithm);
     Service::new(provisioner, settings.auth.clone())
 }
 
@@ -60,7 +61,10 @@ pub async fn aws_registry_from_env() -> Result<registry::aws::AwsIotRegistry, Co
     if sdk.region().is_none() {
         return Err(ConfigError::new("AWS_REGION", "is required and not set"));
     }
-    Ok(registry::aws::AwsIotRegistry::new(aws_sdk_iot::Client::new(&sdk), policy.expose().to_owned()))
+    Ok(registry::aws::AwsIotRegistry::new(
+        aws_sdk_iot::Client::new(&sdk),
+        policy.expose().to_owned(),
+    ))
 }
 
 /// The Azure IoT Hub registry from `CONNECTION_STRING` (a service policy's, never a device's)
@@ -82,21 +86,29 @@ pub fn azure_registry_from_env() -> Result<registry::azure::IotHubRegistry, Conf
         .pool_idle_timeout(Duration::from_secs(60))
         .user_agent(concat!("balena-provision/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| ConfigError::new("PROVISION_UPSTREAM_TIMEOUT_MS", format!("cannot build the HTTP client: {e}")))?;
+        .map_err(|e| {
+            ConfigError::new(
+                "PROVISION_UPSTREAM_TIMEOUT_MS",
+                format!("cannot build the HTTP client: {e}"),
+            )
+        })?;
     registry::azure::IotHubRegistry::new(http, connection, endpoint.as_deref())
 }
 
 /// The ClearBlade IoT Core registry from `GCP_PROJECT_ID`, `GCP_REGION`, `CB_REGISTRY_ID` and
 /// `CB_SERVICE_ACCOUNT` (base64 of the service-account JSON), as balena's published function.
 #[cfg(feature = "gcp")]
-pub fn clearblade_registry_from_env() -> Result<registry::clearblade::ClearBladeRegistry, ConfigError> {
+pub fn clearblade_registry_from_env()
+-> Result<registry::clearblade::ClearBladeRegistry, ConfigError> {
     use registry::clearblade::{ClearBladeRegistry, RegistryPath, ServiceAccount};
     let lookup = |name: &str| std::env::var(name).ok();
     let project = config::required(&lookup, "GCP_PROJECT_ID")?;
     let region = config::required(&lookup, "GCP_REGION")?;
     let registry = config::required(&lookup, "CB_REGISTRY_ID")?;
     let path = RegistryPath::new(project.expose(), region.expose(), registry.expose())?;
-    let account = ServiceAccount::from_base64(config::required(&lookup, "CB_SERVICE_ACCOUNT")?.expose())?;
+    let account =
+        ServiceAccount::from_base64(config::required(&lookup, "CB_SERVICE_ACCOUNT")?.expose())?;
     let attempt = config::upstream_timeout(&lookup)?;
-    Ok(ClearBladeRegistry::new(http_client(), account, path).with_retry(retry::RetryPolicy::with_attempt_timeout(attempt)))
+    Ok(ClearBladeRegistry::new(http_client(), account, path)
+        .with_retry(retry::RetryPolicy::with_attempt_timeout(attempt)))
 }

@@ -57,7 +57,10 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The default policy with one attempt's time limit set.
     pub fn with_attempt_timeout(attempt_timeout: Duration) -> Self {
-        RetryPolicy { attempt_timeout, ..RetryPolicy::default() }
+        RetryPolicy {
+            attempt_timeout,
+            ..RetryPolicy::default()
+        }
     }
 }
 
@@ -71,12 +74,18 @@ pub enum Attempt<T> {
 }
 
 impl RetryPolicy {
-    pub async fn run<T, F, Fut>(&self, deadline: Deadline, mut attempt: F) -> Result<T, UpstreamFailure>
+    pub async fn run<T, F, Fut>(
+        &self,
+        deadline: Deadline,
+        mut attempt: F,
+    ) -> Result<T, UpstreamFailure>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Attempt<T>>,
     {
-        let mut last = UpstreamFailure::Unavailable { detail: "the request's time budget was used up".into() };
+        let mut last = UpstreamFailure::Unavailable {
+            detail: "the request's time budget was used up".into(),
+        };
         for n in 0..self.max_attempts {
             let remaining = deadline.remaining();
             if remaining.is_zero() {
@@ -87,7 +96,9 @@ impl RetryPolicy {
                 Ok(Attempt::Done(value)) => return Ok(value),
                 Ok(Attempt::Fail(failure)) => return Err(failure),
                 Ok(Attempt::Retry(failure)) => failure,
-                Err(_) => UpstreamFailure::Unavailable { detail: format!("no answer within {} ms", limit.as_millis()) },
+                Err(_) => UpstreamFailure::Unavailable {
+                    detail: format!("no answer within {} ms", limit.as_millis()),
+                },
             };
             let requested = match &failure {
                 UpstreamFailure::Throttled { retry_after } => *retry_after,
@@ -108,7 +119,10 @@ impl RetryPolicy {
 
     /// Full jitter: uniform in [0, min(max_delay, base_delay * 2^n)].
     fn backoff(&self, n: u32) -> Duration {
-        let ceiling = self.base_delay.saturating_mul(1u32 << n.min(16)).min(self.max_delay);
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1u32 << n.min(16))
+            .min(self.max_delay);
         ceiling.mul_f64(fastrand::f64())
     }
 }
@@ -119,7 +133,12 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn quick() -> RetryPolicy {
-        RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(2), attempt_timeout: Duration::from_secs(5) }
+        RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            attempt_timeout: Duration::from_secs(5),
+        }
     }
 
     #[tokio::test]
@@ -128,7 +147,9 @@ mod tests {
         let out = quick()
             .run(Deadline::after(Duration::from_secs(5)), || async {
                 if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                    Attempt::Retry(UpstreamFailure::Unavailable { detail: "503".into() })
+                    Attempt::Retry(UpstreamFailure::Unavailable {
+                        detail: "503".into(),
+                    })
                 } else {
                     Attempt::Done(7)
                 }
@@ -144,10 +165,16 @@ mod tests {
         let out: Result<(), _> = quick()
             .run(Deadline::after(Duration::from_secs(5)), || async {
                 calls.fetch_add(1, Ordering::SeqCst);
-                Attempt::Fail(UpstreamFailure::Refused { status: 400, detail: "no".into() })
+                Attempt::Fail(UpstreamFailure::Refused {
+                    status: 400,
+                    detail: "no".into(),
+                })
             })
             .await;
-        assert!(matches!(out, Err(UpstreamFailure::Refused { status: 400, .. })));
+        assert!(matches!(
+            out,
+            Err(UpstreamFailure::Refused { status: 400, .. })
+        ));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
@@ -157,7 +184,9 @@ mod tests {
         let out: Result<(), _> = quick()
             .run(Deadline::after(Duration::from_secs(5)), || async {
                 calls.fetch_add(1, Ordering::SeqCst);
-                Attempt::Retry(UpstreamFailure::Throttled { retry_after: Some(Duration::from_millis(1)) })
+                Attempt::Retry(UpstreamFailure::Throttled {
+                    retry_after: Some(Duration::from_millis(1)),
+                })
             })
             .await;
         assert!(matches!(out, Err(UpstreamFailure::Throttled { .. })));
@@ -170,16 +199,24 @@ mod tests {
         let out: Result<(), _> = quick()
             .run(Deadline::after(Duration::from_secs(2)), || async {
                 calls.fetch_add(1, Ordering::SeqCst);
-                Attempt::Retry(UpstreamFailure::Throttled { retry_after: Some(Duration::from_secs(60)) })
+                Attempt::Retry(UpstreamFailure::Throttled {
+                    retry_after: Some(Duration::from_secs(60)),
+                })
             })
             .await;
-        assert!(matches!(out, Err(UpstreamFailure::Throttled { retry_after: Some(d) }) if d.as_secs() == 60));
+        assert!(
+            matches!(out, Err(UpstreamFailure::Throttled { retry_after: Some(d) }) if d.as_secs() == 60)
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn a_hung_attempt_is_cut_by_its_timeout() {
-        let policy = RetryPolicy { attempt_timeout: Duration::from_millis(20), max_attempts: 2, ..quick() };
+        let policy = RetryPolicy {
+            attempt_timeout: Duration::from_millis(20),
+            max_attempts: 2,
+            ..quick()
+        };
         let out: Result<(), _> = policy
             .run(Deadline::after(Duration::from_secs(5)), || async {
                 tokio::time::sleep(Duration::from_secs(3600)).await;

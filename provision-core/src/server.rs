@@ -29,7 +29,9 @@ pub struct Limits {
 impl Limits {
     /// The timeout for a core whose requests stop themselves at `budget`.
     pub fn for_budget(budget: Duration) -> Self {
-        Limits { request_timeout: budget + Duration::from_secs(5) }
+        Limits {
+            request_timeout: budget + Duration::from_secs(5),
+        }
     }
 }
 
@@ -44,8 +46,13 @@ pub fn router(service: Arc<Service>, limits: Limits) -> Router {
 async fn serve_one(State(service): State<Arc<Service>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     // `limit_body` has already bounded the body; this only collects it.
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES + 1).await.unwrap_or_default();
-    service.handle(http::Request::from_parts(parts, bytes)).await.map(Body::from)
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES + 1)
+        .await
+        .unwrap_or_default();
+    service
+        .handle(http::Request::from_parts(parts, bytes))
+        .await
+        .map(Body::from)
 }
 
 fn contract_error(error: ProvisionError) -> Response {
@@ -66,9 +73,14 @@ async fn limit_body(request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let too_large = |close: bool| {
-        let mut response = contract_error(ProvisionError::TooLarge { limit: MAX_BODY_BYTES });
+        let mut response = contract_error(ProvisionError::TooLarge {
+            limit: MAX_BODY_BYTES,
+        });
         if close {
-            response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
         }
         response
     };
@@ -80,7 +92,9 @@ async fn limit_body(request: Request, next: Next) -> Response {
     let mut kept = Vec::new();
     let mut seen = 0usize;
     while let Some(chunk) = stream.next().await {
-        let Ok(chunk) = chunk else { return too_large(true) };
+        let Ok(chunk) = chunk else {
+            return too_large(true);
+        };
         seen += chunk.len();
         if seen > DRAIN_LIMIT {
             return too_large(true);
@@ -99,7 +113,10 @@ async fn time_limit(State(limits): State<Limits>, request: Request, next: Next) 
     match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
-            tracing::error!(limit_ms = limits.request_timeout.as_millis() as u64, "a request outran its time limit");
+            tracing::error!(
+                limit_ms = limits.request_timeout.as_millis() as u64,
+                "a request outran its time limit"
+            );
             contract_error(ProvisionError::Internal(format!(
                 "the request did not finish within {} s",
                 limits.request_timeout.as_secs()
@@ -122,7 +139,9 @@ pub async fn serve(
         shutdown.await;
         let _ = stopping_tx.send(());
     };
-    let server = axum::serve(listener, router(service, limits)).with_graceful_shutdown(signalled).into_future();
+    let server = axum::serve(listener, router(service, limits))
+        .with_graceful_shutdown(signalled)
+        .into_future();
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => return result,
@@ -131,7 +150,10 @@ pub async fn serve(
     match tokio::time::timeout(grace, server).await {
         Ok(result) => result,
         Err(_) => {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "requests still in flight after the shutdown grace period; stopping anyway");
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "requests still in flight after the shutdown grace period; stopping anyway"
+            );
             Ok(())
         }
     }
@@ -170,7 +192,9 @@ mod tests {
     fn body_length_router() -> Router {
         Router::new()
             .fallback(|request: Request| async move {
-                let bytes = axum::body::to_bytes(request.into_body(), usize::MAX).await.unwrap();
+                let bytes = axum::body::to_bytes(request.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
                 bytes.len().to_string()
             })
             .layer(middleware::from_fn(limit_body))
@@ -192,10 +216,23 @@ mod tests {
         let http = reqwest::Client::new();
         let url = format!("http://{addr}/provision");
         let small = http.post(&url).body(vec![b'x'; 10]).send().await.unwrap();
-        assert_eq!((small.status().as_u16(), small.text().await.unwrap()), (200, "10".to_string()));
-        let exact = http.post(&url).body(vec![b'x'; MAX_BODY_BYTES]).send().await.unwrap();
+        assert_eq!(
+            (small.status().as_u16(), small.text().await.unwrap()),
+            (200, "10".to_string())
+        );
+        let exact = http
+            .post(&url)
+            .body(vec![b'x'; MAX_BODY_BYTES])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(exact.text().await.unwrap(), MAX_BODY_BYTES.to_string());
-        let large = http.post(&url).body(vec![b'x'; MAX_BODY_BYTES + 1]).send().await.unwrap();
+        let large = http
+            .post(&url)
+            .body(vec![b'x'; MAX_BODY_BYTES + 1])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(large.status().as_u16(), 413);
         let answer: serde_json::Value = large.json().await.unwrap();
         assert_eq!(answer["error"]["code"], "provision.request.too-large");
@@ -217,7 +254,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_past_its_time_limit_gets_a_json_500() {
-        let limits = Limits { request_timeout: Duration::from_millis(50) };
+        let limits = Limits {
+            request_timeout: Duration::from_millis(50),
+        };
         let router = Router::new()
             .fallback(|| async {
                 std::future::pending::<()>().await;
@@ -225,10 +264,17 @@ mod tests {
             })
             .layer(middleware::from_fn_with_state(limits, time_limit));
         let addr = serve_router(router).await;
-        let answer = reqwest::get(format!("http://{addr}/provision")).await.unwrap();
+        let answer = reqwest::get(format!("http://{addr}/provision"))
+            .await
+            .unwrap();
         assert_eq!(answer.status().as_u16(), 500);
         let body: serde_json::Value = answer.json().await.unwrap();
         assert_eq!(body["error"]["code"], "provision.internal");
-        assert!(body["error"]["message"].as_str().unwrap().contains("did not finish"));
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("did not finish")
+        );
     }
 }

@@ -17,12 +17,21 @@ impl Answer {
     /// A final non-success answer as a failure. The text is cut and stripped of control
     /// characters; the upstreams this serves do not echo request bodies (where values live).
     pub fn refused(&self) -> UpstreamFailure {
-        let text: String = String::from_utf8_lossy(&self.body).chars().filter(|c| !c.is_control()).take(160).collect();
-        UpstreamFailure::Refused { status: self.status.as_u16(), detail: text }
+        let text: String = String::from_utf8_lossy(&self.body)
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(160)
+            .collect();
+        UpstreamFailure::Refused {
+            status: self.status.as_u16(),
+            detail: text,
+        }
     }
 
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, UpstreamFailure> {
-        serde_json::from_slice(&self.body).map_err(|e| UpstreamFailure::Unavailable { detail: format!("unreadable answer: {e}") })
+        serde_json::from_slice(&self.body).map_err(|e| UpstreamFailure::Unavailable {
+            detail: format!("unreadable answer: {e}"),
+        })
     }
 }
 
@@ -38,7 +47,11 @@ pub(crate) async fn send(
             async move {
                 let response = match request.send().await {
                     Ok(r) => r,
-                    Err(e) => return Attempt::Retry(UpstreamFailure::Unavailable { detail: transport_detail(&e) }),
+                    Err(e) => {
+                        return Attempt::Retry(UpstreamFailure::Unavailable {
+                            detail: transport_detail(&e),
+                        });
+                    }
                 };
                 let status = response.status();
                 let retry_after = response
@@ -49,12 +62,20 @@ pub(crate) async fn send(
                     .map(std::time::Duration::from_secs);
                 let body = match response.bytes().await {
                     Ok(b) => b,
-                    Err(e) => return Attempt::Retry(UpstreamFailure::Unavailable { detail: transport_detail(&e) }),
+                    Err(e) => {
+                        return Attempt::Retry(UpstreamFailure::Unavailable {
+                            detail: transport_detail(&e),
+                        });
+                    }
                 };
-                if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+                if status == StatusCode::TOO_MANY_REQUESTS
+                    || status == StatusCode::SERVICE_UNAVAILABLE
+                {
                     Attempt::Retry(UpstreamFailure::Throttled { retry_after })
                 } else if status.is_server_error() {
-                    Attempt::Retry(UpstreamFailure::Unavailable { detail: format!("answered {status}") })
+                    Attempt::Retry(UpstreamFailure::Unavailable {
+                        detail: format!("answered {status}"),
+                    })
                 } else {
                     Attempt::Done(Answer { status, body })
                 }

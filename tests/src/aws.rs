@@ -31,7 +31,9 @@ impl Moto {
         let port = free_port()?;
         // moto_server with CreateCertificateFromCsr corrected to sign the CSR's own key.
         let mut command = Command::new(python);
-        command.arg(paths::repo_root().join("tests/moto/moto_server.py")).args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        command
+            .arg(paths::repo_root().join("tests/moto/moto_server.py"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()]);
         let mut process = Process::spawn("moto", command, logs)?;
         wait_for_port(port, &mut process, "moto_server").await?;
         Ok(Moto { port, process })
@@ -60,7 +62,9 @@ impl Moto {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(REGION))
             .endpoint_url(self.endpoint())
-            .credentials_provider(aws_sdk_iot::config::Credentials::new("testing", "testing", None, None, "tests"))
+            .credentials_provider(aws_sdk_iot::config::Credentials::new(
+                "testing", "testing", None, None, "tests",
+            ))
             .load()
             .await;
         Client::new(&config)
@@ -77,7 +81,11 @@ pub async fn create_device_policy(iot: &Client) -> anyhow::Result<()> {
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}]
     });
-    iot.create_policy().policy_name(POLICY).policy_document(document.to_string()).send().await?;
+    iot.create_policy()
+        .policy_name(POLICY)
+        .policy_document(document.to_string())
+        .send()
+        .await?;
     Ok(())
 }
 
@@ -92,10 +100,18 @@ pub struct CertInfo {
 }
 
 /// The certificates attached to a thing (`None`: no such thing).
-pub async fn thing_certificates(iot: &Client, thing: &str) -> anyhow::Result<Option<Vec<CertInfo>>> {
+pub async fn thing_certificates(
+    iot: &Client,
+    thing: &str,
+) -> anyhow::Result<Option<Vec<CertInfo>>> {
     let principals = match iot.list_thing_principals().thing_name(thing).send().await {
         Ok(out) => out.principals().to_vec(),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => return Ok(None),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
+            return Ok(None);
+        }
         Err(e) => return Err(e.into()),
     };
     let mut certs = Vec::new();
@@ -107,15 +123,28 @@ pub async fn thing_certificates(iot: &Client, thing: &str) -> anyhow::Result<Opt
 
 async fn describe(iot: &Client, arn: &str) -> anyhow::Result<CertInfo> {
     let id = arn.rsplit('/').next().unwrap_or_default().to_string();
-    let described = iot.describe_certificate().certificate_id(&id).send().await?;
-    let description = described.certificate_description().ok_or_else(|| anyhow::anyhow!("no description"))?;
+    let described = iot
+        .describe_certificate()
+        .certificate_id(&id)
+        .send()
+        .await?;
+    let description = described
+        .certificate_description()
+        .ok_or_else(|| anyhow::anyhow!("no description"))?;
     let policies = iot.list_attached_policies().target(arn).send().await?;
     Ok(CertInfo {
         id,
         arn: arn.to_string(),
-        pem: description.certificate_pem().unwrap_or_default().to_string(),
+        pem: description
+            .certificate_pem()
+            .unwrap_or_default()
+            .to_string(),
         active: description.status() == Some(&CertificateStatus::Active),
-        policies: policies.policies().iter().filter_map(|p| p.policy_name().map(str::to_string)).collect(),
+        policies: policies
+            .policies()
+            .iter()
+            .filter_map(|p| p.policy_name().map(str::to_string))
+            .collect(),
     })
 }
 
@@ -124,7 +153,12 @@ pub async fn all_certificates(iot: &Client) -> anyhow::Result<Vec<(String, bool)
     Ok(certificate_pages(iot)
         .await?
         .iter()
-        .map(|c| (c.certificate_id().unwrap_or_default().to_string(), c.status() == Some(&CertificateStatus::Active)))
+        .map(|c| {
+            (
+                c.certificate_id().unwrap_or_default().to_string(),
+                c.status() == Some(&CertificateStatus::Active),
+            )
+        })
         .collect())
 }
 
@@ -133,7 +167,12 @@ async fn certificate_pages(iot: &Client) -> anyhow::Result<Vec<aws_sdk_iot::type
     let mut all = Vec::new();
     let mut marker: Option<String> = None;
     loop {
-        let out = iot.list_certificates().page_size(250).set_marker(marker.take()).send().await?;
+        let out = iot
+            .list_certificates()
+            .page_size(250)
+            .set_marker(marker.take())
+            .send()
+            .await?;
         all.extend(out.certificates().iter().cloned());
         match out.next_marker() {
             Some(next) if !next.is_empty() => marker = Some(next.to_string()),
@@ -146,8 +185,14 @@ async fn certificate_pages(iot: &Client) -> anyhow::Result<Vec<aws_sdk_iot::type
 /// device's variables can name (orphans).
 pub async fn orphan_certificates(iot: &Client, except: &str) -> anyhow::Result<Vec<String>> {
     let mut orphans = Vec::new();
-    for cert in certificate_pages(iot).await?.iter().filter(|c| c.status() == Some(&CertificateStatus::Active)) {
-        let (Some(id), Some(arn)) = (cert.certificate_id(), cert.certificate_arn()) else { continue };
+    for cert in certificate_pages(iot)
+        .await?
+        .iter()
+        .filter(|c| c.status() == Some(&CertificateStatus::Active))
+    {
+        let (Some(id), Some(arn)) = (cert.certificate_id(), cert.certificate_arn()) else {
+            continue;
+        };
         let things = iot.list_principal_things().principal(arn).send().await?;
         if things.things().iter().all(|t| t == except) {
             orphans.push(id.to_string());
@@ -159,7 +204,12 @@ pub async fn orphan_certificates(iot: &Client, except: &str) -> anyhow::Result<V
 pub async fn thing_exists(iot: &Client, thing: &str) -> anyhow::Result<bool> {
     match iot.describe_thing().thing_name(thing).send().await {
         Ok(_) => Ok(true),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(false),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
+            Ok(false)
+        }
         Err(e) => Err(e.into()),
     }
 }

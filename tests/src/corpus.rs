@@ -64,7 +64,9 @@ impl Material {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let csr = |key: &rcgen::KeyPair, cn: &str| {
             let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
             params.serialize_request(key).unwrap()
         };
         let mut tampered = csr(&key, uuid).der().to_vec();
@@ -72,13 +74,18 @@ impl Material {
         tampered[last] ^= 0x01;
         let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
         let mut cert_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        cert_params.distinguished_name.push(rcgen::DnType::CommonName, uuid);
+        cert_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, uuid);
         let certificate = cert_params.self_signed(&key).unwrap().pem();
         Material {
             values: vec![
                 ("{uuid}", uuid.to_string()),
                 ("{UUID}", uuid.to_uppercase()),
-                ("{csr_other}", csr(&key, "00000000000000000000000000000000").pem().unwrap()),
+                (
+                    "{csr_other}",
+                    csr(&key, "00000000000000000000000000000000").pem().unwrap(),
+                ),
                 ("{csr_tampered}", pem("CERTIFICATE REQUEST", &tampered)),
                 ("{csr_p384}", csr(&p384, uuid).pem().unwrap()),
                 ("{certificate}", certificate),
@@ -88,14 +95,22 @@ impl Material {
     }
 
     fn fill(&self, text: &str) -> String {
-        self.values.iter().fold(text.to_string(), |text, (name, value)| text.replace(name, value))
+        self.values
+            .iter()
+            .fold(text.to_string(), |text, (name, value)| {
+                text.replace(name, value)
+            })
     }
 
     fn fill_json(&self, value: &Value) -> Value {
         match value {
             Value::String(s) => Value::String(self.fill(s)),
             Value::Array(items) => Value::Array(items.iter().map(|v| self.fill_json(v)).collect()),
-            Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), self.fill_json(v))).collect()),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), self.fill_json(v)))
+                    .collect(),
+            ),
             other => other.clone(),
         }
     }
@@ -103,8 +118,15 @@ impl Material {
 
 fn pem(label: &str, der: &[u8]) -> String {
     let body = provision_core::credentials::base64_encode(der);
-    let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }
 
 impl Case {
@@ -133,7 +155,11 @@ impl Case {
                 off.push(if last == 'a' { 'b' } else { 'a' });
                 call.bearer(&off)
             }
-            raw => call.header("authorization", raw.strip_prefix("raw:").unwrap_or_else(|| panic!("unknown auth '{raw}'"))),
+            raw => call.header(
+                "authorization",
+                raw.strip_prefix("raw:")
+                    .unwrap_or_else(|| panic!("unknown auth '{raw}'")),
+            ),
         }
     }
 }
@@ -144,9 +170,17 @@ fn generate(spec: &Value) -> String {
         let pad = (n as usize).saturating_sub(head.len() + 2);
         return format!("{head}{}\"}}", "x".repeat(pad));
     }
-    if let Some([open, close, n]) = spec.get("nest").and_then(Value::as_array).map(Vec::as_slice) {
+    if let Some([open, close, n]) = spec
+        .get("nest")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+    {
         let n = n.as_u64().unwrap_or(1) as usize;
-        return format!("{}{}", open.as_str().unwrap_or("").repeat(n), close.as_str().unwrap_or("").repeat(n));
+        return format!(
+            "{}{}",
+            open.as_str().unwrap_or("").repeat(n),
+            close.as_str().unwrap_or("").repeat(n)
+        );
     }
     panic!("unknown generator {spec}")
 }

@@ -17,7 +17,13 @@ pub struct Call {
 
 impl Call {
     pub fn new(method: &str, path: &str) -> Self {
-        Call { method: method.into(), path: path.into(), query: String::new(), headers: Vec::new(), body: None }
+        Call {
+            method: method.into(),
+            path: path.into(),
+            query: String::new(),
+            headers: Vec::new(),
+            body: None,
+        }
     }
 
     pub fn post(body: Value) -> Self {
@@ -55,7 +61,10 @@ impl Call {
     }
 
     fn header_map(&self) -> serde_json::Map<String, Value> {
-        self.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()
+        self.headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect()
     }
 
     fn query_map(&self) -> BTreeMap<String, String> {
@@ -152,23 +161,36 @@ pub struct Answer {
 
 impl Answer {
     pub fn from_lambda_response(value: &Value) -> anyhow::Result<Answer> {
-        let status = value["statusCode"].as_u64().ok_or_else(|| anyhow::anyhow!("no statusCode in {value}"))? as u16;
+        let status = value["statusCode"]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("no statusCode in {value}"))?
+            as u16;
         let mut headers = BTreeMap::new();
         if let Some(map) = value["headers"].as_object() {
             for (k, v) in map {
-                headers.insert(k.to_ascii_lowercase(), v.as_str().unwrap_or_default().to_string());
+                headers.insert(
+                    k.to_ascii_lowercase(),
+                    v.as_str().unwrap_or_default().to_string(),
+                );
             }
         }
         if let Some(map) = value["multiValueHeaders"].as_object() {
             for (k, v) in map {
                 if let Some(first) = v.as_array().and_then(|a| a.first()).and_then(Value::as_str) {
-                    headers.entry(k.to_ascii_lowercase()).or_insert_with(|| first.to_string());
+                    headers
+                        .entry(k.to_ascii_lowercase())
+                        .or_insert_with(|| first.to_string());
                 }
             }
         }
         let raw_body = value["body"].as_str().unwrap_or_default().to_string();
         let body = serde_json::from_str(&raw_body).unwrap_or(Value::Null);
-        Ok(Answer { status, headers, body, raw_body })
+        Ok(Answer {
+            status,
+            headers,
+            body,
+            raw_body,
+        })
     }
 
     pub fn error_code(&self) -> &str {

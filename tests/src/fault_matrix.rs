@@ -46,7 +46,12 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 4] = [Operation::New, Operation::Repair, Operation::Rotate, Operation::Delete];
+    pub const ALL: [Operation; 4] = [
+        Operation::New,
+        Operation::Repair,
+        Operation::Rotate,
+        Operation::Delete,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -69,7 +74,12 @@ impl Operation {
 }
 
 /// The ways a call fails in the matrix.
-pub const KINDS: [FaultKind; 4] = [FaultKind::ServerError, FaultKind::Throttled { retry_after: 1 }, FaultKind::Hang, FaultKind::Reset];
+pub const KINDS: [FaultKind; 4] = [
+    FaultKind::ServerError,
+    FaultKind::Throttled { retry_after: 1 },
+    FaultKind::Hang,
+    FaultKind::Reset,
+];
 
 /// Every client the functions use makes four attempts per call (the balenaCloud and ClearBlade
 /// clients' policy, the AWS SDK's `max_attempts`, azure_core's three retries): a fault on a
@@ -101,15 +111,31 @@ impl Cell {
 /// Runs the whole matrix for one cloud and returns its cells.
 pub async fn run<S: Stack>() -> Vec<Cell> {
     let runs = Operation::ALL.map(|op| operation::<S>(op));
-    futures::future::join_all(runs).await.into_iter().flatten().collect()
+    futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// The table of one cloud's cells: one row per call, one column per fault kind.
 pub fn table(cloud: &str, cells: &[Cell]) -> String {
     let mut out = String::new();
     let passed = cells.iter().filter(|c| c.passed()).count();
-    let _ = writeln!(out, "fault matrix, {cloud}: {passed}/{} cells pass", cells.len());
-    let _ = writeln!(out, "{:<5} {:<12} {:>2}  {:<84} {}", "cloud", "operation", "k", "upstream call (method, path; ids elided)", KINDS.map(|k| format!("{:<6}", k.name())).join(" "));
+    let _ = writeln!(
+        out,
+        "fault matrix, {cloud}: {passed}/{} cells pass",
+        cells.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:<5} {:<12} {:>2}  {:<84} {}",
+        "cloud",
+        "operation",
+        "k",
+        "upstream call (method, path; ids elided)",
+        KINDS.map(|k| format!("{:<6}", k.name())).join(" ")
+    );
     for op in Operation::ALL {
         let mut rows: Vec<(String, usize)> = Vec::new();
         for c in cells.iter().filter(|c| c.operation == op) {
@@ -118,20 +144,51 @@ pub fn table(cloud: &str, cells: &[Cell]) -> String {
             }
         }
         for (k, (label, occurrence)) in rows.iter().enumerate() {
-            let shown = if *occurrence > 1 { format!("{label} (#{occurrence})") } else { label.clone() };
-            let shown: String = if shown.chars().count() > 84 { shown.chars().take(83).chain(['…']).collect() } else { shown };
+            let shown = if *occurrence > 1 {
+                format!("{label} (#{occurrence})")
+            } else {
+                label.clone()
+            };
+            let shown: String = if shown.chars().count() > 84 {
+                shown.chars().take(83).chain(['…']).collect()
+            } else {
+                shown
+            };
             let marks: Vec<String> = KINDS
                 .iter()
                 .map(|kind| {
-                    let cell = cells.iter().find(|c| c.operation == op && &c.label == label && c.occurrence == *occurrence && c.kind == *kind);
-                    format!("{:<6}", cell.map_or("-", |c| if c.passed() { "pass" } else { "FAIL" }))
+                    let cell = cells.iter().find(|c| {
+                        c.operation == op
+                            && &c.label == label
+                            && c.occurrence == *occurrence
+                            && c.kind == *kind
+                    });
+                    format!(
+                        "{:<6}",
+                        cell.map_or("-", |c| if c.passed() { "pass" } else { "FAIL" })
+                    )
                 })
                 .collect();
-            let _ = writeln!(out, "{cloud:<5} {:<12} {:>2}  {shown:<84} {}", op.name(), k + 1, marks.join(" "));
+            let _ = writeln!(
+                out,
+                "{cloud:<5} {:<12} {:>2}  {shown:<84} {}",
+                op.name(),
+                k + 1,
+                marks.join(" ")
+            );
         }
     }
     for c in cells.iter().filter(|c| !c.passed()) {
-        let _ = writeln!(out, "FAIL {cloud} {} {} #{} {}: answered {}: {}", c.operation.name(), c.label, c.occurrence, c.kind.name(), c.answer, c.problems.join("; "));
+        let _ = writeln!(
+            out,
+            "FAIL {cloud} {} {} #{} {}: answered {}: {}",
+            c.operation.name(),
+            c.label,
+            c.occurrence,
+            c.kind.name(),
+            c.answer,
+            c.problems.join("; ")
+        );
     }
     out
 }
@@ -141,7 +198,10 @@ fn options() -> Options {
         faults: true,
         extra_env: vec![
             ("PROVISION_REQUEST_BUDGET_MS".into(), BUDGET_MS.to_string()),
-            ("PROVISION_UPSTREAM_TIMEOUT_MS".into(), UPSTREAM_TIMEOUT_MS.to_string()),
+            (
+                "PROVISION_UPSTREAM_TIMEOUT_MS".into(),
+                UPSTREAM_TIMEOUT_MS.to_string(),
+            ),
         ],
         ..Options::default()
     }
@@ -158,19 +218,40 @@ async fn operation<S: Stack>(op: Operation) -> Vec<Cell> {
     for _ in 0..2 {
         let device = prepare(&world, op).await;
         traffic.clear();
-        let answer = world.call(request(&world, op, &device)).await.expect("an answer");
+        let answer = world
+            .call(request(&world, op, &device))
+            .await
+            .expect("an answer");
         let (status, text) = op.success();
-        assert_eq!((answer.status, answer.status_text()), (status, text), "{} without faults: {}", op.name(), answer.raw_body);
+        assert_eq!(
+            (answer.status, answer.status_text()),
+            (status, text),
+            "{} without faults: {}",
+            op.name(),
+            answer.raw_body
+        );
         runs.push(traffic.log());
     }
     let mut positions: Vec<(String, usize)> = Vec::new();
     for exchange in &runs[1] {
-        let occurrence = positions.iter().filter(|(l, _)| *l == exchange.label).count() + 1;
+        let occurrence = positions
+            .iter()
+            .filter(|(l, _)| *l == exchange.label)
+            .count()
+            + 1;
         positions.push((exchange.label.clone(), occurrence));
     }
     assert!(!positions.is_empty(), "{} made no upstream call", op.name());
-    for cold in runs[0].iter().filter(|e| !positions.iter().any(|(l, _)| *l == e.label)) {
-        println!("note: {} {}: the first request of a process also calls {} (cached afterwards; not in the matrix)", S::CLOUD, op.name(), cold.label);
+    for cold in runs[0]
+        .iter()
+        .filter(|e| !positions.iter().any(|(l, _)| *l == e.label))
+    {
+        println!(
+            "note: {} {}: the first request of a process also calls {} (cached afterwards; not in the matrix)",
+            S::CLOUD,
+            op.name(),
+            cold.label
+        );
     }
 
     // `PROVISION_MATRIX_ONLY=<text>` runs only the cells whose "<operation> <label> <kind>"
@@ -179,7 +260,9 @@ async fn operation<S: Stack>(op: Operation) -> Vec<Cell> {
     let mut cells = Vec::new();
     for (label, occurrence) in &positions {
         for kind in KINDS {
-            if only.as_ref().is_some_and(|o| !format!("{} {label} {}", op.name(), kind.name()).contains(o.as_str())) {
+            if only.as_ref().is_some_and(|o| {
+                !format!("{} {label} {}", op.name(), kind.name()).contains(o.as_str())
+            }) {
                 continue;
             }
             cells.push(cell(&world, &traffic, op, label, *occurrence, kind).await);
@@ -195,17 +278,32 @@ async fn prepare<S: Stack>(world: &S, op: Operation) -> Device {
     if op == Operation::New {
         return device;
     }
-    let created = world.call(Call::post(Target::Device.body(&device.uuid)).bearer(&device.key)).await.expect("an answer");
-    assert_eq!(created.status, 201, "preparing {}: {}", op.name(), created.raw_body);
+    let created = world
+        .call(Call::post(Target::Device.body(&device.uuid)).bearer(&device.key))
+        .await
+        .expect("an answer");
+    assert_eq!(
+        created.status,
+        201,
+        "preparing {}: {}",
+        op.name(),
+        created.raw_body
+    );
     if op == Operation::Repair {
         // Variables that no longer match the credential, while still naming it: a private key
         // that is not the certificate's (AWS, Azure), a wrong registry path (GCP).
         if S::CLOUD == "gcp" {
-            world.balena.set_device_var(device.id, "GCP_CLIENT_PATH", "projects/elsewhere").await;
+            world
+                .balena
+                .set_device_var(device.id, "GCP_CLIENT_PATH", "projects/elsewhere")
+                .await;
         } else {
             let other = rcgen::KeyPair::generate().expect("a key").serialize_pem();
             let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, other);
-            world.balena.set_device_var(device.id, S::KEY_VAR, &encoded).await;
+            world
+                .balena
+                .set_device_var(device.id, S::KEY_VAR, &encoded)
+                .await;
         }
     }
     device
@@ -231,18 +329,35 @@ struct Seen {
 }
 
 async fn seen<S: Stack>(world: &S, device: &Device) -> Seen {
-    let all = world.credentials().await.into_iter().map(|c| c.id).collect();
+    let all = world
+        .credentials()
+        .await
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     let (entry, _) = world.registered(device).await;
     Seen { all, entry }
 }
 
-async fn cell<S: Stack>(world: &S, traffic: &Traffic, op: Operation, label: &str, occurrence: usize, kind: FaultKind) -> Cell {
+async fn cell<S: Stack>(
+    world: &S,
+    traffic: &Traffic,
+    op: Operation,
+    label: &str,
+    occurrence: usize,
+    kind: FaultKind,
+) -> Cell {
     let device = prepare(world, op).await;
     let before = seen(world, &device).await;
     let log_lines = world.logs().lines().len();
     let mut problems = Vec::new();
 
-    traffic.plan(PlannedFault { label: label.to_string(), occurrence, kind, attempts: ATTEMPTS });
+    traffic.plan(PlannedFault {
+        label: label.to_string(),
+        occurrence,
+        kind,
+        attempts: ATTEMPTS,
+    });
     let started = Instant::now();
     let limit = Duration::from_millis(BUDGET_MS) + Duration::from_secs(5);
     let answer = tokio::time::timeout(limit, world.call(request(world, op, &device))).await;
@@ -251,7 +366,15 @@ async fn cell<S: Stack>(world: &S, traffic: &Traffic, op: Operation, label: &str
     traffic.clear();
 
     let shown = match &answer {
-        Ok(Ok(a)) => format!("{} {}", a.status, if a.status < 300 { a.status_text().to_string() } else { a.error_code().to_string() }),
+        Ok(Ok(a)) => format!(
+            "{} {}",
+            a.status,
+            if a.status < 300 {
+                a.status_text().to_string()
+            } else {
+                a.error_code().to_string()
+            }
+        ),
         Ok(Err(e)) => format!("no answer ({e})"),
         Err(_) => format!("no answer within {} ms", limit.as_millis()),
     };
@@ -260,12 +383,21 @@ async fn cell<S: Stack>(world: &S, traffic: &Traffic, op: Operation, label: &str
         _ => problems.push(shown.clone()),
     }
     if elapsed > Duration::from_millis(BUDGET_MS + 1_000) {
-        problems.push(format!("answered after {} ms, past the {BUDGET_MS} ms budget", elapsed.as_millis()));
+        problems.push(format!(
+            "answered after {} ms, past the {BUDGET_MS} ms budget",
+            elapsed.as_millis()
+        ));
     }
     if fired == 0 {
         problems.push("the planned call was not made".into());
     }
-    let panics: Vec<String> = world.logs().lines().into_iter().skip(log_lines).filter(|l| l.contains("panicked")).collect();
+    let panics: Vec<String> = world
+        .logs()
+        .lines()
+        .into_iter()
+        .skip(log_lines)
+        .filter(|l| l.contains("panicked"))
+        .collect();
     if !panics.is_empty() {
         problems.push(format!("the function panicked: {panics:?}"));
     }
@@ -275,7 +407,9 @@ async fn cell<S: Stack>(world: &S, traffic: &Traffic, op: Operation, label: &str
 
     // One retry without faults converges.
     let retry = match op {
-        Operation::Delete => Call::delete(Target::Device.body(&device.uuid)).bearer(&world.secrets.operator_token),
+        Operation::Delete => {
+            Call::delete(Target::Device.body(&device.uuid)).bearer(&world.secrets.operator_token)
+        }
         _ => Call::post(Target::Device.body(&device.uuid)).bearer(&device.key),
     };
     match world.call(retry).await {
@@ -285,18 +419,41 @@ async fn cell<S: Stack>(world: &S, traffic: &Traffic, op: Operation, label: &str
     }
     // The scenarios' own assertions, their panics caught (and kept off the output).
     let converged = if op == Operation::Delete {
-        Quiet(Box::pin(std::panic::AssertUnwindSafe(world.assert_gone(&device, Target::Device)).catch_unwind())).await.is_ok()
+        Quiet(Box::pin(
+            std::panic::AssertUnwindSafe(world.assert_gone(&device, Target::Device)).catch_unwind(),
+        ))
+        .await
+        .is_ok()
     } else {
-        Quiet(Box::pin(std::panic::AssertUnwindSafe(world.assert_provisioned(&device, Target::Device, false)).catch_unwind())).await.is_ok()
+        Quiet(Box::pin(
+            std::panic::AssertUnwindSafe(world.assert_provisioned(&device, Target::Device, false))
+                .catch_unwind(),
+        ))
+        .await
+        .is_ok()
     };
     if !converged {
-        problems.push(format!("one retry did not leave the device fully {}", if op == Operation::Delete { "removed" } else { "provisioned" }));
+        problems.push(format!(
+            "one retry did not leave the device fully {}",
+            if op == Operation::Delete {
+                "removed"
+            } else {
+                "provisioned"
+            }
+        ));
     }
     if !lock_may_stay && let Some(lock) = world.held_lock(&device, Target::Device).await {
         problems.push(format!("a lock is held after the retry: {lock}"));
     }
 
-    Cell { operation: op, label: label.to_string(), occurrence, kind, answer: shown, problems }
+    Cell {
+        operation: op,
+        label: label.to_string(),
+        occurrence,
+        kind,
+        answer: shown,
+        problems,
+    }
 }
 
 /// The answer is the operation's success or an upstream error in the contract's form.
@@ -314,33 +471,65 @@ fn check_answer(op: Operation, answer: &Answer) -> Vec<String> {
                 problems.push("503 without Retry-After".into());
             }
         }
-        _ => problems.push(format!("unexpected answer {}: {}", answer.status, answer.raw_body)),
+        _ => problems.push(format!(
+            "unexpected answer {}: {}",
+            answer.status, answer.raw_body
+        )),
     }
-    if answer.body["error"]["message"].as_str().is_none_or(|m| m.is_empty()) || answer.body["request_id"].as_str().is_none() {
-        problems.push(format!("error body is not the contract's JSON: {}", answer.raw_body));
+    if answer.body["error"]["message"]
+        .as_str()
+        .is_none_or(|m| m.is_empty())
+        || answer.body["request_id"].as_str().is_none()
+    {
+        problems.push(format!(
+            "error body is not the contract's JSON: {}",
+            answer.raw_body
+        ));
     }
     problems
 }
 
 /// The invariants right after the faulted request, as problems.
-async fn invariants<S: Stack>(world: &S, device: &Device, before: &Seen, lock_may_stay: bool) -> Vec<String> {
+async fn invariants<S: Stack>(
+    world: &S,
+    device: &Device,
+    before: &Seen,
+    lock_may_stay: bool,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let (entry, registered) = world.registered(device).await;
     let named = world.named(device, Target::Device).await;
     for c in registered.iter().filter(|c| c.active) {
         if named.as_deref() != Some(c.id.as_str()) {
-            problems.push(format!("active credential {} is not the one the variables name ({named:?})", short(&c.id)));
+            problems.push(format!(
+                "active credential {} is not the one the variables name ({named:?})",
+                short(&c.id)
+            ));
         }
     }
     if let Some(named) = &named
         && !registered.iter().any(|c| c.active && &c.id == named)
     {
-        problems.push(format!("the variables name {}, which is not an active credential of the device", short(named)));
+        problems.push(format!(
+            "the variables name {}, which is not an active credential of the device",
+            short(named)
+        ));
     }
-    let now: BTreeSet<String> = world.credentials().await.into_iter().map(|c| c.id).collect();
-    let left: Vec<&String> = now.difference(&before.all).filter(|id| Some(id.as_str()) != named.as_deref()).collect();
+    let now: BTreeSet<String> = world
+        .credentials()
+        .await
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let left: Vec<&String> = now
+        .difference(&before.all)
+        .filter(|id| Some(id.as_str()) != named.as_deref())
+        .collect();
     if !left.is_empty() {
-        problems.push(format!("credentials this request made are left: {:?}", left.iter().map(|id| short(id)).collect::<Vec<_>>()));
+        problems.push(format!(
+            "credentials this request made are left: {:?}",
+            left.iter().map(|id| short(id)).collect::<Vec<_>>()
+        ));
     }
     let vars = checks::vars(world, device, Target::Device).await;
     if entry && !before.entry && vars.is_empty() {
@@ -367,7 +556,10 @@ struct Quiet<F>(F);
 impl<F: Future + Unpin> Future for Quiet<F> {
     type Output = F::Output;
 
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
         static HOOK: std::sync::Once = std::sync::Once::new();
         HOOK.call_once(|| {
             let previous = std::panic::take_hook();

@@ -13,19 +13,28 @@ pub fn use_binaries_from(dir: PathBuf) {
 }
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 /// The project's Python virtual environment (moto, cfn-lint), `PROVISION_VENV` or `.venv`.
 pub fn venv() -> PathBuf {
-    std::env::var_os("PROVISION_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv"))
+    std::env::var_os("PROVISION_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv"))
 }
 
 /// The target directory the running test or demo was built into.
 fn target_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         let dir = PathBuf::from(dir);
-        return if dir.is_absolute() { dir } else { repo_root().join(dir) };
+        return if dir.is_absolute() {
+            dir
+        } else {
+            repo_root().join(dir)
+        };
     }
     repo_root().join("target")
 }
@@ -34,13 +43,23 @@ fn target_dir() -> PathBuf {
 /// `PROVISION_BIN_DIR` names, else built in the same profile as the running executable. Fails
 /// with a message that says how to build it.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    if let Some(explicit) = std::env::var_os(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
+    if let Some(explicit) =
+        std::env::var_os(format!("{}_BIN", name.to_uppercase().replace('-', "_")))
+    {
         return Ok(PathBuf::from(explicit));
     }
     // A directory chosen by `use_binaries_from` or `PROVISION_BIN_DIR`: only there.
-    if let Some(dir) = BINARY_DIR.get().cloned().or_else(|| std::env::var_os("PROVISION_BIN_DIR").map(PathBuf::from)) {
+    if let Some(dir) = BINARY_DIR
+        .get()
+        .cloned()
+        .or_else(|| std::env::var_os("PROVISION_BIN_DIR").map(PathBuf::from))
+    {
         let path = dir.join(name);
-        anyhow::ensure!(path.is_file(), "binary '{name}' is not in {}: build it there first", dir.display());
+        anyhow::ensure!(
+            path.is_file(),
+            "binary '{name}' is not in {}: build it there first",
+            dir.display()
+        );
         return Ok(path);
     }
     // The running executable sits in target/<profile>/ or target/<profile>/deps/.
@@ -51,8 +70,7 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     }
     candidates.push(target_dir().join("debug").join(name));
     candidates.push(target_dir().join("release").join(name));
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| anyhow::anyhow!("binary '{name}' is not built: run `cargo build --bins` first"))
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        anyhow::anyhow!("binary '{name}' is not built: run `cargo build --bins` first")
+    })
 }

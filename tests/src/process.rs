@@ -59,8 +59,14 @@ impl Process {
     /// Spawns `command` with stdout and stderr captured into `logs` (and echoed when
     /// `PROVISION_TEST_ECHO` is set).
     pub fn spawn(name: &str, mut command: Command, logs: &LogBook) -> anyhow::Result<Process> {
-        command.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| anyhow::anyhow!("could not start {name}: {e}"))?;
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("could not start {name}: {e}"))?;
         let mut pumps = Vec::new();
         if let Some(out) = child.stdout.take() {
             pumps.push(tokio::spawn(pump(out, logs.clone(), name.to_string())));
@@ -68,7 +74,11 @@ impl Process {
         if let Some(err) = child.stderr.take() {
             pumps.push(tokio::spawn(pump(err, logs.clone(), name.to_string())));
         }
-        Ok(Process { child, name: name.to_string(), pumps })
+        Ok(Process {
+            child,
+            name: name.to_string(),
+            pumps,
+        })
     }
 
     /// Kills the process and waits until every line it printed is in the log book.
@@ -82,14 +92,22 @@ impl Process {
 
     /// Sends SIGTERM (how Cloud Run and the Functions host stop an instance), without waiting.
     pub fn terminate(&self) -> anyhow::Result<()> {
-        let pid = self.child.id().ok_or_else(|| anyhow::anyhow!("{} has already exited", self.name))?;
-        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| anyhow::anyhow!("{} has already exited", self.name))?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
         anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
         Ok(())
     }
 
     /// Waits for the process to exit by itself (and its output to be read), at most `limit`.
-    pub async fn wait(&mut self, limit: std::time::Duration) -> anyhow::Result<std::process::ExitStatus> {
+    pub async fn wait(
+        &mut self,
+        limit: std::time::Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
         let status = tokio::time::timeout(limit, self.child.wait())
             .await
             .map_err(|_| anyhow::anyhow!("{} did not exit within {limit:?}", self.name))??;
@@ -121,7 +139,10 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// Waits until something accepts TCP connections on the port, or the child exits.
 pub async fn wait_for_port(port: u16, process: &mut Process, what: &str) -> anyhow::Result<()> {
     for _ in 0..600 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         if let Ok(Some(status)) = process.child.try_wait() {

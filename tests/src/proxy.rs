@@ -28,7 +28,11 @@ impl CountingProxy {
                 });
             }
         });
-        Ok(CountingProxy { port, connections, task })
+        Ok(CountingProxy {
+            port,
+            connections,
+            task,
+        })
     }
 
     pub fn connections(&self) -> usize {

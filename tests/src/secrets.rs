@@ -25,9 +25,17 @@ const SHAPES: &[&str] = &[
 /// Lines and answers holding a secret, each with the secret masked (so the report itself does
 /// not spread it).
 pub fn leaks(logs: &LogBook, known: &[String]) -> Vec<String> {
-    let known: Vec<&str> = known.iter().map(String::as_str).filter(|s| s.len() >= 8).collect();
+    let known: Vec<&str> = known
+        .iter()
+        .map(String::as_str)
+        .filter(|s| s.len() >= 8)
+        .collect();
     let mut found = Vec::new();
-    let sources = logs.lines().into_iter().map(|l| ("log", l)).chain(logs.answers().into_iter().map(|a| ("answer", a)));
+    let sources = logs
+        .lines()
+        .into_iter()
+        .map(|l| ("log", l))
+        .chain(logs.answers().into_iter().map(|a| ("answer", a)));
     for (what, text) in sources {
         let shape = SHAPES.iter().find(|s| text.contains(*s));
         let value = known.iter().find(|k| text.contains(*k));
@@ -38,8 +46,14 @@ pub fn leaks(logs: &LogBook, known: &[String]) -> Vec<String> {
         for k in &known {
             masked = masked.replace(k, "<secret>");
         }
-        let kind = shape.map_or_else(|| "a known secret value".to_string(), |s| format!("text shaped like a secret ({s:?})"));
-        found.push(format!("{what} holds {kind}: {}", masked.chars().take(300).collect::<String>()));
+        let kind = shape.map_or_else(
+            || "a known secret value".to_string(),
+            |s| format!("text shaped like a secret ({s:?})"),
+        );
+        found.push(format!(
+            "{what} holds {kind}: {}",
+            masked.chars().take(300).collect::<String>()
+        ));
     }
     found
 }
@@ -47,7 +61,11 @@ pub fn leaks(logs: &LogBook, known: &[String]) -> Vec<String> {
 /// Panics with the leaks, if any.
 pub fn assert_none(world: &str, logs: &LogBook, known: &[String]) {
     let found = leaks(logs, known);
-    assert!(found.is_empty(), "{world}: secrets in the function's output or answers:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "{world}: secrets in the function's output or answers:\n{}",
+        found.join("\n")
+    );
 }
 
 #[cfg(test)]
@@ -64,6 +82,9 @@ mod tests {
         logs.record_answer(r#"{"message":"SharedAccessSignature sr=hub&sig=abc"}"#);
         let found = leaks(&logs, &["fnkey0123456789".to_string()]);
         assert_eq!(found.len(), 3, "{found:?}");
-        assert!(found.iter().all(|f| !f.contains("fnkey0123456789")), "the report masks the value: {found:?}");
+        assert!(
+            found.iter().all(|f| !f.contains("fnkey0123456789")),
+            "the report masks the value: {found:?}"
+        );
     }
 }

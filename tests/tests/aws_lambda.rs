@@ -20,14 +20,34 @@ shared_scenarios!(AwsWorld);
 async fn rotation_deletes_the_old_certificate() {
     let world = AwsWorld::start().await.unwrap();
     let device = world.add_device().await;
-    let created = world.call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key)).await.unwrap();
+    let created = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key))
+        .await
+        .unwrap();
     assert_eq!(created.status, 201, "{}", created.raw_body);
-    let first = world.assert_provisioned(&device, Target::Device, false).await;
-    let rotated = world.call(Call::post(json!({"uuid": device.uuid, "rotate": true})).bearer(&device.key)).await.unwrap();
+    let first = world
+        .assert_provisioned(&device, Target::Device, false)
+        .await;
+    let rotated = world
+        .call(Call::post(json!({"uuid": device.uuid, "rotate": true})).bearer(&device.key))
+        .await
+        .unwrap();
     assert_eq!(rotated.status_text(), "rotated", "{}", rotated.raw_body);
-    let second = world.assert_provisioned(&device, Target::Device, false).await;
-    let ids: Vec<String> = aws::all_certificates(&world.iot).await.unwrap().into_iter().map(|(id, _)| id).collect();
-    assert_eq!(ids, vec![second.id], "only the new certificate exists (not {})", first.id);
+    let second = world
+        .assert_provisioned(&device, Target::Device, false)
+        .await;
+    let ids: Vec<String> = aws::all_certificates(&world.iot)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        ids,
+        vec![second.id],
+        "only the new certificate exists (not {})",
+        first.id
+    );
     world.stop().await;
 }
 
@@ -44,7 +64,10 @@ async fn a_missing_policy_setting_stops_the_function_with_one_line() {
     assert!(!status.success(), "the function exits non-zero");
     world.stop_functions_and_wait().await;
     let lines = world.logs.lines();
-    let named: Vec<_> = lines.iter().filter(|l| l.contains("AWS_IOT_POLICY")).collect();
+    let named: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("AWS_IOT_POLICY"))
+        .collect();
     assert_eq!(named.len(), 1, "one line names the variable: {lines:?}");
     world.stop().await;
 }

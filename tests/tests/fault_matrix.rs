@@ -12,7 +12,12 @@ async fn matrix<S: Stack>() {
     println!("{table}");
     let failed = cells.iter().filter(|c| !c.passed()).count();
     assert!(!cells.is_empty(), "no cell ran");
-    assert_eq!(failed, 0, "{failed} of {} cells failed:\n{table}", cells.len());
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} cells failed:\n{table}",
+        cells.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -38,11 +38,17 @@ async fn main() {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_ansi(false)
         .init();
-    let Configured { settings, registry, port, limits } = match configure() {
+    let Configured {
+        settings,
+        registry,
+        port,
+        limits,
+    } = match configure() {
         Ok(configured) => configured,
         Err(e) => {
             eprintln!("provision-azure: {e}");
@@ -61,7 +67,9 @@ async fn main() {
     // The Functions host stops a worker with SIGTERM; requests in flight get their budget.
     let grace = limits.request_timeout;
     let shutdown = provision_core::server::shutdown_signal();
-    if let Err(e) = provision_core::server::serve(listener, Arc::new(service), limits, shutdown, grace).await {
+    if let Err(e) =
+        provision_core::server::serve(listener, Arc::new(service), limits, shutdown, grace).await
+    {
         eprintln!("provision-azure: server failed: {e}");
         std::process::exit(1);
     }
@@ -78,14 +86,25 @@ struct Configured {
 fn configure() -> Result<Configured, provision_core::ConfigError> {
     let settings = provision_core::Settings::from_env()?;
     let registry = provision_core::azure_registry_from_env()?;
-    let port = match std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT").ok().filter(|v| !v.is_empty()) {
+    let port = match std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
         None => 8080,
-        Some(v) => v
-            .parse::<u16>()
-            .map_err(|_| provision_core::ConfigError::new("FUNCTIONS_CUSTOMHANDLER_PORT", "must be a port number"))?,
+        Some(v) => v.parse::<u16>().map_err(|_| {
+            provision_core::ConfigError::new(
+                "FUNCTIONS_CUSTOMHANDLER_PORT",
+                "must be a port number",
+            )
+        })?,
     };
     let limits = provision_core::server::Limits::for_budget(settings.request_budget);
-    Ok(Configured { settings, registry, port, limits })
+    Ok(Configured {
+        settings,
+        registry,
+        port,
+        limits,
+    })
 }
 
 /// `--check`: the configuration loaded as at start-up, then the read-only checks. Gives the
@@ -94,13 +113,21 @@ async fn check(request: &provision_core::check::CheckRequest) -> i32 {
     // Logs (warnings unless RUST_LOG says otherwise) go to stderr, apart from the check's lines.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
     match configure() {
-        Ok(configured) => i32::from(!provision_core::check::run_and_print(&configured.settings, &configured.registry, request).await),
+        Ok(configured) => i32::from(
+            !provision_core::check::run_and_print(
+                &configured.settings,
+                &configured.registry,
+                request,
+            )
+            .await,
+        ),
         Err(e) => {
             eprintln!("provision-azure: {e}");
             1

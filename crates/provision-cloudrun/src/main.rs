@@ -50,7 +50,8 @@ async fn main() {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_ansi(false)
         .init();
@@ -64,14 +65,28 @@ async fn main() {
     let listener = match tokio::net::TcpListener::bind(("0.0.0.0", configured.port)).await {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("provision-cloudrun: cannot listen on port {}: {e}", configured.port);
+            eprintln!(
+                "provision-cloudrun: cannot listen on port {}: {e}",
+                configured.port
+            );
             std::process::exit(2);
         }
     };
-    let service = Arc::new(provision_core::build(&configured.settings, configured.registry));
+    let service = Arc::new(provision_core::build(
+        &configured.settings,
+        configured.registry,
+    ));
     tracing::info!(port = configured.port, cloud = service.cloud(), "listening");
     let shutdown = provision_core::server::shutdown_signal();
-    if let Err(e) = provision_core::server::serve(listener, service, configured.limits, shutdown, configured.grace).await {
+    if let Err(e) = provision_core::server::serve(
+        listener,
+        service,
+        configured.limits,
+        shutdown,
+        configured.grace,
+    )
+    .await
+    {
         eprintln!("provision-cloudrun: server failed: {e}");
         std::process::exit(1);
     }
@@ -90,8 +105,16 @@ struct Configured {
 async fn configure() -> Result<Configured, ConfigError> {
     let settings = provision_core::Settings::from_env()?;
     let port = number_setting("PORT", 8080, 1, u16::MAX as u64)? as u16;
-    let grace = Duration::from_millis(number_setting("PROVISION_SHUTDOWN_GRACE_MS", 9_000, 0, 3_600_000)?);
-    let cloud = std::env::var("PROVISION_CLOUD").ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| "gcp".into());
+    let grace = Duration::from_millis(number_setting(
+        "PROVISION_SHUTDOWN_GRACE_MS",
+        9_000,
+        0,
+        3_600_000,
+    )?);
+    let cloud = std::env::var("PROVISION_CLOUD")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "gcp".into());
     let registry: Arc<dyn provision_core::registry::Registry> = match cloud.trim() {
         #[cfg(feature = "gcp")]
         "gcp" => Arc::new(provision_core::clearblade_registry_from_env()?),
@@ -100,14 +123,27 @@ async fn configure() -> Result<Configured, ConfigError> {
         #[cfg(feature = "azure")]
         "azure" => Arc::new(provision_core::azure_registry_from_env()?),
         other => {
-            let built: Vec<&str> = [cfg!(feature = "gcp").then_some("gcp"), cfg!(feature = "aws").then_some("aws"), cfg!(feature = "azure").then_some("azure")]
-                .into_iter()
-                .flatten()
-                .collect();
-            return Err(ConfigError::new("PROVISION_CLOUD", format!("is '{other}': this build serves {}", built.join(", "))));
+            let built: Vec<&str> = [
+                cfg!(feature = "gcp").then_some("gcp"),
+                cfg!(feature = "aws").then_some("aws"),
+                cfg!(feature = "azure").then_some("azure"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            return Err(ConfigError::new(
+                "PROVISION_CLOUD",
+                format!("is '{other}': this build serves {}", built.join(", ")),
+            ));
         }
     };
-    Ok(Configured { limits: Limits::for_budget(settings.request_budget), settings, registry, port, grace })
+    Ok(Configured {
+        limits: Limits::for_budget(settings.request_budget),
+        settings,
+        registry,
+        port,
+        grace,
+    })
 }
 
 /// `--check`: the configuration loaded as at start-up, then the read-only checks. Gives the
@@ -116,13 +152,21 @@ async fn check(request: &provision_core::check::CheckRequest) -> i32 {
     // Logs (warnings unless RUST_LOG says otherwise) go to stderr, apart from the check's lines.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
     match configure().await {
-        Ok(configured) => i32::from(!provision_core::check::run_and_print(&configured.settings, configured.registry.as_ref(), request).await),
+        Ok(configured) => i32::from(
+            !provision_core::check::run_and_print(
+                &configured.settings,
+                configured.registry.as_ref(),
+                request,
+            )
+            .await,
+        ),
         Err(e) => {
             eprintln!("provision-cloudrun: {e}");
             1
@@ -130,12 +174,20 @@ async fn check(request: &provision_core::check::CheckRequest) -> i32 {
     }
 }
 
-fn number_setting(name: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+fn number_setting(
+    name: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
     match std::env::var(name).ok().filter(|v| !v.trim().is_empty()) {
         None => Ok(default),
         Some(v) => match v.trim().parse::<u64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(ConfigError::new(name, format!("must be a whole number from {min} to {max}"))),
+            _ => Err(ConfigError::new(
+                name,
+                format!("must be a whole number from {min} to {max}"),
+            )),
         },
     }
 }

@@ -22,5 +22,8 @@ pub async fn serve(service: &Service, request: Request) -> Response<Body> {
     let response = service.handle(http::Request::from_parts(parts, body)).await;
     let (parts, body) = response.into_parts();
     // The core always answers JSON text.
-    Response::from_parts(parts, Body::Text(String::from_utf8_lossy(&body).into_owned()))
+    Response::from_parts(
+        parts,
+        Body::Text(String::from_utf8_lossy(&body).into_owned()),
+    )
 }

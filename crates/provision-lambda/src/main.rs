@@ -44,7 +44,8 @@ async fn main() -> Result<(), Error> {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_ansi(false)
         .without_time()
@@ -62,7 +63,9 @@ async fn main() -> Result<(), Error> {
     let service = Arc::new(service);
     lambda_http::run(service_fn(move |request: Request| {
         let service = service.clone();
-        async move { Ok::<_, std::convert::Infallible>(provision_lambda::serve(&service, request).await) }
+        async move {
+            Ok::<_, std::convert::Infallible>(provision_lambda::serve(&service, request).await)
+        }
     }))
     .await
 }
@@ -73,7 +76,13 @@ async fn configure() -> Result<provision_core::Service, provision_core::ConfigEr
 }
 
 /// The settings and the registry, read and checked from the environment.
-async fn load() -> Result<(provision_core::Settings, provision_core::registry::aws::AwsIotRegistry), provision_core::ConfigError> {
+async fn load() -> Result<
+    (
+        provision_core::Settings,
+        provision_core::registry::aws::AwsIotRegistry,
+    ),
+    provision_core::ConfigError,
+> {
     let settings = provision_core::Settings::from_env()?;
     let registry = provision_core::aws_registry_from_env().await?;
     Ok((settings, registry))
@@ -85,14 +94,17 @@ async fn check(request: &provision_core::check::CheckRequest) -> i32 {
     // Logs (warnings unless RUST_LOG says otherwise) go to stderr, apart from the check's lines.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_ansi(false)
         .without_time()
         .with_writer(std::io::stderr)
         .init();
     match load().await {
-        Ok((settings, registry)) => i32::from(!provision_core::check::run_and_print(&settings, &registry, request).await),
+        Ok((settings, registry)) => {
+            i32::from(!provision_core::check::run_and_print(&settings, &registry, request).await)
+        }
         Err(e) => {
             eprintln!("provision-lambda: {e}");
             1

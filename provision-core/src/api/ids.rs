@@ -11,7 +11,9 @@ impl DeviceUuid {
     pub fn parse(value: &str) -> Result<Self, String> {
         let len = value.len();
         if len != 32 && len != 62 {
-            return Err(format!("must be 32 or 62 lowercase hex characters, got {len} characters"));
+            return Err(format!(
+                "must be 32 or 62 lowercase hex characters, got {len} characters"
+            ));
         }
         if let Some(bad) = value.chars().find(|c| !matches!(c, '0'..='9' | 'a'..='f')) {
             return Err(format!("must be lowercase hex, found {:?}", bad));
@@ -43,7 +45,10 @@ pub struct ServiceName(String);
 impl ServiceName {
     pub fn parse(value: &str) -> Result<Self, String> {
         if value.is_empty() || value.len() > 63 {
-            return Err(format!("must be 1 to 63 characters, got {}", value.chars().count()));
+            return Err(format!(
+                "must be 1 to 63 characters, got {}",
+                value.chars().count()
+            ));
         }
         let mut chars = value.chars();
         let first = chars.next().unwrap_or(' ');
@@ -54,7 +59,10 @@ impl ServiceName {
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
         {
-            return Err(format!("may hold only letters, digits, '_', '.' and '-', found {:?}", bad));
+            return Err(format!(
+                "may hold only letters, digits, '_', '.' and '-', found {:?}",
+                bad
+            ));
         }
         Ok(ServiceName(value.to_owned()))
     }
@@ -78,8 +86,15 @@ mod tests {
     fn uuids() {
         assert!(DeviceUuid::parse("7cf02a69e4d34c9da573914963cf54fd").is_ok());
         assert!(DeviceUuid::parse(&"a".repeat(62)).is_ok());
-        for bad in ["", "7CF02A69E4D34C9DA573914963CF54FD", "7cf02a69e4d34c9da573914963cf54f", "7cf02a69-e4d3-4c9d-a573-914963cf54fd",
-            "7cf02a69e4d34c9da573914963cf54f'", "7cf02a69e4d34c9da573914963cf54fg", "ééééééééééééééé7cf02a"] {
+        for bad in [
+            "",
+            "7CF02A69E4D34C9DA573914963CF54FD",
+            "7cf02a69e4d34c9da573914963cf54f",
+            "7cf02a69-e4d3-4c9d-a573-914963cf54fd",
+            "7cf02a69e4d34c9da573914963cf54f'",
+            "7cf02a69e4d34c9da573914963cf54fg",
+            "ééééééééééééééé7cf02a",
+        ] {
             assert!(DeviceUuid::parse(bad).is_err(), "{bad}");
         }
     }

@@ -53,10 +53,15 @@ impl Service {
             return if method == Method::GET || method == Method::HEAD {
                 json_response(StatusCode::OK, &json!({"status": "ok"}), None)
             } else {
-                error_response(&request::bad_method(&method, request::HEALTH_METHODS), &request_id)
+                error_response(
+                    &request::bad_method(&method, request::HEALTH_METHODS),
+                    &request_id,
+                )
             };
         }
-        let served = AssertUnwindSafe(self.serve(request, &request_id)).catch_unwind().await;
+        let served = AssertUnwindSafe(self.serve(request, &request_id))
+            .catch_unwind()
+            .await;
         let (response, outcome_text) = match served {
             Ok(Ok((uuid, outcome))) => {
                 let text = outcome.status.as_str();
@@ -68,8 +73,12 @@ impl Service {
             }
             Err(_) => {
                 tracing::error!(request_id = %request_id, "a bug: the request handler panicked");
-                let error = ProvisionError::Internal("unexpected failure; it has been logged".into());
-                (error_response(&error, &request_id), error.code().to_string())
+                let error =
+                    ProvisionError::Internal("unexpected failure; it has been logged".into());
+                (
+                    error_response(&error, &request_id),
+                    error.code().to_string(),
+                )
             }
         };
         tracing::info!(
@@ -83,7 +92,11 @@ impl Service {
         response
     }
 
-    async fn serve(&self, request: http::Request<Bytes>, request_id: &str) -> Result<(String, Outcome), ProvisionError> {
+    async fn serve(
+        &self,
+        request: http::Request<Bytes>,
+        request_id: &str,
+    ) -> Result<(String, Outcome), ProvisionError> {
         let (parts, body) = request.into_parts();
         let parsed = request::parse(&parts.method, &parts.headers, parts.uri.query(), &body)?;
         let caller = auth::identify(&parts.headers, &self.auth)?;
@@ -119,17 +132,28 @@ pub fn error_response(error: &ProvisionError, request_id: &str) -> Response<Byte
     let body = json!({"error": {"code": error.code(), "message": error.to_string()}, "request_id": request_id});
     let mut response = json_response(status, &body, error.retry_after());
     if let ProvisionError::BadMethod { allow, .. } = error {
-        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
     }
     response
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value, retry_after: Option<u64>) -> Response<Bytes> {
+fn json_response(
+    status: StatusCode,
+    body: &serde_json::Value,
+    retry_after: Option<u64>,
+) -> Response<Bytes> {
     let mut response = Response::new(Bytes::from(body.to_string()));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(seconds) = retry_after {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }

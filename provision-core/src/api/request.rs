@@ -22,7 +22,10 @@ pub const HEALTH_METHODS: &str = "GET, HEAD";
 #[derive(Debug)]
 pub enum Operation {
     /// POST: make the device provisioned (create, repair, or rotate when asked).
-    Provision { rotate: bool, csr: Option<DeviceCsr> },
+    Provision {
+        rotate: bool,
+        csr: Option<DeviceCsr>,
+    },
     /// DELETE: remove everything provisioning made.
     Deprovision,
     /// GET: report what exists.
@@ -65,7 +68,12 @@ struct Body {
     csr: Option<Value>,
 }
 
-pub fn parse(method: &Method, headers: &HeaderMap, query: Option<&str>, body: &Bytes) -> Result<ProvisionRequest, ProvisionError> {
+pub fn parse(
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: &Bytes,
+) -> Result<ProvisionRequest, ProvisionError> {
     match *method {
         Method::GET => parse_query(query),
         Method::POST | Method::DELETE => parse_body(method, headers, body),
@@ -87,13 +95,23 @@ fn parse_query(query: Option<&str>) -> Result<ProvisionRequest, ProvisionError> 
         };
         let value = percent_encoding::percent_decode_str(&value.replace('+', " "))
             .decode_utf8()
-            .map_err(|_| ProvisionError::bad_request(code, format!("query parameter '{key}' is not valid UTF-8")))?
+            .map_err(|_| {
+                ProvisionError::bad_request(
+                    code,
+                    format!("query parameter '{key}' is not valid UTF-8"),
+                )
+            })?
             .into_owned();
         if slot.replace(value).is_some() {
-            return Err(ProvisionError::bad_request(code, format!("query parameter '{key}' is given more than once")));
+            return Err(ProvisionError::bad_request(
+                code,
+                format!("query parameter '{key}' is given more than once"),
+            ));
         }
     }
-    let uuid = uuid.ok_or_else(|| ProvisionError::bad_request(codes::BAD_UUID, "query parameter 'uuid' is required"))?;
+    let uuid = uuid.ok_or_else(|| {
+        ProvisionError::bad_request(codes::BAD_UUID, "query parameter 'uuid' is required")
+    })?;
     Ok(ProvisionRequest {
         operation: Operation::Status,
         uuid: parse_uuid(&uuid)?,
@@ -101,26 +119,52 @@ fn parse_query(query: Option<&str>) -> Result<ProvisionRequest, ProvisionError> 
     })
 }
 
-fn parse_body(method: &Method, headers: &HeaderMap, body: &Bytes) -> Result<ProvisionRequest, ProvisionError> {
+fn parse_body(
+    method: &Method,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<ProvisionRequest, ProvisionError> {
     if body.len() > MAX_BODY_BYTES {
-        return Err(ProvisionError::TooLarge { limit: MAX_BODY_BYTES });
+        return Err(ProvisionError::TooLarge {
+            limit: MAX_BODY_BYTES,
+        });
     }
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ProvisionError::bad_request(codes::NO_BODY, "a JSON body with at least 'uuid' is required"));
+        return Err(ProvisionError::bad_request(
+            codes::NO_BODY,
+            "a JSON body with at least 'uuid' is required",
+        ));
     }
     check_content_type(headers)?;
     let fields: Body = match serde_json::from_slice::<Value>(body) {
         // Read again as the struct: that catches a repeated key, which `Value` silently merges.
-        Ok(Value::Object(_)) => serde_json::from_slice(body)
-            .map_err(|e| bad_json(format!("body is not usable JSON: {}", describe_json_error(&e))))?,
-        Ok(other) => return Err(bad_json(format!("body must be a JSON object, got {}", json_type(&other)))),
-        Err(e) => return Err(bad_json(format!("body is not valid JSON: {}", describe_json_error(&e)))),
+        Ok(Value::Object(_)) => serde_json::from_slice(body).map_err(|e| {
+            bad_json(format!(
+                "body is not usable JSON: {}",
+                describe_json_error(&e)
+            ))
+        })?,
+        Ok(other) => {
+            return Err(bad_json(format!(
+                "body must be a JSON object, got {}",
+                json_type(&other)
+            )));
+        }
+        Err(e) => {
+            return Err(bad_json(format!(
+                "body is not valid JSON: {}",
+                describe_json_error(&e)
+            )));
+        }
     };
 
     let uuid = match fields.uuid {
         Some(Value::String(s)) => parse_uuid(&s)?,
         None | Some(Value::Null) => {
-            return Err(ProvisionError::bad_request(codes::BAD_UUID, "field 'uuid' is required"));
+            return Err(ProvisionError::bad_request(
+                codes::BAD_UUID,
+                "field 'uuid' is required",
+            ));
         }
         Some(other) => {
             return Err(ProvisionError::bad_request(
@@ -135,7 +179,10 @@ fn parse_body(method: &Method, headers: &HeaderMap, body: &Bytes) -> Result<Prov
         Some(other) => {
             return Err(ProvisionError::bad_request(
                 codes::BAD_SERVICE,
-                format!("field 'balena_service' must be a string, got {}", json_type(&other)),
+                format!(
+                    "field 'balena_service' must be a string, got {}",
+                    json_type(&other)
+                ),
             ));
         }
     };
@@ -146,54 +193,78 @@ fn parse_body(method: &Method, headers: &HeaderMap, body: &Bytes) -> Result<Prov
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => b,
             Some(other) => {
-                return Err(bad_json(format!("field 'rotate' must be a boolean, got {}", json_type(&other))));
+                return Err(bad_json(format!(
+                    "field 'rotate' must be a boolean, got {}",
+                    json_type(&other)
+                )));
             }
         };
         let csr = match fields.csr {
             None | Some(Value::Null) => None,
-            Some(Value::String(pem)) => Some(
-                DeviceCsr::parse(&pem, &uuid)
-                    .map_err(|why| ProvisionError::bad_request(codes::BAD_CSR, format!("field 'csr' {why}")))?,
-            ),
+            Some(Value::String(pem)) => Some(DeviceCsr::parse(&pem, &uuid).map_err(|why| {
+                ProvisionError::bad_request(codes::BAD_CSR, format!("field 'csr' {why}"))
+            })?),
             Some(other) => {
                 return Err(ProvisionError::bad_request(
                     codes::BAD_CSR,
-                    format!("field 'csr' must be a PEM string, got {}", json_type(&other)),
+                    format!(
+                        "field 'csr' must be a PEM string, got {}",
+                        json_type(&other)
+                    ),
                 ));
             }
         };
         Operation::Provision { rotate, csr }
     };
-    Ok(ProvisionRequest { operation, uuid, service })
+    Ok(ProvisionRequest {
+        operation,
+        uuid,
+        service,
+    })
 }
 
 /// The 405 for `method` where only `allow` is served; the method is shortened, as it is echoed.
 pub fn bad_method(method: &Method, allow: &'static str) -> ProvisionError {
-    ProvisionError::BadMethod { method: method.as_str().chars().take(32).collect(), allow }
+    ProvisionError::BadMethod {
+        method: method.as_str().chars().take(32).collect(),
+        allow,
+    }
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ProvisionError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Err(ProvisionError::BadContentType { got: "nothing".into() });
+        return Err(ProvisionError::BadContentType {
+            got: "nothing".into(),
+        });
     };
     let value = value.to_str().unwrap_or("");
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let is_json = essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"));
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let is_json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
     if is_json {
         Ok(())
     } else {
         let shown: String = value.chars().filter(|c| !c.is_control()).take(64).collect();
-        Err(ProvisionError::BadContentType { got: format!("'{shown}'") })
+        Err(ProvisionError::BadContentType {
+            got: format!("'{shown}'"),
+        })
     }
 }
 
 fn parse_uuid(value: &str) -> Result<DeviceUuid, ProvisionError> {
-    DeviceUuid::parse(value).map_err(|why| ProvisionError::bad_request(codes::BAD_UUID, format!("field 'uuid' {why}")))
+    DeviceUuid::parse(value)
+        .map_err(|why| ProvisionError::bad_request(codes::BAD_UUID, format!("field 'uuid' {why}")))
 }
 
 fn parse_service(value: &str) -> Result<ServiceName, ProvisionError> {
-    ServiceName::parse(value)
-        .map_err(|why| ProvisionError::bad_request(codes::BAD_SERVICE, format!("field 'balena_service' {why}")))
+    ServiceName::parse(value).map_err(|why| {
+        ProvisionError::bad_request(codes::BAD_SERVICE, format!("field 'balena_service' {why}"))
+    })
 }
 
 fn bad_json(message: impl Into<String>) -> ProvisionError {
@@ -232,15 +303,27 @@ mod tests {
     const UUID: &str = "7cf02a69e4d34c9da573914963cf54fd";
 
     fn code_of_get(query: &str) -> Option<&'static str> {
-        parse(&Method::GET, &HeaderMap::new(), Some(query), &Bytes::new()).err().map(|e| e.code())
+        parse(&Method::GET, &HeaderMap::new(), Some(query), &Bytes::new())
+            .err()
+            .map(|e| e.code())
     }
 
     #[test]
     fn a_query_mistake_is_named_by_its_parameter() {
         assert_eq!(code_of_get("uuid=%FF"), Some(codes::BAD_UUID));
-        assert_eq!(code_of_get(&format!("uuid={UUID}&balena_service=%FF")), Some(codes::BAD_SERVICE));
-        assert_eq!(code_of_get(&format!("uuid={UUID}&balena_service=a&balena_service=a")), Some(codes::BAD_SERVICE));
-        assert_eq!(code_of_get(&format!("uuid={UUID}&other=%FF")), None, "other parameters are ignored");
+        assert_eq!(
+            code_of_get(&format!("uuid={UUID}&balena_service=%FF")),
+            Some(codes::BAD_SERVICE)
+        );
+        assert_eq!(
+            code_of_get(&format!("uuid={UUID}&balena_service=a&balena_service=a")),
+            Some(codes::BAD_SERVICE)
+        );
+        assert_eq!(
+            code_of_get(&format!("uuid={UUID}&other=%FF")),
+            None,
+            "other parameters are ignored"
+        );
     }
 
     #[test]
@@ -248,7 +331,9 @@ mod tests {
         for method in ["PUT", "PATCH", "HEAD", "OPTIONS", "post"] {
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             match parse(&method, &HeaderMap::new(), None, &Bytes::new()) {
-                Err(ProvisionError::BadMethod { allow, .. }) => assert_eq!(allow, PROVISION_METHODS),
+                Err(ProvisionError::BadMethod { allow, .. }) => {
+                    assert_eq!(allow, PROVISION_METHODS)
+                }
                 other => panic!("{method}: {other:?}"),
             }
         }

@@ -561,5 +561,6 @@ fn refused(answer: &Answer) -> UpstreamFailure {
 /// parent (the device was deleted meanwhile) `Data is referenced by device.`, which is no
 /// race to retry.
 fn is_duplicate(answer: &Answer) -> bool {
-    answer.status == StatusCode::CONFLICT && String::from_utf8_lossy(&answer.body).contains("must be unique")
+    answer.status == StatusCode::CONFLICT
+        && String::from_utf8_lossy(&answer.body).contains("must be unique")
 }

@@ -58,13 +58,21 @@ impl AwsIotRegistry {
 
 /// Runs one SDK call within the request's deadline and turns its error into an
 /// [`UpstreamFailure`] (the SDK has already retried what it retries).
-async fn call<T, E, R>(deadline: Deadline, fut: impl Future<Output = Result<T, SdkError<E, R>>>) -> Result<T, AwsFailure>
+async fn call<T, E, R>(
+    deadline: Deadline,
+    fut: impl Future<Output = Result<T, SdkError<E, R>>>,
+) -> Result<T, AwsFailure>
 where
     E: ProvideErrorMetadata + std::error::Error,
     R: std::fmt::Debug,
 {
     match tokio::time::timeout(deadline.remaining(), fut).await {
-        Err(_) => Err(AwsFailure { code: None, failure: UpstreamFailure::Unavailable { detail: "the request's time budget was used up".into() } }),
+        Err(_) => Err(AwsFailure {
+            code: None,
+            failure: UpstreamFailure::Unavailable {
+                detail: "the request's time budget was used up".into(),
+            },
+        }),
         Ok(Ok(value)) => Ok(value),
         Ok(Err(err)) => Err(classify(&err)),
     }
@@ -82,33 +90,76 @@ impl AwsFailure {
     }
 }
 
-fn classify<E: ProvideErrorMetadata + std::error::Error, R: std::fmt::Debug>(err: &SdkError<E, R>) -> AwsFailure {
+fn classify<E: ProvideErrorMetadata + std::error::Error, R: std::fmt::Debug>(
+    err: &SdkError<E, R>,
+) -> AwsFailure {
     match err {
         SdkError::ServiceError(service) => {
             let e = service.err();
             let code = e.code().map(str::to_owned);
-            let detail = format!("{}: {}", e.code().unwrap_or("error"), e.message().unwrap_or("").chars().take(160).collect::<String>());
+            let detail = format!(
+                "{}: {}",
+                e.code().unwrap_or("error"),
+                e.message()
+                    .unwrap_or("")
+                    .chars()
+                    .take(160)
+                    .collect::<String>()
+            );
             let failure = match code.as_deref() {
-                Some("ThrottlingException" | "TooManyRequestsException" | "LimitExceededException") => {
-                    UpstreamFailure::Throttled { retry_after: None }
-                }
-                Some("ServiceUnavailableException" | "InternalFailureException" | "InternalException") => {
-                    UpstreamFailure::Unavailable { detail }
-                }
+                Some(
+                    "ThrottlingException" | "TooManyRequestsException" | "LimitExceededException",
+                ) => UpstreamFailure::Throttled { retry_after: None },
+                Some(
+                    "ServiceUnavailableException"
+                    | "InternalFailureException"
+                    | "InternalException",
+                ) => UpstreamFailure::Unavailable { detail },
                 // The HTTP status AWS IoT answers these with, so the flow can tell "gone" and
                 // "changed meanwhile" from other refusals.
-                Some(NOT_FOUND) => UpstreamFailure::Refused { status: 404, detail },
-                Some("ResourceAlreadyExistsException" | "ConflictException" | "VersionConflictException") => {
-                    UpstreamFailure::Refused { status: 409, detail }
-                }
-                _ => UpstreamFailure::Refused { status: 400, detail },
+                Some(NOT_FOUND) => UpstreamFailure::Refused {
+                    status: 404,
+                    detail,
+                },
+                Some(
+                    "ResourceAlreadyExistsException"
+                    | "ConflictException"
+                    | "VersionConflictException",
+                ) => UpstreamFailure::Refused {
+                    status: 409,
+                    detail,
+                },
+                _ => UpstreamFailure::Refused {
+                    status: 400,
+                    detail,
+                },
             };
             AwsFailure { code, failure }
         }
-        SdkError::TimeoutError(_) => AwsFailure { code: None, failure: UpstreamFailure::Unavailable { detail: "timed out".into() } },
-        SdkError::DispatchFailure(_) => AwsFailure { code: None, failure: UpstreamFailure::Unavailable { detail: "connection failed".into() } },
-        SdkError::ResponseError(_) => AwsFailure { code: None, failure: UpstreamFailure::Unavailable { detail: "unreadable answer".into() } },
-        _ => AwsFailure { code: None, failure: UpstreamFailure::Unavailable { detail: "the request could not be sent".into() } },
+        SdkError::TimeoutError(_) => AwsFailure {
+            code: None,
+            failure: UpstreamFailure::Unavailable {
+                detail: "timed out".into(),
+            },
+        },
+        SdkError::DispatchFailure(_) => AwsFailure {
+            code: None,
+            failure: UpstreamFailure::Unavailable {
+                detail: "connection failed".into(),
+            },
+        },
+        SdkError::ResponseError(_) => AwsFailure {
+            code: None,
+            failure: UpstreamFailure::Unavailable {
+                detail: "unreadable answer".into(),
+            },
+        },
+        _ => AwsFailure {
+            code: None,
+            failure: UpstreamFailure::Unavailable {
+                detail: "the request could not be sent".into(),
+            },
+        },
     }
 }
 
@@ -156,79 +207,147 @@ impl Registry for AwsIotRegistry {
     /// The stored certificate is the registered one (AWS issues a new certificate even for a
     /// key it has seen, so the key alone does not say which).
     fn names(&self, vars: &BTreeMap<String, Secret>, credential: &RegisteredCredential) -> bool {
-        let stored = vars.get(CERT_VAR).and_then(|v| base64_decode(v.expose())).and_then(|pem| String::from_utf8(pem).ok());
+        let stored = vars
+            .get(CERT_VAR)
+            .and_then(|v| base64_decode(v.expose()))
+            .and_then(|pem| String::from_utf8(pem).ok());
         match (stored, &credential.certificate_pem) {
             (Some(stored), Some(registered)) => same_pem(&stored, registered),
             _ => false,
         }
     }
 
-    fn variables(&self, _uuid: &DeviceUuid, credential: &RegisteredCredential, private_key: Option<&Secret>) -> Vec<(&'static str, Secret)> {
+    fn variables(
+        &self,
+        _uuid: &DeviceUuid,
+        credential: &RegisteredCredential,
+        private_key: Option<&Secret>,
+    ) -> Vec<(&'static str, Secret)> {
         super::certificate_variables((CERT_VAR, KEY_VAR), credential, private_key)
     }
 
     /// DescribeEndpoint (the account's device data endpoint): allowed to the function's role,
     /// and it needs the region and credentials to be right.
     async fn probe(&self, deadline: Deadline) -> Result<String, UpstreamFailure> {
-        let sent = tokio::time::timeout(deadline.remaining(), self.client.describe_endpoint().endpoint_type("iot:Data-ATS").send()).await;
+        let sent = tokio::time::timeout(
+            deadline.remaining(),
+            self.client
+                .describe_endpoint()
+                .endpoint_type("iot:Data-ATS")
+                .send(),
+        )
+        .await;
         let answer = match sent {
-            Err(_) => return Err(UpstreamFailure::Unavailable { detail: "the request's time budget was used up".into() }),
+            Err(_) => {
+                return Err(UpstreamFailure::Unavailable {
+                    detail: "the request's time budget was used up".into(),
+                });
+            }
             Ok(Ok(answer)) => answer,
             // Beside AWS's own refusals, say why the call could not be made at all (no
             // credentials, no connection): that is what the operator fixes next.
             Ok(Err(err)) => {
                 return Err(match (classify(&err).failure, &err) {
-                    (UpstreamFailure::Unavailable { detail }, e) if !matches!(e, SdkError::ServiceError(_)) => {
-                        let cause: String = aws_sdk_iot::error::DisplayErrorContext(e).to_string().chars().filter(|c| !c.is_control()).take(300).collect();
-                        UpstreamFailure::Unavailable { detail: format!("{detail} ({cause})") }
+                    (UpstreamFailure::Unavailable { detail }, e)
+                        if !matches!(e, SdkError::ServiceError(_)) =>
+                    {
+                        let cause: String = aws_sdk_iot::error::DisplayErrorContext(e)
+                            .to_string()
+                            .chars()
+                            .filter(|c| !c.is_control())
+                            .take(300)
+                            .collect();
+                        UpstreamFailure::Unavailable {
+                            detail: format!("{detail} ({cause})"),
+                        }
                     }
                     (failure, _) => failure,
                 });
             }
         };
-        let region = self.client.config().region().map_or_else(|| "no region".to_owned(), |r| r.to_string());
+        let region = self
+            .client
+            .config()
+            .region()
+            .map_or_else(|| "no region".to_owned(), |r| r.to_string());
         Ok(format!(
             "DescribeEndpoint in {region}: devices connect to {}",
-            answer.endpoint_address().unwrap_or("(no address in the answer)")
+            answer
+                .endpoint_address()
+                .unwrap_or("(no address in the answer)")
         ))
     }
 
-    async fn inspect(&self, deadline: Deadline, thing: &str) -> Result<RegistryState, UpstreamFailure> {
-        let principals = match call(deadline, self.client.list_thing_principals().thing_name(thing).send()).await {
+    async fn inspect(
+        &self,
+        deadline: Deadline,
+        thing: &str,
+    ) -> Result<RegistryState, UpstreamFailure> {
+        let principals = match call(
+            deadline,
+            self.client.list_thing_principals().thing_name(thing).send(),
+        )
+        .await
+        {
             Ok(out) => out.principals().to_vec(),
             Err(f) if f.is(NOT_FOUND) => return Ok(RegistryState::default()),
             Err(f) => return Err(f.failure),
         };
-        let lookups = principals.iter().filter_map(|arn| cert_id(arn).map(|id| (arn, id))).map(|(arn, id)| async move {
-            let (described, policies) = tokio::join!(
-                call(deadline, self.client.describe_certificate().certificate_id(id).send()),
-                call(deadline, self.client.list_attached_policies().target(arn).send()),
-            );
-            let description = match described {
-                Ok(out) => out.certificate_description,
-                Err(f) if f.is(NOT_FOUND) => None,
-                Err(f) => return Err(f.failure),
-            };
-            let policy_attached = match policies {
-                Ok(out) => out.policies().iter().any(|p| p.policy_name() == Some(self.policy.as_str())),
-                Err(f) if f.is(NOT_FOUND) => false,
-                Err(f) => return Err(f.failure),
-            };
-            let Some(description) = description else { return Ok(None) };
-            let pem = description.certificate_pem().map(str::to_owned);
-            let active = description.status() == Some(&CertificateStatus::Active);
-            Ok(Some(RegisteredCredential {
-                id: id.to_owned(),
-                locator: Some(arn.to_owned()),
-                public_key: pem.as_deref().and_then(|p| certificate_facts(p).ok()).map(|f| f.public_key),
-                certificate_pem: pem,
-                key_pem: None,
-                active,
-                complete: active && policy_attached,
-            }))
-        });
-        let credentials = futures::future::try_join_all(lookups).await?.into_iter().flatten().collect();
-        Ok(RegistryState { entry: true, credentials, revision: None })
+        let lookups = principals
+            .iter()
+            .filter_map(|arn| cert_id(arn).map(|id| (arn, id)))
+            .map(|(arn, id)| async move {
+                let (described, policies) = tokio::join!(
+                    call(
+                        deadline,
+                        self.client.describe_certificate().certificate_id(id).send()
+                    ),
+                    call(
+                        deadline,
+                        self.client.list_attached_policies().target(arn).send()
+                    ),
+                );
+                let description = match described {
+                    Ok(out) => out.certificate_description,
+                    Err(f) if f.is(NOT_FOUND) => None,
+                    Err(f) => return Err(f.failure),
+                };
+                let policy_attached = match policies {
+                    Ok(out) => out
+                        .policies()
+                        .iter()
+                        .any(|p| p.policy_name() == Some(self.policy.as_str())),
+                    Err(f) if f.is(NOT_FOUND) => false,
+                    Err(f) => return Err(f.failure),
+                };
+                let Some(description) = description else {
+                    return Ok(None);
+                };
+                let pem = description.certificate_pem().map(str::to_owned);
+                let active = description.status() == Some(&CertificateStatus::Active);
+                Ok(Some(RegisteredCredential {
+                    id: id.to_owned(),
+                    locator: Some(arn.to_owned()),
+                    public_key: pem
+                        .as_deref()
+                        .and_then(|p| certificate_facts(p).ok())
+                        .map(|f| f.public_key),
+                    certificate_pem: pem,
+                    key_pem: None,
+                    active,
+                    complete: active && policy_attached,
+                }))
+            });
+        let credentials = futures::future::try_join_all(lookups)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok(RegistryState {
+            entry: true,
+            credentials,
+            revision: None,
+        })
     }
 
     async fn register(
@@ -249,11 +368,22 @@ impl Registry for AwsIotRegistry {
             if state.entry {
                 Ok(false)
             } else {
-                call(deadline, self.client.create_thing().thing_name(&thing).send()).await.map(|_| true)
+                call(
+                    deadline,
+                    self.client.create_thing().thing_name(&thing).send(),
+                )
+                .await
+                .map(|_| true)
             }
         };
-        let create_cert =
-            call(deadline, self.client.create_certificate_from_csr().certificate_signing_request(csr).set_as_active(false).send());
+        let create_cert = call(
+            deadline,
+            self.client
+                .create_certificate_from_csr()
+                .certificate_signing_request(csr)
+                .set_as_active(false)
+                .send(),
+        );
         let (made_thing, made_cert) = tokio::join!(create_thing, create_cert);
         let created_entry = matches!(made_thing, Ok(true));
         let issued = made_cert.as_ref().ok().and_then(|cert| {
@@ -268,7 +398,10 @@ impl Registry for AwsIotRegistry {
             })
         });
         match (made_thing, made_cert, issued) {
-            (Ok(_), Ok(_), Some(credential)) => Ok(Registration { credential, created_entry }),
+            (Ok(_), Ok(_), Some(credential)) => Ok(Registration {
+                credential,
+                created_entry,
+            }),
             (thing_result, cert_result, issued) => {
                 if let Some(stray) = &issued {
                     tracing::warn!(certificate = %stray.id, "deleting the certificate this request made: the thing could not be made");
@@ -283,7 +416,9 @@ impl Registry for AwsIotRegistry {
                     (_, Err(f)) => ProvisionError::cloud("CreateCertificateFromCsr", f.failure),
                     _ => ProvisionError::cloud(
                         "CreateCertificateFromCsr",
-                        UpstreamFailure::Unavailable { detail: "answer without certificate ARN, id or PEM".into() },
+                        UpstreamFailure::Unavailable {
+                            detail: "answer without certificate ARN, id or PEM".into(),
+                        },
                     ),
                 })
             }
@@ -304,9 +439,30 @@ impl Registry for AwsIotRegistry {
             .as_deref()
             .ok_or_else(|| ProvisionError::Internal("certificate without ARN".into()))?;
         let (active, policy, principal) = tokio::join!(
-            call(deadline, self.client.update_certificate().certificate_id(&credential.id).new_status(CertificateStatus::Active).send()),
-            call(deadline, self.client.attach_policy().policy_name(&self.policy).target(arn).send()),
-            call(deadline, self.client.attach_thing_principal().thing_name(&thing).principal(arn).send()),
+            call(
+                deadline,
+                self.client
+                    .update_certificate()
+                    .certificate_id(&credential.id)
+                    .new_status(CertificateStatus::Active)
+                    .send()
+            ),
+            call(
+                deadline,
+                self.client
+                    .attach_policy()
+                    .policy_name(&self.policy)
+                    .target(arn)
+                    .send()
+            ),
+            call(
+                deadline,
+                self.client
+                    .attach_thing_principal()
+                    .thing_name(&thing)
+                    .principal(arn)
+                    .send()
+            ),
         );
         active.map_err(|f| ProvisionError::cloud("UpdateCertificate", f.failure))?;
         policy.map_err(|f| ProvisionError::cloud("AttachPolicy", f.failure))?;
@@ -314,13 +470,25 @@ impl Registry for AwsIotRegistry {
         Ok(())
     }
 
-    async fn revoke(&self, deadline: Deadline, thing: &str, credentials: &[RegisteredCredential]) -> Result<(), UpstreamFailure> {
-        let revocations = credentials.iter().map(|c| self.revoke_certificate(deadline, thing, c));
+    async fn revoke(
+        &self,
+        deadline: Deadline,
+        thing: &str,
+        credentials: &[RegisteredCredential],
+    ) -> Result<(), UpstreamFailure> {
+        let revocations = credentials
+            .iter()
+            .map(|c| self.revoke_certificate(deadline, thing, c));
         futures::future::try_join_all(revocations).await.map(|_| ())
     }
 
     async fn remove_entry(&self, deadline: Deadline, thing: &str) -> Result<(), UpstreamFailure> {
-        match call(deadline, self.client.delete_thing().thing_name(thing).send()).await {
+        match call(
+            deadline,
+            self.client.delete_thing().thing_name(thing).send(),
+        )
+        .await
+        {
             Ok(_) => Ok(()),
             Err(f) if f.is(NOT_FOUND) => Ok(()),
             Err(f) => Err(f.failure),
@@ -329,8 +497,17 @@ impl Registry for AwsIotRegistry {
 
     /// The thing's principals only: DELETE acts on every certificate attached, whatever its
     /// state, so describing each (a second round trip) tells it nothing it needs.
-    async fn inspect_for_removal(&self, deadline: Deadline, thing: &str) -> Result<RegistryState, UpstreamFailure> {
-        let principals = match call(deadline, self.client.list_thing_principals().thing_name(thing).send()).await {
+    async fn inspect_for_removal(
+        &self,
+        deadline: Deadline,
+        thing: &str,
+    ) -> Result<RegistryState, UpstreamFailure> {
+        let principals = match call(
+            deadline,
+            self.client.list_thing_principals().thing_name(thing).send(),
+        )
+        .await
+        {
             Ok(out) => out.principals().to_vec(),
             Err(f) if f.is(NOT_FOUND) => return Ok(RegistryState::default()),
             Err(f) => return Err(f.failure),
@@ -350,12 +527,21 @@ impl Registry for AwsIotRegistry {
                 })
             })
             .collect();
-        Ok(RegistryState { entry: true, credentials, revision: None })
+        Ok(RegistryState {
+            entry: true,
+            credentials,
+            revision: None,
+        })
     }
 
     /// Deactivates and detaches every certificate at once. A certificate whose deactivation
     /// failed is attached again, so it is left exactly as it was (still found, still named).
-    async fn retire(&self, deadline: Deadline, thing: &str, state: &RegistryState) -> Result<(), UpstreamFailure> {
+    async fn retire(
+        &self,
+        deadline: Deadline,
+        thing: &str,
+        state: &RegistryState,
+    ) -> Result<(), UpstreamFailure> {
         let steps = state.credentials.iter().filter_map(|c| Some((c.id.as_str(), c.locator.as_deref()?))).map(|(id, arn)| async move {
             let (inactive, detached) = tokio::join!(
                 call(deadline, self.client.update_certificate().certificate_id(id).new_status(CertificateStatus::Inactive).send()),
@@ -370,7 +556,10 @@ impl Registry for AwsIotRegistry {
             inactive.and(detached)
         });
         let results = futures::future::join_all(steps).await;
-        results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(|_| ())
     }
 
     /// Attaches every certificate again and activates the one the variables name.
@@ -382,29 +571,67 @@ impl Registry for AwsIotRegistry {
         vars: &BTreeMap<String, Secret>,
     ) -> Result<(), UpstreamFailure> {
         // AWS IoT's certificate id is the SHA-256 of the certificate's DER.
-        let named = super::stored_certificate(vars, CERT_VAR).map(|f| f.sha256_thumbprint.to_ascii_lowercase());
-        let steps = state.credentials.iter().filter_map(|c| Some((c.id.as_str(), c.locator.as_deref()?))).map(|(id, arn)| {
-            let named = named.as_deref() == Some(id);
-            async move {
-                let activate = async {
-                    if named {
-                        ok_if_gone(call(deadline, self.client.update_certificate().certificate_id(id).new_status(CertificateStatus::Active).send()).await)
-                    } else {
-                        Ok(())
-                    }
-                };
-                let attach = async { ok_if_gone(call(deadline, self.client.attach_thing_principal().thing_name(thing).principal(arn).send()).await) };
-                let (activated, attached) = tokio::join!(activate, attach);
-                activated.and(attached)
-            }
-        });
+        let named = super::stored_certificate(vars, CERT_VAR)
+            .map(|f| f.sha256_thumbprint.to_ascii_lowercase());
+        let steps = state
+            .credentials
+            .iter()
+            .filter_map(|c| Some((c.id.as_str(), c.locator.as_deref()?)))
+            .map(|(id, arn)| {
+                let named = named.as_deref() == Some(id);
+                async move {
+                    let activate = async {
+                        if named {
+                            ok_if_gone(
+                                call(
+                                    deadline,
+                                    self.client
+                                        .update_certificate()
+                                        .certificate_id(id)
+                                        .new_status(CertificateStatus::Active)
+                                        .send(),
+                                )
+                                .await,
+                            )
+                        } else {
+                            Ok(())
+                        }
+                    };
+                    let attach = async {
+                        ok_if_gone(
+                            call(
+                                deadline,
+                                self.client
+                                    .attach_thing_principal()
+                                    .thing_name(thing)
+                                    .principal(arn)
+                                    .send(),
+                            )
+                            .await,
+                        )
+                    };
+                    let (activated, attached) = tokio::join!(activate, attach);
+                    activated.and(attached)
+                }
+            });
         let results = futures::future::join_all(steps).await;
-        results.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(|_| ())
     }
 
     /// Deletes the (inactive, detached) certificates and the thing at once.
-    async fn purge(&self, deadline: Deadline, thing: &str, state: &RegistryState) -> Result<bool, UpstreamFailure> {
-        let certificates = state.credentials.iter().map(|c| self.delete_certificate(deadline, &c.id));
+    async fn purge(
+        &self,
+        deadline: Deadline,
+        thing: &str,
+        state: &RegistryState,
+    ) -> Result<bool, UpstreamFailure> {
+        let certificates = state
+            .credentials
+            .iter()
+            .map(|c| self.delete_certificate(deadline, &c.id));
         let remove_thing = async {
             if !state.entry {
                 return Ok(true);
@@ -414,7 +641,12 @@ impl Registry for AwsIotRegistry {
             // certificate attached since the thing was read.
             let mut wait = Duration::from_millis(100);
             loop {
-                match call(deadline, self.client.delete_thing().thing_name(thing).send()).await {
+                match call(
+                    deadline,
+                    self.client.delete_thing().thing_name(thing).send(),
+                )
+                .await
+                {
                     Ok(_) => return Ok(true),
                     Err(f) if f.is(NOT_FOUND) => return Ok(true),
                     Err(f) if f.is("InvalidRequestException") && still_attached(&f) => {
@@ -428,7 +660,8 @@ impl Registry for AwsIotRegistry {
                 }
             }
         };
-        let (deleted, removed) = tokio::join!(futures::future::join_all(certificates), remove_thing);
+        let (deleted, removed) =
+            tokio::join!(futures::future::join_all(certificates), remove_thing);
         deleted.into_iter().collect::<Result<Vec<()>, _>>()?;
         removed
     }
@@ -443,11 +676,21 @@ fn still_attached(f: &AwsFailure) -> bool {
 }
 
 impl AwsIotRegistry {
-    async fn revoke_certificate(&self, deadline: Deadline, thing: &str, credential: &RegisteredCredential) -> Result<(), UpstreamFailure> {
+    async fn revoke_certificate(
+        &self,
+        deadline: Deadline,
+        thing: &str,
+        credential: &RegisteredCredential,
+    ) -> Result<(), UpstreamFailure> {
         let id = credential.id.as_str();
         let arn = match &credential.locator {
             Some(arn) => arn.clone(),
-            None => match call(deadline, self.client.describe_certificate().certificate_id(id).send()).await {
+            None => match call(
+                deadline,
+                self.client.describe_certificate().certificate_id(id).send(),
+            )
+            .await
+            {
                 Ok(out) => match out.certificate_description.and_then(|d| d.certificate_arn) {
                     Some(arn) => arn,
                     None => return Ok(()),
@@ -460,21 +703,58 @@ impl AwsIotRegistry {
         // attached, still named by the variables, which the caller then keeps); once it has
         // succeeded the certificate no longer authenticates, and what follows is tidying. A
         // forced delete then removes it with its policy attachment.
-        ok_if_gone(call(deadline, self.client.update_certificate().certificate_id(id).new_status(CertificateStatus::Inactive).send()).await)?;
-        ok_if_gone(call(deadline, self.client.detach_thing_principal().thing_name(thing).principal(&arn).send()).await)?;
+        ok_if_gone(
+            call(
+                deadline,
+                self.client
+                    .update_certificate()
+                    .certificate_id(id)
+                    .new_status(CertificateStatus::Inactive)
+                    .send(),
+            )
+            .await,
+        )?;
+        ok_if_gone(
+            call(
+                deadline,
+                self.client
+                    .detach_thing_principal()
+                    .thing_name(thing)
+                    .principal(&arn)
+                    .send(),
+            )
+            .await,
+        )?;
         self.delete_certificate(deadline, id).await
     }
 
     /// Deletes an inactive, detached certificate (forced: its policy attachment goes with it).
-    async fn delete_certificate(&self, deadline: Deadline, id: &str) -> Result<(), UpstreamFailure> {
+    async fn delete_certificate(
+        &self,
+        deadline: Deadline,
+        id: &str,
+    ) -> Result<(), UpstreamFailure> {
         // Detaching a thing propagates asynchronously in AWS: a DeleteConflict right after it is
         // expected and worth a few short retries.
         let mut wait = Duration::from_millis(100);
         loop {
-            match call(deadline, self.client.delete_certificate().certificate_id(id).force_delete(true).send()).await {
+            match call(
+                deadline,
+                self.client
+                    .delete_certificate()
+                    .certificate_id(id)
+                    .force_delete(true)
+                    .send(),
+            )
+            .await
+            {
                 Ok(_) => return Ok(()),
                 Err(f) if f.is(NOT_FOUND) => return Ok(()),
-                Err(f) if f.is("DeleteConflictException") && wait < deadline.remaining() && wait <= Duration::from_secs(2) => {
+                Err(f)
+                    if f.is("DeleteConflictException")
+                        && wait < deadline.remaining()
+                        && wait <= Duration::from_secs(2) =>
+                {
                     tokio::time::sleep(wait).await;
                     wait *= 2;
                 }

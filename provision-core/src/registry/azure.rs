@@ -10,14 +10,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use azure_core::http::policies::{Policy, PolicyResult};
+use azure_core::http::{
+    ClientOptions, Context, Method, Pipeline, PipelineSendOptions, Request, Transport, Url,
+};
 use azure_core::http::{ExponentialRetryOptions, RetryOptions};
-use azure_core::http::{ClientOptions, Context, Method, Pipeline, PipelineSendOptions, Request, Transport, Url};
 use serde_json::{Value, json};
 
 use super::{Cloud, Material, RegisteredCredential, Registration, Registry, RegistryState};
 use crate::api::ids::DeviceUuid;
 use crate::config::ConfigError;
-use crate::credentials::{PublicKeyId, base64_decode, base64_encode, certificate_facts, certificate_for_csr};
+use crate::credentials::{
+    PublicKeyId, base64_decode, base64_encode, certificate_facts, certificate_for_csr,
+};
 use crate::error::{ProvisionError, UpstreamFailure};
 use crate::retry::Deadline;
 use crate::secret::Secret;
@@ -41,7 +45,11 @@ pub struct ConnectionString {
 
 impl std::fmt::Debug for ConnectionString {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ConnectionString {{ host: {}, policy: {}, key: *** }}", self.host, self.policy)
+        write!(
+            f,
+            "ConnectionString {{ host: {}, policy: {}, key: *** }}",
+            self.host, self.policy
+        )
     }
 }
 
@@ -50,7 +58,9 @@ impl ConnectionString {
         let bad = |problem: &str| ConfigError::new("CONNECTION_STRING", problem);
         let (mut host, mut policy, mut key, mut device) = (None, None, None, false);
         for part in value.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, val) = part.split_once('=').ok_or_else(|| bad("is not a list of Name=value pairs separated by ';'"))?;
+            let (name, val) = part
+                .split_once('=')
+                .ok_or_else(|| bad("is not a list of Name=value pairs separated by ';'"))?;
             match name.trim() {
                 "HostName" => host = Some(val.trim().to_owned()),
                 "SharedAccessKeyName" => policy = Some(val.trim().to_owned()),
@@ -65,11 +75,17 @@ impl ConnectionString {
                  of a shared access policy with registry write, such as the hub's 'registryReadWrite' policy",
             ));
         }
-        let host = host.filter(|h| !h.is_empty()).ok_or_else(|| bad("has no HostName"))?;
+        let host = host
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("has no HostName"))?;
         if host.contains('/') || host.contains(' ') {
-            return Err(bad("has a HostName that is not a host name (expected <hub>.azure-devices.net)"));
+            return Err(bad(
+                "has a HostName that is not a host name (expected <hub>.azure-devices.net)",
+            ));
         }
-        let policy = policy.filter(|p| !p.is_empty()).ok_or_else(|| bad("has no SharedAccessKeyName"))?;
+        let policy = policy
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| bad("has no SharedAccessKeyName"))?;
         let key = key
             .and_then(|k| base64_decode(&k))
             .filter(|k| !k.is_empty())
@@ -105,7 +121,10 @@ impl std::fmt::Debug for SasPolicy {
 impl SasPolicy {
     fn token(&self) -> Secret {
         let now = unix_now();
-        let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match &*cached {
             Some((token, expiry)) if *expiry > now + TOKEN_REFRESH => token.clone(),
             _ => {
@@ -120,14 +139,22 @@ impl SasPolicy {
 
 #[async_trait]
 impl Policy for SasPolicy {
-    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
+    async fn send(
+        &self,
+        ctx: &Context,
+        request: &mut Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
         request.insert_header("authorization", self.token().expose().to_owned());
         next[0].send(ctx, request, &next[1..]).await
     }
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub struct IotHubRegistry {
@@ -144,12 +171,17 @@ struct Reply {
 impl IotHubRegistry {
     /// `endpoint` overrides `https://<HostName>` (emulators); tokens are still signed for the
     /// connection string's HostName.
-    pub fn new(http: reqwest::Client, connection: ConnectionString, endpoint: Option<&str>) -> Result<Self, ConfigError> {
+    pub fn new(
+        http: reqwest::Client,
+        connection: ConnectionString,
+        endpoint: Option<&str>,
+    ) -> Result<Self, ConfigError> {
         let base = match endpoint {
             Some(url) => url.to_owned(),
             None => format!("https://{}", connection.host),
         };
-        let base = Url::parse(&base).map_err(|_| ConfigError::new("AZURE_IOTHUB_ENDPOINT", "is not a URL"))?;
+        let base = Url::parse(&base)
+            .map_err(|_| ConfigError::new("AZURE_IOTHUB_ENDPOINT", "is not a URL"))?;
         let options = ClientOptions {
             retry: RetryOptions::exponential(ExponentialRetryOptions {
                 initial_delay: azure_core::time::Duration::milliseconds(100),
@@ -160,21 +192,45 @@ impl IotHubRegistry {
             transport: Some(Transport::new(Arc::new(http))),
             ..ClientOptions::default()
         };
-        let sas: Arc<dyn Policy> = Arc::new(SasPolicy { connection, cached: Mutex::new(None) });
-        let pipeline = Pipeline::new(Some("provision-core"), Some(env!("CARGO_PKG_VERSION")), options, Vec::new(), vec![sas], None);
+        let sas: Arc<dyn Policy> = Arc::new(SasPolicy {
+            connection,
+            cached: Mutex::new(None),
+        });
+        let pipeline = Pipeline::new(
+            Some("provision-core"),
+            Some(env!("CARGO_PKG_VERSION")),
+            options,
+            Vec::new(),
+            vec![sas],
+            None,
+        );
         Ok(IotHubRegistry { pipeline, base })
     }
 
-    async fn call(&self, deadline: Deadline, method: Method, device: &str, body: Option<&Value>, if_match: Option<&str>) -> Result<Reply, UpstreamFailure> {
+    async fn call(
+        &self,
+        deadline: Deadline,
+        method: Method,
+        device: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<Reply, UpstreamFailure> {
         let mut url = self.base.clone();
         url.set_path(&format!("/devices/{}", uri_component(device)));
         url.set_query(Some(&format!("api-version={API_VERSION}")));
-        self.send_request(deadline, Request::new(url, method), body, if_match).await
+        self.send_request(deadline, Request::new(url, method), body, if_match)
+            .await
     }
 
     /// Sends one request through the pipeline, within the deadline; 2xx and 404 are answers,
     /// anything else a failure.
-    async fn send_request(&self, deadline: Deadline, mut request: Request, body: Option<&Value>, if_match: Option<&str>) -> Result<Reply, UpstreamFailure> {
+    async fn send_request(
+        &self,
+        deadline: Deadline,
+        mut request: Request,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<Reply, UpstreamFailure> {
         if let Some(body) = body {
             request.insert_header("content-type", "application/json");
             request.set_body(body.to_string());
@@ -182,18 +238,35 @@ impl IotHubRegistry {
         if let Some(etag) = if_match {
             request.insert_header("if-match", etag.to_owned());
         }
-        let options = PipelineSendOptions { skip_checks: true, ..PipelineSendOptions::default() };
+        let options = PipelineSendOptions {
+            skip_checks: true,
+            ..PipelineSendOptions::default()
+        };
         let ctx = Context::new();
-        let sent = tokio::time::timeout(deadline.remaining(), self.pipeline.send(&ctx, &mut request, Some(options))).await;
+        let sent = tokio::time::timeout(
+            deadline.remaining(),
+            self.pipeline.send(&ctx, &mut request, Some(options)),
+        )
+        .await;
         let response = match sent {
-            Err(_) => return Err(UpstreamFailure::Unavailable { detail: "the request's time budget was used up".into() }),
-            Ok(Err(e)) => return Err(UpstreamFailure::Unavailable { detail: format!("transport error: {:?}", e.kind()) }),
+            Err(_) => {
+                return Err(UpstreamFailure::Unavailable {
+                    detail: "the request's time budget was used up".into(),
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(UpstreamFailure::Unavailable {
+                    detail: format!("transport error: {:?}", e.kind()),
+                });
+            }
             Ok(Ok(response)) => response,
         };
         let status = u16::from(response.status());
         let retry_after = response
             .headers()
-            .get_optional_str(&azure_core::http::headers::HeaderName::from_static("retry-after"))
+            .get_optional_str(&azure_core::http::headers::HeaderName::from_static(
+                "retry-after",
+            ))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let (_, _, body) = response.deconstruct();
@@ -201,12 +274,23 @@ impl IotHubRegistry {
         match status {
             200..=299 | 404 => Ok(Reply { status, body }),
             429 | 503 => Err(UpstreamFailure::Throttled { retry_after }),
-            500..=599 => Err(UpstreamFailure::Unavailable { detail: format!("answered {status}") }),
-            _ => Err(UpstreamFailure::Refused { status, detail: error_code(&body) }),
+            500..=599 => Err(UpstreamFailure::Unavailable {
+                detail: format!("answered {status}"),
+            }),
+            _ => Err(UpstreamFailure::Refused {
+                status,
+                detail: error_code(&body),
+            }),
         }
     }
 
-    async fn put(&self, deadline: Deadline, device: &str, thumbprints: (&str, Option<&str>), if_match: Option<&str>) -> Result<(), UpstreamFailure> {
+    async fn put(
+        &self,
+        deadline: Deadline,
+        device: &str,
+        thumbprints: (&str, Option<&str>),
+        if_match: Option<&str>,
+    ) -> Result<(), UpstreamFailure> {
         let body = json!({
             "deviceId": device,
             "status": "enabled",
@@ -215,9 +299,14 @@ impl IotHubRegistry {
                 "x509Thumbprint": {"primaryThumbprint": thumbprints.0, "secondaryThumbprint": thumbprints.1}
             }
         });
-        let reply = self.call(deadline, Method::Put, device, Some(&body), if_match).await?;
+        let reply = self
+            .call(deadline, Method::Put, device, Some(&body), if_match)
+            .await?;
         if reply.status == 404 {
-            return Err(UpstreamFailure::Refused { status: 404, detail: "DeviceNotFound".into() });
+            return Err(UpstreamFailure::Refused {
+                status: 404,
+                detail: "DeviceNotFound".into(),
+            });
         }
         Ok(())
     }
@@ -225,17 +314,34 @@ impl IotHubRegistry {
 
 /// `ErrorCode:DeviceNotFound;...` → `DeviceNotFound`.
 fn error_code(body: &Value) -> String {
-    let message = body["Message"].as_str().or_else(|| body["message"].as_str()).unwrap_or("");
-    message.strip_prefix("ErrorCode:").and_then(|m| m.split(';').next()).unwrap_or("error").chars().take(80).collect()
+    let message = body["Message"]
+        .as_str()
+        .or_else(|| body["message"].as_str())
+        .unwrap_or("");
+    message
+        .strip_prefix("ErrorCode:")
+        .and_then(|m| m.split(';').next())
+        .unwrap_or("error")
+        .chars()
+        .take(80)
+        .collect()
 }
 
 /// The device's thumbprint slots, as (slot, uppercase thumbprint).
 fn thumbprints(device: &Value) -> Vec<(&'static str, String)> {
     let slots = &device["authentication"]["x509Thumbprint"];
-    [("primary", "primaryThumbprint"), ("secondary", "secondaryThumbprint")]
-        .into_iter()
-        .filter_map(|(slot, field)| slots[field].as_str().filter(|t| !t.is_empty()).map(|t| (slot, t.to_ascii_uppercase())))
-        .collect()
+    [
+        ("primary", "primaryThumbprint"),
+        ("secondary", "secondaryThumbprint"),
+    ]
+    .into_iter()
+    .filter_map(|(slot, field)| {
+        slots[field]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .map(|t| (slot, t.to_ascii_uppercase()))
+    })
+    .collect()
 }
 
 #[async_trait]
@@ -266,10 +372,17 @@ impl Registry for IotHubRegistry {
 
     /// The stored certificate's thumbprint is the registered one (SHA-256 or SHA-1).
     fn names(&self, vars: &BTreeMap<String, Secret>, credential: &RegisteredCredential) -> bool {
-        super::stored_certificate(vars, CERT_VAR).is_some_and(|f| f.sha256_thumbprint == credential.id || f.sha1_thumbprint == credential.id)
+        super::stored_certificate(vars, CERT_VAR).is_some_and(|f| {
+            f.sha256_thumbprint == credential.id || f.sha1_thumbprint == credential.id
+        })
     }
 
-    fn variables(&self, _uuid: &DeviceUuid, credential: &RegisteredCredential, private_key: Option<&Secret>) -> Vec<(&'static str, Secret)> {
+    fn variables(
+        &self,
+        _uuid: &DeviceUuid,
+        credential: &RegisteredCredential,
+        private_key: Option<&Secret>,
+    ) -> Vec<(&'static str, Secret)> {
         super::certificate_variables((CERT_VAR, KEY_VAR), credential, private_key)
     }
 
@@ -279,20 +392,32 @@ impl Registry for IotHubRegistry {
         let mut url = self.base.clone();
         url.set_path("/devices");
         url.set_query(Some(&format!("top=1&api-version={API_VERSION}")));
-        let reply = self.send_request(deadline, Request::new(url, Method::Get), None, None).await?;
+        let reply = self
+            .send_request(deadline, Request::new(url, Method::Get), None, None)
+            .await?;
         if reply.status == 404 {
-            return Err(UpstreamFailure::Refused { status: 404, detail: format!("no device registry at {}", self.base) });
+            return Err(UpstreamFailure::Refused {
+                status: 404,
+                detail: format!("no device registry at {}", self.base),
+            });
         }
         let hub = self.base.host_str().unwrap_or("the hub");
-        Ok(format!("hub {hub} lists device identities for the policy's SAS token (GET /devices?top=1)"))
+        Ok(format!(
+            "hub {hub} lists device identities for the policy's SAS token (GET /devices?top=1)"
+        ))
     }
 
-    async fn inspect(&self, deadline: Deadline, device: &str) -> Result<RegistryState, UpstreamFailure> {
+    async fn inspect(
+        &self,
+        deadline: Deadline,
+        device: &str,
+    ) -> Result<RegistryState, UpstreamFailure> {
         let reply = self.call(deadline, Method::Get, device, None, None).await?;
         if reply.status == 404 {
             return Ok(RegistryState::default());
         }
-        let usable = reply.body["status"] == "enabled" && reply.body["authentication"]["type"] == "selfSigned";
+        let usable = reply.body["status"] == "enabled"
+            && reply.body["authentication"]["type"] == "selfSigned";
         let credentials = thumbprints(&reply.body)
             .into_iter()
             .map(|(slot, id)| RegisteredCredential {
@@ -305,7 +430,11 @@ impl Registry for IotHubRegistry {
                 complete: usable,
             })
             .collect();
-        Ok(RegistryState { entry: true, credentials, revision: reply.body["etag"].as_str().map(|e| format!("\"{e}\"")) })
+        Ok(RegistryState {
+            entry: true,
+            credentials,
+            revision: reply.body["etag"].as_str().map(|e| format!("\"{e}\"")),
+        })
     }
 
     /// The certificate is made here; the hub learns of it when it is activated.
@@ -351,37 +480,65 @@ impl Registry for IotHubRegistry {
             Some(old) => (old.id.as_str(), Some(credential.id.as_str())),
             None => (credential.id.as_str(), None),
         };
-        let if_match = state.entry.then(|| state.revision.as_deref().unwrap_or("*"));
+        let if_match = state
+            .entry
+            .then(|| state.revision.as_deref().unwrap_or("*"));
         self.put(deadline, &device, slots, if_match)
             .await
             .map_err(|f| ProvisionError::cloud("registering the certificate thumbprint", f))
     }
 
-    async fn revoke(&self, deadline: Deadline, device: &str, credentials: &[RegisteredCredential]) -> Result<(), UpstreamFailure> {
+    async fn revoke(
+        &self,
+        deadline: Deadline,
+        device: &str,
+        credentials: &[RegisteredCredential],
+    ) -> Result<(), UpstreamFailure> {
         let reply = self.call(deadline, Method::Get, device, None, None).await?;
         if reply.status == 404 {
             return Ok(());
         }
         let etag = reply.body["etag"].as_str().map(|e| format!("\"{e}\""));
         let current = thumbprints(&reply.body);
-        let remaining: Vec<&str> =
-            current.iter().map(|(_, t)| t.as_str()).filter(|t| !credentials.iter().any(|c| c.id == *t)).collect();
+        let remaining: Vec<&str> = current
+            .iter()
+            .map(|(_, t)| t.as_str())
+            .filter(|t| !credentials.iter().any(|c| c.id == *t))
+            .collect();
         if remaining.len() == current.len() {
             return Ok(());
         }
         match remaining.as_slice() {
             // Nothing left to authenticate with: the entry itself goes.
             [] => {
-                let reply = self.call(deadline, Method::Delete, device, None, Some(etag.as_deref().unwrap_or("*"))).await?;
+                let reply = self
+                    .call(
+                        deadline,
+                        Method::Delete,
+                        device,
+                        None,
+                        Some(etag.as_deref().unwrap_or("*")),
+                    )
+                    .await?;
                 let _ = reply;
                 Ok(())
             }
-            [first, rest @ ..] => self.put(deadline, device, (first, rest.first().copied()), Some(etag.as_deref().unwrap_or("*"))).await,
+            [first, rest @ ..] => {
+                self.put(
+                    deadline,
+                    device,
+                    (first, rest.first().copied()),
+                    Some(etag.as_deref().unwrap_or("*")),
+                )
+                .await
+            }
         }
     }
 
     async fn remove_entry(&self, deadline: Deadline, device: &str) -> Result<(), UpstreamFailure> {
-        self.call(deadline, Method::Delete, device, None, Some("*")).await.map(|_| ())
+        self.call(deadline, Method::Delete, device, None, Some("*"))
+            .await
+            .map(|_| ())
     }
 
     /// Creates the device again with the thumbprints it had (a device made since stays).
@@ -394,14 +551,23 @@ impl Registry for IotHubRegistry {
     ) -> Result<(), UpstreamFailure> {
         let mut slots: Vec<&RegisteredCredential> = state.credentials.iter().collect();
         slots.sort_by_key(|c| c.locator.as_deref() != Some("primary"));
-        let Some(first) = slots.first() else { return Ok(()) };
-        match self.put(deadline, device, (first.id.as_str(), slots.get(1).map(|c| c.id.as_str())), None).await {
+        let Some(first) = slots.first() else {
+            return Ok(());
+        };
+        match self
+            .put(
+                deadline,
+                device,
+                (first.id.as_str(), slots.get(1).map(|c| c.id.as_str())),
+                None,
+            )
+            .await
+        {
             Err(UpstreamFailure::Refused { status: 409, .. }) => Ok(()),
             other => other,
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -419,9 +585,15 @@ mod tests {
 
     #[test]
     fn a_device_connection_string_is_refused_with_the_reason() {
-        let err = ConnectionString::parse(&format!("HostName=hub.azure-devices.net;DeviceId=dev1;SharedAccessKey={KEY}")).unwrap_err();
+        let err = ConnectionString::parse(&format!(
+            "HostName=hub.azure-devices.net;DeviceId=dev1;SharedAccessKey={KEY}"
+        ))
+        .unwrap_err();
         assert_eq!(err.variable, "CONNECTION_STRING");
-        assert!(err.to_string().contains("device connection string"), "{err}");
+        assert!(
+            err.to_string().contains("device connection string"),
+            "{err}"
+        );
         assert!(!err.to_string().contains(KEY));
     }
 
@@ -431,7 +603,10 @@ mod tests {
             ("SharedAccessKeyName=p;SharedAccessKey=a2V5", "HostName"),
             ("HostName=h;SharedAccessKey=a2V5", "SharedAccessKeyName"),
             ("HostName=h;SharedAccessKeyName=p", "SharedAccessKey"),
-            ("HostName=h;SharedAccessKeyName=p;SharedAccessKey=%%%", "SharedAccessKey"),
+            (
+                "HostName=h;SharedAccessKeyName=p;SharedAccessKey=%%%",
+                "SharedAccessKey",
+            ),
             ("garbage", "Name=value"),
         ] {
             let err = ConnectionString::parse(value).unwrap_err();
@@ -441,11 +616,21 @@ mod tests {
 
     #[test]
     fn sas_token_shape() {
-        let cs = ConnectionString::parse(&format!("HostName=Hub.azure-devices.net;SharedAccessKeyName=p;SharedAccessKey={KEY}")).unwrap();
+        let cs = ConnectionString::parse(&format!(
+            "HostName=Hub.azure-devices.net;SharedAccessKeyName=p;SharedAccessKey={KEY}"
+        ))
+        .unwrap();
         let token = cs.sas_token(1_800_000_000);
         let t = token.expose();
-        assert!(t.starts_with("SharedAccessSignature sr=hub.azure-devices.net&sig="), "{t}");
+        assert!(
+            t.starts_with("SharedAccessSignature sr=hub.azure-devices.net&sig="),
+            "{t}"
+        );
         assert!(t.ends_with("&se=1800000000&skn=p"), "{t}");
-        assert_eq!(cs.sas_token(1_800_000_000), token, "deterministic for one expiry");
+        assert_eq!(
+            cs.sas_token(1_800_000_000),
+            token,
+            "deterministic for one expiry"
+        );
     }
 }

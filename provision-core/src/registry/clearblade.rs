@@ -23,7 +23,10 @@ use serde_json::{Value, json};
 use super::{Cloud, Material, RegisteredCredential, Registration, Registry, RegistryState};
 use crate::api::ids::DeviceUuid;
 use crate::config::ConfigError;
-use crate::credentials::{PublicKeyId, PublicKeyPem, base64_decode, base64_encode, public_key_of_pem, public_key_of_private_pem};
+use crate::credentials::{
+    PublicKeyId, PublicKeyPem, base64_decode, base64_encode, public_key_of_pem,
+    public_key_of_private_pem,
+};
 use crate::error::{ProvisionError, UpstreamFailure};
 use crate::retry::{Deadline, RetryPolicy};
 use crate::secret::Secret;
@@ -47,7 +50,9 @@ pub struct ServiceAccount {
 
 impl std::fmt::Debug for ServiceAccount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceAccount").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("ServiceAccount")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -55,21 +60,44 @@ impl ServiceAccount {
     /// Reads the base64 of the service-account JSON. Errors never repeat the value.
     pub fn from_base64(value: &str) -> Result<Self, ConfigError> {
         const NAME: &str = "CB_SERVICE_ACCOUNT";
-        let bytes = base64_decode(value.trim()).ok_or_else(|| ConfigError::new(NAME, "is not base64 (it holds the base64 of the service-account JSON file)"))?;
-        let json: Value = serde_json::from_slice(&bytes).map_err(|_| ConfigError::new(NAME, "does not decode to JSON (expected the service-account JSON file, base64)"))?;
+        let bytes = base64_decode(value.trim()).ok_or_else(|| {
+            ConfigError::new(
+                NAME,
+                "is not base64 (it holds the base64 of the service-account JSON file)",
+            )
+        })?;
+        let json: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            ConfigError::new(
+                NAME,
+                "does not decode to JSON (expected the service-account JSON file, base64)",
+            )
+        })?;
         let field = |name: &str| {
             json.get(name)
                 .and_then(Value::as_str)
                 .filter(|v| !v.trim().is_empty())
                 .map(|v| v.trim().to_owned())
-                .ok_or_else(|| ConfigError::new(NAME, format!("has no '{name}' (expected systemKey, token, url)")))
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        NAME,
+                        format!("has no '{name}' (expected systemKey, token, url)"),
+                    )
+                })
         };
         let (system_key, token, url) = (field("systemKey")?, field("token")?, field("url")?);
-        crate::config::url_setting(NAME, &url).map_err(|_| ConfigError::new(NAME, "has a 'url' that is not an http(s) URL"))?;
+        crate::config::url_setting(NAME, &url)
+            .map_err(|_| ConfigError::new(NAME, "has a 'url' that is not an http(s) URL"))?;
         if !system_key.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(ConfigError::new(NAME, "has a 'systemKey' that is not a ClearBlade system key"));
+            return Err(ConfigError::new(
+                NAME,
+                "has a 'systemKey' that is not a ClearBlade system key",
+            ));
         }
-        Ok(ServiceAccount { system_key, token: Secret::new(token), url: url.trim_end_matches('/').to_owned() })
+        Ok(ServiceAccount {
+            system_key,
+            token: Secret::new(token),
+            url: url.trim_end_matches('/').to_owned(),
+        })
     }
 }
 
@@ -86,24 +114,49 @@ impl RegistryPath {
     pub fn new(project: &str, region: &str, registry: &str) -> Result<Self, ConfigError> {
         let project_ok = (6..=30).contains(&project.len())
             && project.starts_with(|c: char| c.is_ascii_lowercase())
-            && project.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && project
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !project_ok {
-            return Err(ConfigError::new("GCP_PROJECT_ID", "must be a Google Cloud project id (6-30 lowercase letters, digits, hyphens)"));
+            return Err(ConfigError::new(
+                "GCP_PROJECT_ID",
+                "must be a Google Cloud project id (6-30 lowercase letters, digits, hyphens)",
+            ));
         }
-        if region.is_empty() || region.len() > 40 || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-            return Err(ConfigError::new("GCP_REGION", "must be a region name such as us-central1"));
+        if region.is_empty()
+            || region.len() > 40
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(ConfigError::new(
+                "GCP_REGION",
+                "must be a region name such as us-central1",
+            ));
         }
         let registry_ok = (3..=255).contains(&registry.len())
             && registry.starts_with(|c: char| c.is_ascii_alphabetic())
-            && registry.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._+~%".contains(&b));
+            && registry
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._+~%".contains(&b));
         if !registry_ok {
-            return Err(ConfigError::new("CB_REGISTRY_ID", "must be a registry id (3-255 characters, starting with a letter)"));
+            return Err(ConfigError::new(
+                "CB_REGISTRY_ID",
+                "must be a registry id (3-255 characters, starting with a letter)",
+            ));
         }
-        Ok(RegistryPath { project: project.into(), region: region.into(), registry: registry.into() })
+        Ok(RegistryPath {
+            project: project.into(),
+            region: region.into(),
+            registry: registry.into(),
+        })
     }
 
     pub fn path(&self) -> String {
-        format!("projects/{}/locations/{}/registries/{}", self.project, self.region, self.registry)
+        format!(
+            "projects/{}/locations/{}/registries/{}",
+            self.project, self.region, self.registry
+        )
     }
 }
 
@@ -156,7 +209,13 @@ pub struct ClearBladeRegistry {
 
 impl ClearBladeRegistry {
     pub fn new(http: reqwest::Client, account: ServiceAccount, path: RegistryPath) -> Self {
-        ClearBladeRegistry { http, account, path, retry: RetryPolicy::default(), access: tokio::sync::Mutex::new(None) }
+        ClearBladeRegistry {
+            http,
+            account,
+            path,
+            retry: RetryPolicy::default(),
+            access: tokio::sync::Mutex::new(None),
+        }
     }
 
     /// Retries and one attempt's time limit for every call to ClearBlade.
@@ -170,15 +229,25 @@ impl ClearBladeRegistry {
     }
 
     /// The registry's access, from the cache or from the admin system.
-    async fn access(&self, deadline: Deadline, refresh: bool) -> Result<Arc<RegistryAccess>, UpstreamFailure> {
+    async fn access(
+        &self,
+        deadline: Deadline,
+        refresh: bool,
+    ) -> Result<Arc<RegistryAccess>, UpstreamFailure> {
         let mut cached = self.access.lock().await;
         if let Some(access) = cached.as_ref().filter(|_| !refresh) {
             return Ok(access.clone());
         }
-        let url = format!("{}/api/v/1/code/{}/getRegistryCredentials", self.account.url, self.account.system_key);
+        let url = format!(
+            "{}/api/v/1/code/{}/getRegistryCredentials",
+            self.account.url, self.account.system_key
+        );
         let body = json!({"region": self.path.region, "registry": self.path.registry, "project": self.path.project});
         let answer = upstream::send(&self.retry, deadline, || {
-            self.http.post(&url).header(TOKEN_HEADER, self.account.token.expose()).json(&body)
+            self.http
+                .post(&url)
+                .header(TOKEN_HEADER, self.account.token.expose())
+                .json(&body)
         })
         .await?;
         if !answer.status.is_success() {
@@ -205,22 +274,34 @@ impl ClearBladeRegistry {
         let mut refresh = false;
         loop {
             let access = self.access(deadline, refresh).await?;
-            let mut url = format!("{}/api/v/4/webhook/execute/{}/cloudiot_devices", access.url, access.system_key);
+            let mut url = format!(
+                "{}/api/v/4/webhook/execute/{}/cloudiot_devices",
+                access.url, access.system_key
+            );
             for (n, (name, value)) in query.iter().enumerate() {
                 url.push(if n == 0 { '?' } else { '&' });
                 url.push_str(&format!("{name}={}", uri_component(value)));
             }
             let answer = upstream::send(&self.retry, deadline, || {
-                let request = self.http.request(method.clone(), &url).header(TOKEN_HEADER, access.token.expose());
+                let request = self
+                    .http
+                    .request(method.clone(), &url)
+                    .header(TOKEN_HEADER, access.token.expose());
                 match body {
                     Some(body) => request.json(body),
                     None => request,
                 }
             })
             .await?;
-            let refused_token = matches!(answer.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+            let refused_token = matches!(
+                answer.status,
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            );
             if refused_token && !refresh {
-                tracing::info!(status = answer.status.as_u16(), "ClearBlade refused the registry token; fetching it again");
+                tracing::info!(
+                    status = answer.status.as_u16(),
+                    "ClearBlade refused the registry token; fetching it again"
+                );
                 refresh = true;
                 continue;
             }
@@ -228,9 +309,15 @@ impl ClearBladeRegistry {
         }
     }
 
-    async fn get_device(&self, deadline: Deadline, device_id: &str) -> Result<Option<DeviceResource>, UpstreamFailure> {
+    async fn get_device(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+    ) -> Result<Option<DeviceResource>, UpstreamFailure> {
         let name = self.device_path(device_id);
-        let answer = self.devices_call(deadline, reqwest::Method::GET, &[("name", &name)], None).await?;
+        let answer = self
+            .devices_call(deadline, reqwest::Method::GET, &[("name", &name)], None)
+            .await?;
         match answer.status {
             s if s.is_success() => answer.parse().map(Some),
             StatusCode::NOT_FOUND => Ok(None),
@@ -238,17 +325,34 @@ impl ClearBladeRegistry {
         }
     }
 
-    async fn set_credentials(&self, deadline: Deadline, device_id: &str, credentials: &[Value]) -> Result<(), UpstreamFailure> {
+    async fn set_credentials(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+        credentials: &[Value],
+    ) -> Result<(), UpstreamFailure> {
         let name = self.device_path(device_id);
         let body = json!({"credentials": credentials});
         let query = [("name", name.as_str()), ("updateMask", "credentials")];
-        let answer = self.devices_call(deadline, reqwest::Method::PATCH, &query, Some(&body)).await?;
-        if answer.status.is_success() { Ok(()) } else { Err(google_failure(&answer)) }
+        let answer = self
+            .devices_call(deadline, reqwest::Method::PATCH, &query, Some(&body))
+            .await?;
+        if answer.status.is_success() {
+            Ok(())
+        } else {
+            Err(google_failure(&answer))
+        }
     }
 
-    async fn delete_device(&self, deadline: Deadline, device_id: &str) -> Result<(), UpstreamFailure> {
+    async fn delete_device(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+    ) -> Result<(), UpstreamFailure> {
         let name = self.device_path(device_id);
-        let answer = self.devices_call(deadline, reqwest::Method::DELETE, &[("name", &name)], None).await?;
+        let answer = self
+            .devices_call(deadline, reqwest::Method::DELETE, &[("name", &name)], None)
+            .await?;
         match answer.status {
             s if s.is_success() => Ok(()),
             StatusCode::NOT_FOUND => Ok(()),
@@ -264,9 +368,20 @@ fn google_failure(answer: &Answer) -> UpstreamFailure {
     let error = parsed.as_ref().and_then(|v| v.get("error"));
     match error.and_then(|e| e.get("message")).and_then(Value::as_str) {
         Some(message) => {
-            let status = error.and_then(|e| e.get("status")).and_then(Value::as_str).unwrap_or("");
-            let detail: String = format!("{status} {message}").trim().chars().filter(|c| !c.is_control()).take(160).collect();
-            UpstreamFailure::Refused { status: answer.status.as_u16(), detail }
+            let status = error
+                .and_then(|e| e.get("status"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let detail: String = format!("{status} {message}")
+                .trim()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(160)
+                .collect();
+            UpstreamFailure::Refused {
+                status: answer.status.as_u16(),
+                detail,
+            }
         }
         None => answer.refused(),
     }
@@ -280,16 +395,25 @@ fn credential_json(key: &PublicKeyPem) -> Value {
 
 /// A registered credential from the device resource. Its id is the key's fingerprint, so
 /// the same key is the same credential whichever order the registry lists them in.
-fn registered(credential: &DeviceCredential, blocked: bool, now: &str) -> Option<RegisteredCredential> {
+fn registered(
+    credential: &DeviceCredential,
+    blocked: bool,
+    now: &str,
+) -> Option<RegisteredCredential> {
     let public = credential.public_key.as_ref()?;
     let key_id = match public.format.as_str() {
         "ES256_PEM" | "RSA_PEM" => public_key_of_pem(&public.key),
-        "ES256_X509_PEM" | "RSA_X509_PEM" => crate::credentials::certificate_facts(&public.key).ok().map(|f| f.public_key),
+        "ES256_X509_PEM" | "RSA_X509_PEM" => crate::credentials::certificate_facts(&public.key)
+            .ok()
+            .map(|f| f.public_key),
         _ => None,
     };
     let id = match &key_id {
         Some(key) => key.fingerprint(),
-        None => crate::credentials::sha256(public.key.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect(),
+        None => crate::credentials::sha256(public.key.as_bytes())[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
     };
     // An expiration time in the past disables the key; the zero time means none.
     let expired = credential
@@ -303,7 +427,10 @@ fn registered(credential: &DeviceCredential, blocked: bool, now: &str) -> Option
         locator: None,
         public_key: key_id,
         certificate_pem: None,
-        key_pem: Some(PublicKeyPem { pem: public.key.clone(), rsa: public.format.starts_with("RSA") }),
+        key_pem: Some(PublicKeyPem {
+            pem: public.key.clone(),
+            rsa: public.format.starts_with("RSA"),
+        }),
         active: usable,
         complete: usable,
     })
@@ -372,12 +499,21 @@ impl Registry for ClearBladeRegistry {
         ]
     }
 
-    fn variables(&self, uuid: &DeviceUuid, _credential: &RegisteredCredential, private_key: Option<&Secret>) -> Vec<(&'static str, Secret)> {
+    fn variables(
+        &self,
+        uuid: &DeviceUuid,
+        _credential: &RegisteredCredential,
+        private_key: Option<&Secret>,
+    ) -> Vec<(&'static str, Secret)> {
         let mut vars = Vec::new();
         if let Some(key) = private_key {
             vars.push((KEY_VAR, Secret::new(base64_encode(key.expose().as_bytes()))));
         }
-        vars.extend(self.fixed_variables(uuid).into_iter().map(|(name, value)| (name, Secret::new(value))));
+        vars.extend(
+            self.fixed_variables(uuid)
+                .into_iter()
+                .map(|(name, value)| (name, Secret::new(value))),
+        );
         vars
     }
 
@@ -386,16 +522,32 @@ impl Registry for ClearBladeRegistry {
     /// accepted and the registry to exist where the settings say.
     async fn probe(&self, deadline: Deadline) -> Result<String, UpstreamFailure> {
         let access = self.access(deadline, true).await?;
-        Ok(format!("the service account fetched the credentials of {} (regional API {})", self.path.path(), access.url))
+        Ok(format!(
+            "the service account fetched the credentials of {} (regional API {})",
+            self.path.path(),
+            access.url
+        ))
     }
 
-    async fn inspect(&self, deadline: Deadline, device_id: &str) -> Result<RegistryState, UpstreamFailure> {
+    async fn inspect(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+    ) -> Result<RegistryState, UpstreamFailure> {
         let Some(device) = self.get_device(deadline, device_id).await? else {
             return Ok(RegistryState::default());
         };
         let now = utc_now();
-        let credentials = device.credentials.iter().filter_map(|c| registered(c, device.blocked, &now)).collect();
-        Ok(RegistryState { entry: true, credentials, revision: None })
+        let credentials = device
+            .credentials
+            .iter()
+            .filter_map(|c| registered(c, device.blocked, &now))
+            .collect();
+        Ok(RegistryState {
+            entry: true,
+            credentials,
+            revision: None,
+        })
     }
 
     /// Only prepares the key: the device is created or changed by `activate`, which the flow
@@ -420,7 +572,10 @@ impl Registry for ClearBladeRegistry {
             active: false,
             complete: false,
         };
-        Ok(Registration { credential, created_entry: !state.entry })
+        Ok(Registration {
+            credential,
+            created_entry: !state.entry,
+        })
     }
 
     /// Creates the device holding the new key, or sets an existing device's keys to `keep`
@@ -456,20 +611,30 @@ impl Registry for ClearBladeRegistry {
             Ok(())
         } else {
             // 409: made since the state was read; the flow undoes this attempt and re-reads.
-            Err(ProvisionError::cloud("creating the device", google_failure(&answer)))
+            Err(ProvisionError::cloud(
+                "creating the device",
+                google_failure(&answer),
+            ))
         }
     }
 
     /// Removes these keys from the device, reading its keys afresh; the device goes when none
     /// would remain (a device with no key is of no use, and DELETE removes it anyway).
-    async fn revoke(&self, deadline: Deadline, device_id: &str, credentials: &[RegisteredCredential]) -> Result<(), UpstreamFailure> {
-        let Some(device) = self.get_device(deadline, device_id).await? else { return Ok(()) };
+    async fn revoke(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+        credentials: &[RegisteredCredential],
+    ) -> Result<(), UpstreamFailure> {
+        let Some(device) = self.get_device(deadline, device_id).await? else {
+            return Ok(());
+        };
         let now = utc_now();
         let gone: Vec<&str> = credentials.iter().map(|c| c.id.as_str()).collect();
-        let (dropped, kept): (Vec<&DeviceCredential>, Vec<&DeviceCredential>) = device
-            .credentials
-            .iter()
-            .partition(|c| registered(c, device.blocked, &now).is_some_and(|r| gone.contains(&r.id.as_str())));
+        let (dropped, kept): (Vec<&DeviceCredential>, Vec<&DeviceCredential>) =
+            device.credentials.iter().partition(|c| {
+                registered(c, device.blocked, &now).is_some_and(|r| gone.contains(&r.id.as_str()))
+            });
         if dropped.is_empty() {
             return Ok(());
         }
@@ -480,7 +645,8 @@ impl Registry for ClearBladeRegistry {
             .into_iter()
             .filter_map(|c| {
                 let public = c.public_key.as_ref()?;
-                let mut credential = json!({"publicKey": {"format": public.format, "key": public.key}});
+                let mut credential =
+                    json!({"publicKey": {"format": public.format, "key": public.key}});
                 if let Some(expiry) = &c.expiration_time {
                     credential["expirationTime"] = json!(expiry);
                 }
@@ -490,7 +656,11 @@ impl Registry for ClearBladeRegistry {
         self.set_credentials(deadline, device_id, &keys).await
     }
 
-    async fn remove_entry(&self, deadline: Deadline, device_id: &str) -> Result<(), UpstreamFailure> {
+    async fn remove_entry(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+    ) -> Result<(), UpstreamFailure> {
         self.delete_device(deadline, device_id).await
     }
 
@@ -502,12 +672,18 @@ impl Registry for ClearBladeRegistry {
         state: &RegistryState,
         _vars: &BTreeMap<String, Secret>,
     ) -> Result<(), UpstreamFailure> {
-        let keys: Vec<Value> = state.credentials.iter().filter_map(|c| c.key_pem.as_ref().map(credential_json)).collect();
+        let keys: Vec<Value> = state
+            .credentials
+            .iter()
+            .filter_map(|c| c.key_pem.as_ref().map(credential_json))
+            .collect();
         if !state.entry || keys.is_empty() {
             return Ok(());
         }
         let body = json!({"id": device_id, "credentials": keys});
-        let answer = self.devices_call(deadline, reqwest::Method::POST, &[], Some(&body)).await?;
+        let answer = self
+            .devices_call(deadline, reqwest::Method::POST, &[], Some(&body))
+            .await?;
         match answer.status {
             s if s.is_success() => Ok(()),
             StatusCode::CONFLICT => Ok(()),
@@ -532,8 +708,14 @@ mod tests {
         for (bad, says) in [
             ("%%%".to_string(), "not base64"),
             (base64_encode(b"not json"), "JSON"),
-            (b64(&json!({"systemKey": "abc", "url": "https://x"})), "'token'"),
-            (b64(&json!({"systemKey": "abc", "token": "tok-secret", "url": "ftp://x"})), "'url'"),
+            (
+                b64(&json!({"systemKey": "abc", "url": "https://x"})),
+                "'token'",
+            ),
+            (
+                b64(&json!({"systemKey": "abc", "token": "tok-secret", "url": "ftp://x"})),
+                "'url'",
+            ),
         ] {
             let err = ServiceAccount::from_base64(&bad).unwrap_err();
             assert_eq!(err.variable, "CB_SERVICE_ACCOUNT");
@@ -545,27 +727,67 @@ mod tests {
     #[test]
     fn registry_names_are_checked() {
         assert!(RegistryPath::new("my-project", "us-central1", "balena-fleet").is_ok());
-        assert_eq!(RegistryPath::new("My_Project", "us-central1", "r1x").unwrap_err().variable, "GCP_PROJECT_ID");
-        assert_eq!(RegistryPath::new("my-project", "us/central1", "r1x").unwrap_err().variable, "GCP_REGION");
-        assert_eq!(RegistryPath::new("my-project", "us-central1", "1reg").unwrap_err().variable, "CB_REGISTRY_ID");
-        assert_eq!(RegistryPath::new("my-project", "us-central1", "reg/../x").unwrap_err().variable, "CB_REGISTRY_ID");
+        assert_eq!(
+            RegistryPath::new("My_Project", "us-central1", "r1x")
+                .unwrap_err()
+                .variable,
+            "GCP_PROJECT_ID"
+        );
+        assert_eq!(
+            RegistryPath::new("my-project", "us/central1", "r1x")
+                .unwrap_err()
+                .variable,
+            "GCP_REGION"
+        );
+        assert_eq!(
+            RegistryPath::new("my-project", "us-central1", "1reg")
+                .unwrap_err()
+                .variable,
+            "CB_REGISTRY_ID"
+        );
+        assert_eq!(
+            RegistryPath::new("my-project", "us-central1", "reg/../x")
+                .unwrap_err()
+                .variable,
+            "CB_REGISTRY_ID"
+        );
     }
 
     #[test]
     fn credentials_expire_and_blocked_devices_have_none_usable() {
-        let key = crate::credentials::DeviceKey::generate().unwrap().public_key_pem();
+        let key = crate::credentials::DeviceKey::generate()
+            .unwrap()
+            .public_key_pem();
         let credential = |expiry: Option<&str>| DeviceCredential {
-            public_key: Some(PublicKeyCredential { format: "ES256_PEM".into(), key: key.pem.clone() }),
+            public_key: Some(PublicKeyCredential {
+                format: "ES256_PEM".into(),
+                key: key.pem.clone(),
+            }),
             expiration_time: expiry.map(str::to_owned),
         };
         let now = "2026-11-23T12:00:00";
         assert!(registered(&credential(None), false, now).unwrap().active);
-        assert!(registered(&credential(Some("1970-01-01T00:00:00Z")), false, now).unwrap().active);
-        assert!(registered(&credential(Some("2030-01-01T00:00:00Z")), false, now).unwrap().active);
-        assert!(!registered(&credential(Some("2020-01-01T00:00:00Z")), false, now).unwrap().active);
+        assert!(
+            registered(&credential(Some("1970-01-01T00:00:00Z")), false, now)
+                .unwrap()
+                .active
+        );
+        assert!(
+            registered(&credential(Some("2030-01-01T00:00:00Z")), false, now)
+                .unwrap()
+                .active
+        );
+        assert!(
+            !registered(&credential(Some("2020-01-01T00:00:00Z")), false, now)
+                .unwrap()
+                .active
+        );
         assert!(!registered(&credential(None), true, now).unwrap().active);
         let garbage = DeviceCredential {
-            public_key: Some(PublicKeyCredential { format: "ES256_PEM".into(), key: "nope".into() }),
+            public_key: Some(PublicKeyCredential {
+                format: "ES256_PEM".into(),
+                key: "nope".into(),
+            }),
             expiration_time: None,
         };
         assert!(!registered(&garbage, false, now).unwrap().active);

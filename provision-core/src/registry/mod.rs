@@ -67,7 +67,10 @@ pub struct RegistryState {
 
 /// The certificate stored base64-encoded in `cert_var`, read back (AWS_CERT, AZURE_CERT).
 #[cfg(any(feature = "aws", feature = "azure"))]
-pub(crate) fn stored_certificate(vars: &BTreeMap<String, Secret>, cert_var: &str) -> Option<crate::credentials::CertificateFacts> {
+pub(crate) fn stored_certificate(
+    vars: &BTreeMap<String, Secret>,
+    cert_var: &str,
+) -> Option<crate::credentials::CertificateFacts> {
     let pem = crate::credentials::base64_decode(vars.get(cert_var)?.expose())?;
     crate::credentials::certificate_facts(std::str::from_utf8(&pem).ok()?).ok()
 }
@@ -81,7 +84,16 @@ pub(crate) fn certificate_variables(
     private_key: Option<&Secret>,
 ) -> Vec<(&'static str, Secret)> {
     use crate::credentials::base64_encode;
-    let mut vars = vec![(cert_var, Secret::new(base64_encode(credential.certificate_pem.as_deref().unwrap_or("").as_bytes())))];
+    let mut vars = vec![(
+        cert_var,
+        Secret::new(base64_encode(
+            credential
+                .certificate_pem
+                .as_deref()
+                .unwrap_or("")
+                .as_bytes(),
+        )),
+    )];
     if let Some(key) = private_key {
         vars.push((key_var, Secret::new(base64_encode(key.expose().as_bytes()))));
     }
@@ -156,7 +168,12 @@ pub trait Registry: Send + Sync {
     }
 
     /// The variables that describe `credential` (the private key's, when given, included).
-    fn variables(&self, uuid: &DeviceUuid, credential: &RegisteredCredential, private_key: Option<&Secret>) -> Vec<(&'static str, Secret)>;
+    fn variables(
+        &self,
+        uuid: &DeviceUuid,
+        credential: &RegisteredCredential,
+        private_key: Option<&Secret>,
+    ) -> Vec<(&'static str, Secret)>;
 
     /// One read-only call showing that the registry can be reached and accepts the function's
     /// credentials (the operator's `--check`). It writes nothing. `Ok` says, in a few words for
@@ -164,7 +181,11 @@ pub trait Registry: Send + Sync {
     async fn probe(&self, deadline: Deadline) -> Result<String, UpstreamFailure>;
 
     /// The device's entry and credentials.
-    async fn inspect(&self, deadline: Deadline, device_id: &str) -> Result<RegistryState, UpstreamFailure>;
+    async fn inspect(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+    ) -> Result<RegistryState, UpstreamFailure>;
 
     /// First half of adding a credential: creates the entry when `state` says there is none,
     /// and the credential itself, not yet usable (AWS: the certificate, inactive). It depends
@@ -193,14 +214,27 @@ pub trait Registry: Send + Sync {
 
     /// Makes these credentials unusable and removes them. Removing what is already gone
     /// succeeds. When none would remain, the registry may remove the entry too.
-    async fn revoke(&self, deadline: Deadline, device_id: &str, credentials: &[RegisteredCredential]) -> Result<(), UpstreamFailure>;
+    async fn revoke(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+        credentials: &[RegisteredCredential],
+    ) -> Result<(), UpstreamFailure>;
 
     /// Removes the device's entry (after its credentials). Removing what is gone succeeds.
-    async fn remove_entry(&self, deadline: Deadline, device_id: &str) -> Result<(), UpstreamFailure>;
+    async fn remove_entry(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+    ) -> Result<(), UpstreamFailure>;
 
     /// What DELETE needs to know, read in one round trip: which entry and credentials exist
     /// (AWS: the thing's principals, without describing each). By default, `inspect`.
-    async fn inspect_for_removal(&self, deadline: Deadline, device_id: &str) -> Result<RegistryState, UpstreamFailure> {
+    async fn inspect_for_removal(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+    ) -> Result<RegistryState, UpstreamFailure> {
         self.inspect(deadline, device_id).await
     }
 
@@ -208,8 +242,17 @@ pub trait Registry: Send + Sync {
     /// `state` stops authenticating (AWS: inactive and detached from the thing; IoT Hub and
     /// ClearBlade: the entry goes, its keys with it). A credential that could not be made
     /// unusable is left as it was, still where `inspect` finds it.
-    async fn retire(&self, deadline: Deadline, device_id: &str, state: &RegistryState) -> Result<(), UpstreamFailure> {
-        if state.entry { self.remove_entry(deadline, device_id).await } else { Ok(()) }
+    async fn retire(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+        state: &RegistryState,
+    ) -> Result<(), UpstreamFailure> {
+        if state.entry {
+            self.remove_entry(deadline, device_id).await
+        } else {
+            Ok(())
+        }
     }
 
     /// Undoes `retire` when the variables could not be deleted: the credential `vars` name
@@ -226,7 +269,12 @@ pub trait Registry: Send + Sync {
     /// what is left (AWS: the certificates and the thing; nothing where the entry held the
     /// credentials). `Ok(false)`: the entry gained a credential since `state` was read, so
     /// another request is provisioning the device and the entry stays.
-    async fn purge(&self, _deadline: Deadline, _device_id: &str, _state: &RegistryState) -> Result<bool, UpstreamFailure> {
+    async fn purge(
+        &self,
+        _deadline: Deadline,
+        _device_id: &str,
+        _state: &RegistryState,
+    ) -> Result<bool, UpstreamFailure> {
         Ok(true)
     }
 }

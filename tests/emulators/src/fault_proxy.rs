@@ -112,7 +112,9 @@ impl Traffic {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Sets the plan (replacing any other), clearing the log and the label counts.
@@ -158,7 +160,13 @@ impl Traffic {
 
     /// Counts a request and decides its fate; returns its log index. `invocation` is the id a
     /// client gives all attempts of one call, when it gives one.
-    fn admit(&self, label: String, method: &str, target: &str, invocation: Option<&str>) -> (usize, Option<FaultKind>) {
+    fn admit(
+        &self,
+        label: String,
+        method: &str,
+        target: &str,
+        invocation: Option<&str>,
+    ) -> (usize, Option<FaultKind>) {
         let mut state = self.lock();
         let count = {
             let seen = state.seen.entry(label.clone()).or_default();
@@ -220,7 +228,12 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts a proxy named `upstream` (the first word of its labels) in front of
     /// `target_port`, logging to and faulting by `traffic`.
-    pub async fn start(upstream: &'static str, target_port: u16, flavour: Flavour, traffic: Traffic) -> anyhow::Result<FaultProxy> {
+    pub async fn start(
+        upstream: &'static str,
+        target_port: u16,
+        flavour: Flavour,
+        traffic: Traffic,
+    ) -> anyhow::Result<FaultProxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let task = tokio::spawn(async move {
@@ -256,7 +269,10 @@ const MAX_HEAD: usize = 64 * 1024;
 
 impl Conn {
     fn new(stream: TcpStream) -> Self {
-        Conn { stream, buf: Vec::new() }
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     /// Reads more bytes into the buffer; `false` at end of stream.
@@ -277,7 +293,11 @@ impl Conn {
                 return Err(std::io::Error::other("message head too large"));
             }
             if !self.fill().await? {
-                return if self.buf.is_empty() { Ok(None) } else { Err(std::io::ErrorKind::UnexpectedEof.into()) };
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(std::io::ErrorKind::UnexpectedEof.into())
+                };
             }
         }
     }
@@ -312,8 +332,15 @@ impl Conn {
                 loop {
                     let line = self.line().await?;
                     let size_text = String::from_utf8_lossy(&line);
-                    let size_text = size_text.trim().split(';').next().unwrap_or("").trim().to_string();
-                    let size = usize::from_str_radix(&size_text, 16).map_err(|_| std::io::Error::other("bad chunk size"))?;
+                    let size_text = size_text
+                        .trim()
+                        .split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    let size = usize::from_str_radix(&size_text, 16)
+                        .map_err(|_| std::io::Error::other("bad chunk size"))?;
                     raw.extend_from_slice(&line);
                     if size == 0 {
                         // Trailers, then the blank line.
@@ -361,19 +388,30 @@ fn framing(headers: &[httparse::Header<'_>], otherwise: Framing) -> Framing {
 }
 
 fn wants_close(headers: &[httparse::Header<'_>]) -> bool {
-    headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("connection") && String::from_utf8_lossy(h.value).to_ascii_lowercase().contains("close"))
+    headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("connection")
+            && String::from_utf8_lossy(h.value)
+                .to_ascii_lowercase()
+                .contains("close")
+    })
 }
 
-async fn relay(inbound: TcpStream, upstream: &'static str, target_port: u16, flavour: Flavour, traffic: Traffic) -> std::io::Result<()> {
+async fn relay(
+    inbound: TcpStream,
+    upstream: &'static str,
+    target_port: u16,
+    flavour: Flavour,
+    traffic: Traffic,
+) -> std::io::Result<()> {
     // A message is relayed in pieces (head, then body): without this, Nagle's algorithm holds
     // the second piece until the peer's delayed ACK, some 40 ms per call.
     inbound.set_nodelay(true)?;
     let mut inbound = Conn::new(inbound);
     let mut outbound: Option<Conn> = None;
     loop {
-        let Some(head) = inbound.head().await? else { return Ok(()) };
+        let Some(head) = inbound.head().await? else {
+            return Ok(());
+        };
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut request = httparse::Request::new(&mut headers);
         if !matches!(request.parse(&head), Ok(httparse::Status::Complete(_))) {
@@ -387,7 +425,9 @@ async fn relay(inbound: TcpStream, upstream: &'static str, target_port: u16, fla
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("amz-sdk-invocation-id"))
             .map(|h| String::from_utf8_lossy(h.value).into_owned());
-        let body = inbound.body(framing(request.headers, Framing::None)).await?;
+        let body = inbound
+            .body(framing(request.headers, Framing::None))
+            .await?;
         let label = label(upstream, &method, &target);
         let (index, fault) = traffic.admit(label, &method, &target, invocation.as_deref());
         let latency = traffic.latency();
@@ -435,13 +475,24 @@ async fn relay(inbound: TcpStream, upstream: &'static str, target_port: u16, fla
                     };
                     let mut headers = [httparse::EMPTY_HEADER; 64];
                     let mut response = httparse::Response::new(&mut headers);
-                    if !matches!(response.parse(&response_head), Ok(httparse::Status::Complete(_))) {
+                    if !matches!(
+                        response.parse(&response_head),
+                        Ok(httparse::Status::Complete(_))
+                    ) {
                         return Err(std::io::Error::other("unreadable answer"));
                     }
                     let status = response.code.unwrap_or(502);
-                    let no_body = method.eq_ignore_ascii_case("HEAD") || status == 204 || status == 304 || (100..200).contains(&status);
-                    let frame = if no_body { Framing::None } else { framing(response.headers, Framing::UntilClose) };
-                    let close = wants_close(response.headers) || matches!(frame, Framing::UntilClose);
+                    let no_body = method.eq_ignore_ascii_case("HEAD")
+                        || status == 204
+                        || status == 304
+                        || (100..200).contains(&status);
+                    let frame = if no_body {
+                        Framing::None
+                    } else {
+                        framing(response.headers, Framing::UntilClose)
+                    };
+                    let close =
+                        wants_close(response.headers) || matches!(frame, Framing::UntilClose);
                     let body = conn.body(frame).await?;
                     inbound.stream.write_all(&response_head).await?;
                     inbound.stream.write_all(&body).await?;
@@ -486,21 +537,58 @@ fn fake_answer(flavour: Flavour, kind: FaultKind) -> (Vec<u8>, u16) {
     };
     let throttled = status == 429;
     let (content_type, body, extra) = match flavour {
-        Flavour::Balena => ("text/plain", if throttled { "Too Many Requests".to_string() } else { "Internal Server Error".to_string() }, None),
+        Flavour::Balena => (
+            "text/plain",
+            if throttled {
+                "Too Many Requests".to_string()
+            } else {
+                "Internal Server Error".to_string()
+            },
+            None,
+        ),
         Flavour::Aws => {
-            let kind = if throttled { "ThrottlingException" } else { "InternalFailureException" };
-            ("application/json", format!(r#"{{"message":"injected {kind}"}}"#), Some(format!("x-amzn-ErrorType: {kind}\r\n")))
+            let kind = if throttled {
+                "ThrottlingException"
+            } else {
+                "InternalFailureException"
+            };
+            (
+                "application/json",
+                format!(r#"{{"message":"injected {kind}"}}"#),
+                Some(format!("x-amzn-ErrorType: {kind}\r\n")),
+            )
         }
         Flavour::IotHub => {
-            let code = if throttled { "ThrottleBacklogLimitExceeded" } else { "ServerError" };
-            ("application/json; charset=utf-8", format!(r#"{{"Message":"ErrorCode:{code};injected fault","ExceptionMessage":""}}"#), None)
+            let code = if throttled {
+                "ThrottleBacklogLimitExceeded"
+            } else {
+                "ServerError"
+            };
+            (
+                "application/json; charset=utf-8",
+                format!(r#"{{"Message":"ErrorCode:{code};injected fault","ExceptionMessage":""}}"#),
+                None,
+            )
         }
         Flavour::ClearBlade => {
-            let (state, message) = if throttled { ("RESOURCE_EXHAUSTED", "Quota exceeded") } else { ("INTERNAL", "Internal error") };
-            ("application/json", format!(r#"{{"error":{{"code":{status},"message":"{message}","status":"{state}"}}}}"#), None)
+            let (state, message) = if throttled {
+                ("RESOURCE_EXHAUSTED", "Quota exceeded")
+            } else {
+                ("INTERNAL", "Internal error")
+            };
+            (
+                "application/json",
+                format!(
+                    r#"{{"error":{{"code":{status},"message":"{message}","status":"{state}"}}}}"#
+                ),
+                None,
+            )
         }
     };
-    let mut answer = format!("HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n", body.len());
+    let mut answer = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
+        body.len()
+    );
     if let Some(secs) = retry_after {
         answer.push_str(&format!("retry-after: {secs}\r\n"));
     }
@@ -525,10 +613,17 @@ pub fn label(upstream: &str, method: &str, target: &str) -> String {
         let c = chars[i];
         if c == '\'' {
             // A quoted OData literal: kept when it is a plain name (a variable, a service).
-            let end = chars[i + 1..].iter().position(|&q| q == '\'').map(|p| i + 1 + p);
+            let end = chars[i + 1..]
+                .iter()
+                .position(|&q| q == '\'')
+                .map(|p| i + 1 + p);
             if let Some(end) = end {
                 let inner: String = chars[i + 1..end].iter().collect();
-                let plain = !inner.is_empty() && inner.len() <= 40 && inner.chars().all(|c| c.is_ascii_alphabetic() || c == '_' || c == '-');
+                let plain = !inner.is_empty()
+                    && inner.len() <= 40
+                    && inner
+                        .chars()
+                        .all(|c| c.is_ascii_alphabetic() || c == '_' || c == '-');
                 out.push('\'');
                 out.push_str(if plain { &inner } else { "…" });
                 out.push('\'');
@@ -566,7 +661,9 @@ fn percent_decode(text: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'%'
             && i + 2 < bytes.len()
-            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(v);
             i += 3;
@@ -596,17 +693,44 @@ mod tests {
         );
         assert_eq!(a, b);
         assert!(a.contains("'AWS_CERT'"), "{a}");
-        assert_eq!(label("aws", "PUT", "/certificates/abc123def4567890abc123def4567890?newStatus=ACTIVE"), "aws PUT /certificates/{id}?newStatus=ACTIVE");
-        assert_eq!(label("balena", "PATCH", "/v7/device_environment_variable(42)"), "balena PATCH /v7/device_environment_variable(#)");
+        assert_eq!(
+            label(
+                "aws",
+                "PUT",
+                "/certificates/abc123def4567890abc123def4567890?newStatus=ACTIVE"
+            ),
+            "aws PUT /certificates/{id}?newStatus=ACTIVE"
+        );
+        assert_eq!(
+            label("balena", "PATCH", "/v7/device_environment_variable(42)"),
+            "balena PATCH /v7/device_environment_variable(#)"
+        );
     }
 
     #[test]
     fn the_planned_call_fails_with_its_retries_and_no_more() {
         let traffic = Traffic::new();
-        traffic.plan(PlannedFault { label: "x GET /a".into(), occurrence: 2, kind: FaultKind::ServerError, attempts: 2 });
-        let fates: Vec<bool> = (0..5).map(|_| traffic.admit("x GET /a".into(), "GET", "/a", None).1.is_some()).collect();
+        traffic.plan(PlannedFault {
+            label: "x GET /a".into(),
+            occurrence: 2,
+            kind: FaultKind::ServerError,
+            attempts: 2,
+        });
+        let fates: Vec<bool> = (0..5)
+            .map(|_| {
+                traffic
+                    .admit("x GET /a".into(), "GET", "/a", None)
+                    .1
+                    .is_some()
+            })
+            .collect();
         assert_eq!(fates, [false, true, true, false, false]);
-        assert!(traffic.admit("x GET /b".into(), "GET", "/b", None).1.is_none());
+        assert!(
+            traffic
+                .admit("x GET /b".into(), "GET", "/b", None)
+                .1
+                .is_none()
+        );
         assert_eq!(traffic.fired(), 2);
         assert_eq!(traffic.log().len(), 6);
     }
@@ -631,9 +755,25 @@ mod tests {
     #[test]
     fn a_call_with_an_invocation_id_fails_on_every_attempt_and_no_other_call() {
         let traffic = Traffic::new();
-        traffic.plan(PlannedFault { label: "aws PUT /x".into(), occurrence: 1, kind: FaultKind::Reset, attempts: 2 });
-        let admit = |id: &str| traffic.admit("aws PUT /x".into(), "PUT", "/x", Some(id)).1.is_some();
-        assert!(admit("call-1") && admit("call-1") && admit("call-1"), "every attempt of the planned call fails");
-        assert!(!admit("call-2"), "a later call with the same label goes through");
+        traffic.plan(PlannedFault {
+            label: "aws PUT /x".into(),
+            occurrence: 1,
+            kind: FaultKind::Reset,
+            attempts: 2,
+        });
+        let admit = |id: &str| {
+            traffic
+                .admit("aws PUT /x".into(), "PUT", "/x", Some(id))
+                .1
+                .is_some()
+        };
+        assert!(
+            admit("call-1") && admit("call-1") && admit("call-1"),
+            "every attempt of the planned call fails"
+        );
+        assert!(
+            !admit("call-2"),
+            "a later call with the same label goes through"
+        );
     }
 }

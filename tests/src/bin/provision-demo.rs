@@ -7,7 +7,8 @@ use provision_testkit::stack::Stack;
 use provision_testkit::world::{AwsWorld, AzureWorld, Device, GcpWorld};
 use serde_json::json;
 
-const HELP: &str = "provision-demo: provision a demo balena device into each cloud's IoT registry, locally
+const HELP: &str =
+    "provision-demo: provision a demo balena device into each cloud's IoT registry, locally
 
 For each cloud asked for, starts its local stack (AWS: moto, the Lambda Runtime API emulator
 and the compiled provision-lambda; Azure: the IoT Hub emulator and the compiled provision-azure
@@ -31,7 +32,9 @@ async fn main() {
         None | Some("all") => vec!["aws", "azure", "gcp"],
         Some(cloud @ ("aws" | "azure" | "gcp")) => vec![cloud],
         Some(other) => {
-            eprintln!("provision-demo: unknown cloud '{other}': use aws, azure, gcp or all (see --help)");
+            eprintln!(
+                "provision-demo: unknown cloud '{other}': use aws, azure, gcp or all (see --help)"
+            );
             std::process::exit(2);
         }
     };
@@ -54,47 +57,119 @@ async fn run<S: Stack>(title: &str) -> anyhow::Result<()> {
     let world = S::start().await?;
     let device = world.add_device().await;
     println!("{}", world.describe());
-    println!("demo device {} with its own API key; its fleet has the service 'cloud-relay'\n", device.uuid);
+    println!(
+        "demo device {} with its own API key; its fleet has the service 'cloud-relay'\n",
+        device.uuid
+    );
     let service = json!({"uuid": device.uuid, "balena_service": "cloud-relay"});
 
-    step(&world, &device, "1. the device provisions itself", Call::post(service.clone()).bearer(&device.key)).await?;
-    step(&world, &device, "2. the same request again", Call::post(service.clone()).bearer(&device.key)).await?;
-    let status = Call::get(&format!("uuid={}&balena_service=cloud-relay", device.uuid)).bearer(&device.key);
+    step(
+        &world,
+        &device,
+        "1. the device provisions itself",
+        Call::post(service.clone()).bearer(&device.key),
+    )
+    .await?;
+    step(
+        &world,
+        &device,
+        "2. the same request again",
+        Call::post(service.clone()).bearer(&device.key),
+    )
+    .await?;
+    let status =
+        Call::get(&format!("uuid={}&balena_service=cloud-relay", device.uuid)).bearer(&device.key);
     step(&world, &device, "3. the device asks for its status", status).await?;
     let mut rotate = service.clone();
     rotate["rotate"] = json!(true);
-    step(&world, &device, "4. the device rotates its certificate", Call::post(rotate).bearer(&device.key)).await?;
+    step(
+        &world,
+        &device,
+        "4. the device rotates its certificate",
+        Call::post(rotate).bearer(&device.key),
+    )
+    .await?;
     let stranger = world.add_device().await;
-    step(&world, &device, "5. another device's key tries the same UUID", Call::post(service.clone()).bearer(&stranger.key)).await?;
+    step(
+        &world,
+        &device,
+        "5. another device's key tries the same UUID",
+        Call::post(service.clone()).bearer(&stranger.key),
+    )
+    .await?;
     let operator = &world.secrets.operator_token;
-    step(&world, &device, "6. the operator deprovisions it", Call::delete(service.clone()).bearer(operator)).await?;
-    step(&world, &device, "7. and once more", Call::delete(service).bearer(operator)).await?;
+    step(
+        &world,
+        &device,
+        "6. the operator deprovisions it",
+        Call::delete(service.clone()).bearer(operator),
+    )
+    .await?;
+    step(
+        &world,
+        &device,
+        "7. and once more",
+        Call::delete(service).bearer(operator),
+    )
+    .await?;
     world.stop_functions_and_wait().await;
     let mut needles = world.secret_strings(&[&device, &stranger]);
     needles.extend(world.registry_secrets());
-    let leaks = world.logs().containing(&needles.iter().map(String::as_str).collect::<Vec<_>>());
-    println!("function and emulator log lines: {}; lines holding a key, token or policy secret: {}", world.logs().lines().len(), leaks.len());
+    let leaks = world
+        .logs()
+        .containing(&needles.iter().map(String::as_str).collect::<Vec<_>>());
+    println!(
+        "function and emulator log lines: {}; lines holding a key, token or policy secret: {}",
+        world.logs().lines().len(),
+        leaks.len()
+    );
     world.stop().await;
     println!("done: emulators and function stopped\n");
     Ok(())
 }
 
-async fn step<S: Stack>(world: &S, device: &Device, title: &str, call: Call) -> anyhow::Result<Answer> {
+async fn step<S: Stack>(
+    world: &S,
+    device: &Device,
+    title: &str,
+    call: Call,
+) -> anyhow::Result<Answer> {
     println!("== {title}: {} /provision", call.method);
     world.balena.clear_requests();
     let registry_before = world.registry_calls();
     let started = std::time::Instant::now();
     let answer = world.call(call).await?;
-    println!("   answer {} in {} ms: {}", answer.status, started.elapsed().as_millis(), answer.raw_body);
-    let calls: Vec<String> = world.balena.requests().iter().map(|r| format!("{} {}", r.method, r.resource)).collect();
-    let unit = if S::CLOUD == "aws" { "new connections to AWS" } else { "registry requests" };
-    println!("   upstream: {} balenaCloud calls {calls:?}; {} {unit}", calls.len(), world.registry_calls() - registry_before);
+    println!(
+        "   answer {} in {} ms: {}",
+        answer.status,
+        started.elapsed().as_millis(),
+        answer.raw_body
+    );
+    let calls: Vec<String> = world
+        .balena
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.resource))
+        .collect();
+    let unit = if S::CLOUD == "aws" {
+        "new connections to AWS"
+    } else {
+        "registry requests"
+    };
+    println!(
+        "   upstream: {} balenaCloud calls {calls:?}; {} {unit}",
+        calls.len(),
+        world.registry_calls() - registry_before
+    );
     let stored = vars(world, device, Target::Service).await;
     let names: Vec<&String> = stored.keys().collect();
     match stored.get(S::CSR_VARS[0]) {
         Some(value) => {
             let shown: String = value.chars().take(40).collect();
-            println!("   balenaCloud: service variables {names:?}; {} = {shown}...", S::CSR_VARS[0]);
+            println!(
+                "   balenaCloud: service variables {names:?}; {} = {shown}...",
+                S::CSR_VARS[0]
+            );
         }
         None => println!("   balenaCloud: service variables {names:?}"),
     }

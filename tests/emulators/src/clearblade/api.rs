@@ -244,7 +244,11 @@ pub(super) async fn handle(AxumState(ctx): AxumState<Ctx>, req: Request) -> Resp
         path: uri.path().to_string(),
         query: uri.query().unwrap_or("").to_string(),
         token: token_header(req.headers()),
-        host: req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string),
+        host: req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     };
     let path_and_query = uri
         .path_and_query()
@@ -367,7 +371,12 @@ fn method_not_allowed(method: &Method, what: &str) -> ApiError {
     )
 }
 
-fn registry_credentials(config: &Config, tls: bool, host: Option<&str>, body: &[u8]) -> Result<Response, ApiError> {
+fn registry_credentials(
+    config: &Config,
+    tls: bool,
+    host: Option<&str>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("Invalid JSON payload received. {e}")))?;
     let field = |name: &str| -> Result<&str, ApiError> {
