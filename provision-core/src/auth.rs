@@ -11,15 +11,21 @@ use crate::secret::{Secret, constant_time_eq};
 pub struct AuthPolicy {
     pub operator_token: Option<Secret>,
     pub allow_unauthenticated: bool,
+    /// `PROVISION_ACCEPT_USER_KEYS`: a user's (or fleet's) key that can see the device may act
+    /// on it. Off by default: seeing a device is not being it (a read-only fleet member sees
+    /// every device).
+    pub accept_user_keys: bool,
 }
 
 #[derive(Debug)]
 pub enum Caller {
-    /// A balena API key: the caller is whoever balenaCloud lets see the device with it.
+    /// A balena API key: the caller is whoever balenaCloud's `whoami` says holds it; only the
+    /// device's own key may act on it (or, where the operator opts in, a user key that sees it).
     BalenaKey(Secret),
     /// The operator token matched.
     Operator,
-    /// No credentials, and the operator allows that.
+    /// No credentials, and the operator allows that: it may only get a device provisioned that
+    /// is not yet (or repaired), with credentials the function makes (`api` enforces it).
     Anonymous,
 }
 
@@ -87,6 +93,7 @@ mod tests {
         AuthPolicy {
             operator_token: Some(Secret::new("operator-token-0123456789")),
             allow_unauthenticated: false,
+            accept_user_keys: false,
         }
     }
 

@@ -206,12 +206,19 @@ fn configuration_line(settings: &Settings, cloud: Cloud) -> CheckLine {
         &settings.auth.operator_token,
         settings.auth.allow_unauthenticated,
     ) {
-        (_, true) => "callers: anyone (PROVISION_ALLOW_UNAUTHENTICATED=true)",
+        (_, true) => {
+            "callers: device keys, the operator token, and anyone for a first provisioning (PROVISION_ALLOW_UNAUTHENTICATED=true)"
+        }
         (Some(_), false) => "callers: device keys and the operator token",
         (None, false) => "callers: device keys (no operator token)",
     };
+    let users = if settings.auth.accept_user_keys {
+        ", and user keys that see the device (PROVISION_ACCEPT_USER_KEYS=true)"
+    } else {
+        ""
+    };
     CheckLine::pass(format!(
-        "configuration loaded: registry {}, balenaCloud API {}, {callers}, request budget {} ms",
+        "configuration loaded: registry {}, balenaCloud API {}, {callers}{users}, request budget {} ms",
         cloud.as_str(),
         displayed_url(&settings.balena_api_url),
         settings.request_budget.as_millis()

@@ -73,6 +73,7 @@ impl Settings {
         };
         let allow_unauthenticated =
             bool_setting(&lookup, "PROVISION_ALLOW_UNAUTHENTICATED", false)?;
+        let accept_user_keys = bool_setting(&lookup, "PROVISION_ACCEPT_USER_KEYS", false)?;
         let request_budget = match lookup("PROVISION_REQUEST_BUDGET_MS").filter(|v| !v.is_empty()) {
             None => Duration::from_secs(25),
             Some(v) => match v.parse::<u64>() {
@@ -101,6 +102,7 @@ impl Settings {
             auth: AuthPolicy {
                 operator_token,
                 allow_unauthenticated,
+                accept_user_keys,
             },
             request_budget,
             key_algorithm,

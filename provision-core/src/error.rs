@@ -50,10 +50,18 @@ pub enum ProvisionError {
         "no Authorization header: send 'Authorization: Bearer <device API key or operator token>'"
     )]
     AuthMissing,
+    /// No credentials, for something the unauthenticated mode does not allow.
+    #[error("{0}")]
+    AuthRequired(String),
     #[error("{0}")]
     AuthInvalid(String),
     #[error("this key cannot act on device {0}")]
     Forbidden(String),
+    /// A user's or fleet's key, which may see the device but is not it.
+    #[error(
+        "this is not device {0}'s own key: use the device's BALENA_API_KEY or the operator token (the operator can allow user keys with PROVISION_ACCEPT_USER_KEYS=true)"
+    )]
+    NotTheDevice(String),
     #[error("device {0} is not known to balenaCloud")]
     DeviceNotFound(String),
     #[error("another request is changing device {0}; retry shortly")]
@@ -98,10 +106,10 @@ impl ProvisionError {
             ProvisionError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProvisionError::BadContentType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProvisionError::BadMethod { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ProvisionError::AuthMissing | ProvisionError::AuthInvalid(_) => {
-                StatusCode::UNAUTHORIZED
-            }
-            ProvisionError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProvisionError::AuthMissing
+            | ProvisionError::AuthRequired(_)
+            | ProvisionError::AuthInvalid(_) => StatusCode::UNAUTHORIZED,
+            ProvisionError::Forbidden(_) | ProvisionError::NotTheDevice(_) => StatusCode::FORBIDDEN,
             ProvisionError::DeviceNotFound(_) => StatusCode::NOT_FOUND,
             ProvisionError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProvisionError::Upstream {
@@ -119,9 +127,13 @@ impl ProvisionError {
             ProvisionError::TooLarge { .. } => "provision.request.too-large",
             ProvisionError::BadContentType { .. } => "provision.request.bad-content-type",
             ProvisionError::BadMethod { .. } => "provision.request.bad-method",
-            ProvisionError::AuthMissing => "provision.auth.missing",
+            ProvisionError::AuthMissing | ProvisionError::AuthRequired(_) => {
+                "provision.auth.missing"
+            }
             ProvisionError::AuthInvalid(_) => "provision.auth.invalid",
-            ProvisionError::Forbidden(_) => "provision.auth.forbidden",
+            ProvisionError::Forbidden(_) | ProvisionError::NotTheDevice(_) => {
+                "provision.auth.forbidden"
+            }
             ProvisionError::DeviceNotFound(_) => "provision.device.not-found",
             ProvisionError::Busy(_) => "provision.device.busy",
             ProvisionError::Upstream {
@@ -223,8 +235,10 @@ mod tests {
                 allow: "GET",
             },
             ProvisionError::AuthMissing,
+            ProvisionError::AuthRequired("x".into()),
             ProvisionError::AuthInvalid("x".into()),
             ProvisionError::Forbidden("x".into()),
+            ProvisionError::NotTheDevice("x".into()),
             ProvisionError::DeviceNotFound("x".into()),
             ProvisionError::Busy("x".into()),
             ProvisionError::Internal("x".into()),
@@ -240,8 +254,10 @@ mod tests {
                 | ProvisionError::BadContentType { .. }
                 | ProvisionError::BadMethod { .. }
                 | ProvisionError::AuthMissing
+                | ProvisionError::AuthRequired(_)
                 | ProvisionError::AuthInvalid(_)
                 | ProvisionError::Forbidden(_)
+                | ProvisionError::NotTheDevice(_)
                 | ProvisionError::DeviceNotFound(_)
                 | ProvisionError::Busy(_)
                 | ProvisionError::Upstream { .. }

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use crate::api::ids::DeviceUuid;
 use crate::api::request::{Operation, ProvisionRequest};
 use crate::auth::Caller;
-use crate::balena::{BalenaClient, DeviceRecord, StoredVar, VarTarget, Visibility};
+use crate::balena::{Actor, BalenaClient, DeviceRecord, StoredVar, VarTarget, Visibility};
 use crate::credentials::{
     DeviceCsr, DeviceKey, KeyAlgorithm, base64_decode, public_key_of_private_pem,
 };
@@ -139,6 +139,8 @@ pub struct Provisioner {
     registry: Arc<dyn Registry>,
     budget: Duration,
     key_algorithm: KeyAlgorithm,
+    /// `PROVISION_ACCEPT_USER_KEYS`: a user's or fleet's key that sees the device may act on it.
+    accept_user_keys: bool,
 }
 
 impl Provisioner {
@@ -148,7 +150,14 @@ impl Provisioner {
             registry,
             budget,
             key_algorithm: KeyAlgorithm::default(),
+            accept_user_keys: false,
         }
+    }
+
+    /// Lets a user's or fleet's key that sees the device act on it (off by default).
+    pub fn accepting_user_keys(mut self, accept: bool) -> Self {
+        self.accept_user_keys = accept;
+        self
     }
 
     /// The key pair made for devices that send no CSR.
@@ -211,6 +220,9 @@ impl Provisioner {
         }
     }
 
+    /// The proof that the caller may act on the device: its own key (balenaCloud's `whoami`
+    /// names this device), or the operator. A user's or fleet's key only where the operator
+    /// accepts user keys, and then only if it sees the device (asked in the same round trip).
     async fn check_caller(
         &self,
         deadline: Deadline,
@@ -220,13 +232,30 @@ impl Provisioner {
         let Caller::BalenaKey(key) = caller else {
             return Ok(());
         };
-        match self.balena.visibility(deadline, key, uuid).await {
-            Ok(Visibility::Visible) => Ok(()),
-            Ok(Visibility::Invisible) => Err(ProvisionError::Forbidden(uuid.to_string())),
-            Ok(Visibility::KeyRejected) => Err(ProvisionError::AuthInvalid(
+        let sees = async {
+            if self.accept_user_keys {
+                Some(self.balena.visibility(deadline, key, uuid).await)
+            } else {
+                None
+            }
+        };
+        let (actor, sees) = tokio::join!(self.balena.whoami(deadline, key), sees);
+        let actor = actor.map_err(|f| ProvisionError::balena("checking the caller's key", f))?;
+        match actor {
+            None => Err(ProvisionError::AuthInvalid(
                 "balenaCloud does not accept this key".into(),
             )),
-            Err(f) => Err(ProvisionError::balena("checking the caller's key", f)),
+            Some(Actor::Device { uuid: own }) if own == uuid.as_str() => Ok(()),
+            Some(Actor::Device { .. }) => Err(ProvisionError::Forbidden(uuid.to_string())),
+            Some(_) => match sees {
+                None => Err(ProvisionError::NotTheDevice(uuid.to_string())),
+                Some(Ok(Visibility::Visible)) => Ok(()),
+                Some(Ok(Visibility::Invisible)) => Err(ProvisionError::Forbidden(uuid.to_string())),
+                Some(Ok(Visibility::KeyRejected)) => Err(ProvisionError::AuthInvalid(
+                    "balenaCloud does not accept this key".into(),
+                )),
+                Some(Err(f)) => Err(ProvisionError::balena("checking the caller's key", f)),
+            },
         }
     }
 

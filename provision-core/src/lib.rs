@@ -48,7 +48,8 @@ pub fn build(settings: &Settings, registry: Arc<dyn Registry>) -> Service {
         retry::RetryPolicy::with_attempt_timeout(settings.upstream_timeout),
     );
     let provisioner = flow::Provisioner::new(balena, registry, settings.request_budget)
-        .with_key_algorithm(settings.key_algorithm);
+        .with_key_algorithm(settings.key_algorithm)
+        .accepting_user_keys(settings.auth.accept_user_keys);
     Service::new(provisioner, settings.auth.clone())
 }
 

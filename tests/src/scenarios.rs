@@ -388,8 +388,10 @@ pub async fn auth_failures<S: Stack>() {
     world.stop().await;
 }
 
-/// `PROVISION_ALLOW_UNAUTHENTICATED=true` serves the published functions' open behaviour, and
-/// a key that is given is still checked.
+/// `PROVISION_ALLOW_UNAUTHENTICATED=true` lets a caller without credentials (balena's published
+/// cloud-relay block) get a device provisioned with credentials the function makes, and no
+/// more: a CSR, a rotation or a removal without credentials is 401 with nothing changed, GET
+/// has no `details`. A key that is given is still checked.
 pub async fn unauthenticated_mode<S: Stack>() {
     let world = S::start_with(Options {
         allow_unauthenticated: true,
@@ -403,9 +405,110 @@ pub async fn unauthenticated_mode<S: Stack>() {
         .await
         .unwrap();
     assert_eq!(created.status, 201, "{}", created.raw_body);
-    world
+    let first = world
         .assert_provisioned(&device, Target::Service, false)
         .await;
+    let again = world
+        .call(Call::post(Target::Service.body(&device.uuid)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.status, again.status_text()),
+        (200, "already-provisioned"),
+        "{}",
+        again.raw_body
+    );
+
+    // Everything that would hand the device's identity to someone else, or take it away.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr_for = |cn: &str| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    };
+    let fresh = world.add_device().await;
+    let mut rotate = Target::Service.body(&device.uuid);
+    rotate["rotate"] = json!(true);
+    let refused = [
+        (
+            "a CSR for a provisioned device",
+            Call::post(
+                json!({"uuid": device.uuid, "balena_service": crate::world::SERVICE, "csr": csr_for(&device.uuid)}),
+            ),
+        ),
+        (
+            "a CSR for a new device",
+            Call::post(json!({"uuid": fresh.uuid, "csr": csr_for(&fresh.uuid)})),
+        ),
+        ("a rotation", Call::post(rotate)),
+        (
+            "a removal",
+            Call::delete(Target::Service.body(&device.uuid)),
+        ),
+    ];
+    world.balena.clear_requests();
+    let registry_before = world.registry_calls();
+    for (what, call) in refused {
+        let answer = world.call(call).await.unwrap();
+        assert_eq!(
+            (answer.status, answer.error_code()),
+            (401, "provision.auth.missing"),
+            "{what}: {}",
+            answer.raw_body
+        );
+        assert!(
+            answer.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("needs credentials"),
+            "{what}: {}",
+            answer.raw_body
+        );
+    }
+    assert_eq!(
+        world.balena.requests().len(),
+        0,
+        "refused before any balenaCloud call"
+    );
+    assert_eq!(
+        world.registry_calls(),
+        registry_before,
+        "refused before any registry call"
+    );
+    assert_eq!(
+        world
+            .assert_provisioned(&device, Target::Service, false)
+            .await,
+        first,
+        "the credential is unchanged"
+    );
+    assert!(
+        !world.has_entry(&fresh).await,
+        "nothing registered for the new device"
+    );
+
+    let status = world
+        .call(Call::get(&format!(
+            "uuid={}&balena_service={}",
+            device.uuid,
+            crate::world::SERVICE
+        )))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.status, status.status_text()),
+        (200, "provisioned"),
+        "{}",
+        status.raw_body
+    );
+    assert!(
+        status.body.get("details").is_none(),
+        "no details without credentials: {}",
+        status.raw_body
+    );
+
     let other = world.add_device().await;
     let forbidden = world
         .call(Call::post(json!({"uuid": device.uuid})).bearer(&other.key))
@@ -415,6 +518,103 @@ pub async fn unauthenticated_mode<S: Stack>() {
         (forbidden.status, forbidden.error_code()),
         (403, "provision.auth.forbidden")
     );
+    // The device's own key may do everything.
+    let mut rotate = Target::Service.body(&device.uuid);
+    rotate["rotate"] = json!(true);
+    let rotated = world
+        .call(Call::post(rotate).bearer(&device.key))
+        .await
+        .unwrap();
+    assert_eq!(rotated.status_text(), "rotated", "{}", rotated.raw_body);
+    world.stop().await;
+}
+
+/// Authority is identity: a user's key sees every device of its fleets but is not any of them.
+/// By default it may change nothing (403, saying to use the device's own key or the operator
+/// token; nothing changes upstream); with `PROVISION_ACCEPT_USER_KEYS=true` it may. On the real
+/// server a fleet's key (the provisioning key) is refused the same way.
+pub async fn a_user_key_is_not_the_device<S: Stack>() {
+    let world = S::start().await.unwrap();
+    let device = world.add_device().await;
+    let user_key = world.secrets.function_key.clone();
+    let mut keys = vec![("a user's key", user_key.clone())];
+    if let crate::balena::Balena::Real(real) = &world.balena {
+        keys.push(("a fleet's key", real.fleet.provisioning_key.clone()));
+    }
+    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, &device.uuid);
+    let csr = params.serialize_request(&key_pair).unwrap().pem().unwrap();
+    world.balena.clear_requests();
+    for (whose, key) in &keys {
+        for (what, body, delete) in [
+            ("POST", json!({"uuid": device.uuid}), false),
+            (
+                "rotate",
+                json!({"uuid": device.uuid, "rotate": true}),
+                false,
+            ),
+            ("csr", json!({"uuid": device.uuid, "csr": csr}), false),
+            ("DELETE", json!({"uuid": device.uuid}), true),
+        ] {
+            let call = if delete {
+                Call::delete(body)
+            } else {
+                Call::post(body)
+            };
+            let answer = world.call(call.bearer(key)).await.unwrap();
+            assert_eq!(
+                (answer.status, answer.error_code()),
+                (403, "provision.auth.forbidden"),
+                "{whose}, {what}: {}",
+                answer.raw_body
+            );
+            assert!(
+                answer.body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("own key"),
+                "{whose}, {what}: the answer says what to use: {}",
+                answer.raw_body
+            );
+        }
+    }
+    assert!(!world.has_entry(&device).await, "no registry entry");
+    assert!(world.credentials().await.is_empty(), "no credential");
+    let writes = world
+        .balena
+        .requests()
+        .iter()
+        .filter(|r| r.method != "GET")
+        .count();
+    assert_eq!(writes, 0, "nothing written to balenaCloud");
+    world.stop().await;
+
+    // The operator's opt-in: a user key that sees the device may act on it.
+    let world = S::start_with(Options {
+        extra_env: vec![("PROVISION_ACCEPT_USER_KEYS".into(), "true".into())],
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let device = world.add_device().await;
+    let user_key = world.secrets.function_key.clone();
+    let created = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&user_key))
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201, "{}", created.raw_body);
+    world
+        .assert_provisioned(&device, Target::Device, false)
+        .await;
+    let deleted = world
+        .call(Call::delete(json!({"uuid": device.uuid})).bearer(&user_key))
+        .await
+        .unwrap();
+    assert_eq!(deleted.status_text(), "deleted", "{}", deleted.raw_body);
+    world.assert_gone(&device, Target::Device).await;
     world.stop().await;
 }
 
@@ -1130,6 +1330,10 @@ macro_rules! scenarios_on_any_balena {
         #[tokio::test]
         async fn unauthenticated_mode() {
             $crate::scenarios::unauthenticated_mode::<$world>().await;
+        }
+        #[tokio::test]
+        async fn a_user_key_is_not_the_device() {
+            $crate::scenarios::a_user_key_is_not_the_device::<$world>().await;
         }
         #[tokio::test]
         async fn caller_mistakes_make_no_upstream_call() {

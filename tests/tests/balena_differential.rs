@@ -782,6 +782,36 @@ const fn case(
 
 /// In order: later cases see what earlier ones wrote, on both backends alike.
 const CASES: &[Case] = &[
+    // Who holds a key: the caller's proof.
+    case("whoami, no key", "GET", "/actor/v1/whoami", Key::None, None),
+    case(
+        "whoami, unknown key",
+        "GET",
+        "/actor/v1/whoami",
+        Key::Unknown,
+        None,
+    ),
+    case(
+        "whoami, device key",
+        "GET",
+        "/actor/v1/whoami",
+        Key::DeviceA,
+        None,
+    ),
+    case(
+        "whoami, user key",
+        "GET",
+        "/actor/v1/whoami",
+        Key::User,
+        None,
+    ),
+    case(
+        "whoami, POST",
+        "POST",
+        "/actor/v1/whoami",
+        Key::DeviceA,
+        None,
+    ),
     // Keys.
     case("no key", "GET", "/v7/device?$select=id", Key::None, None),
     case(

@@ -17,7 +17,8 @@ Environment:
   AZURE_IOTHUB_ENDPOINT           base URL override (emulators); tokens stay signed for the HostName
   FUNCTIONS_CUSTOMHANDLER_PORT    port to listen on, on 127.0.0.1 (default 8080)
   PROVISION_OPERATOR_TOKEN        optional operator bearer token (16+ characters)
-  PROVISION_ALLOW_UNAUTHENTICATED 'true' accepts callers without credentials
+  PROVISION_ALLOW_UNAUTHENTICATED 'true': callers without credentials may get a device provisioned (no csr, rotate or DELETE)
+  PROVISION_ACCEPT_USER_KEYS      'true': a user's or fleet's key that sees the device may act on it
   PROVISION_REQUEST_BUDGET_MS     time budget of one request (default 25000)
   PROVISION_KEY_TYPE              ec-p256 (default) or rsa-2048
   RUST_LOG                        log filter (default info; with --check, warn, on stderr)";

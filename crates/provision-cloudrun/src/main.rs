@@ -20,7 +20,8 @@ Environment:
   BALENA_API_KEY                  the function's own balenaCloud API key (required)
   BALENA_API_URL                  default https://api.balena-cloud.com
   PROVISION_OPERATOR_TOKEN        optional operator bearer token (16+ characters)
-  PROVISION_ALLOW_UNAUTHENTICATED 'true' accepts callers without credentials
+  PROVISION_ALLOW_UNAUTHENTICATED 'true': callers without credentials may get a device provisioned (no csr, rotate or DELETE)
+  PROVISION_ACCEPT_USER_KEYS      'true': a user's or fleet's key that sees the device may act on it
   PROVISION_REQUEST_BUDGET_MS     time budget of one request (default 25000)
   PROVISION_KEY_TYPE              ec-p256 (default) or rsa-2048
   PROVISION_SHUTDOWN_GRACE_MS     how long requests in flight may finish after SIGTERM (default 9000)

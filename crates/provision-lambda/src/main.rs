@@ -19,7 +19,8 @@ fn help() -> ! {
          \x20 AWS_IOT_POLICY                  IoT policy attached to every device certificate (required)\n\
          \x20 AWS_REGION, AWS_ENDPOINT_URL    the standard AWS SDK settings\n\
          \x20 PROVISION_OPERATOR_TOKEN        optional operator bearer token (16+ characters)\n\
-         \x20 PROVISION_ALLOW_UNAUTHENTICATED 'true' accepts callers without credentials\n\
+         \x20 PROVISION_ALLOW_UNAUTHENTICATED 'true': callers without credentials may get a device provisioned (no csr, rotate or DELETE)\n\
+         \x20 PROVISION_ACCEPT_USER_KEYS      'true': a user's or fleet's key that sees the device may act on it\n\
          \x20 PROVISION_REQUEST_BUDGET_MS     time budget of one request (default 25000)\n\
          \x20 RUST_LOG                        log filter (default info; with --check, warn, on stderr)\n\n\
          {}",

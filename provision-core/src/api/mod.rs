@@ -100,9 +100,18 @@ impl Service {
         let (parts, body) = request.into_parts();
         let parsed = request::parse(&parts.method, &parts.headers, parts.uri.query(), &body)?;
         let caller = auth::identify(&parts.headers, &self.auth)?;
+        if matches!(caller, auth::Caller::Anonymous) {
+            anonymous_may(&parsed.operation)?;
+        }
         let uuid = parsed.uuid.to_string();
         tracing::debug!(request_id, uuid = %uuid, operation = ?parsed.operation, "request accepted");
-        let outcome = self.provisioner.run(parsed, caller, request_id).await?;
+        let anonymous = matches!(caller, auth::Caller::Anonymous);
+        let mut outcome = self.provisioner.run(parsed, caller, request_id).await?;
+        if anonymous {
+            // What is registered where is for the device and the operator, not for anyone who
+            // knows a UUID.
+            outcome.details = None;
+        }
         Ok((uuid, outcome))
     }
 
@@ -122,6 +131,23 @@ impl Service {
         }
         json_response(outcome.status.http_status(), &body, None)
     }
+}
+
+/// What a caller without credentials (the opt-in unauthenticated mode, for balena's published
+/// cloud-relay block) may ask for: only a device provisioned with credentials the function
+/// makes. No CSR (its key would become the device's), no rotation and no removal (anyone who
+/// knows a UUID could take a device over or cut a fleet off).
+fn anonymous_may(operation: &request::Operation) -> Result<(), ProvisionError> {
+    let refused = match operation {
+        request::Operation::Provision { csr: Some(_), .. } => "a CSR",
+        request::Operation::Provision { rotate: true, .. } => "a rotation",
+        request::Operation::Deprovision => "a removal",
+        request::Operation::Provision { .. } | request::Operation::Status => return Ok(()),
+    };
+    Err(ProvisionError::AuthRequired(format!(
+        "{refused} needs credentials: send 'Authorization: Bearer <the device's own BALENA_API_KEY or the operator token>' \
+         (without credentials a device can only be provisioned with credentials the function makes)"
+    )))
 }
 
 pub fn error_response(error: &ProvisionError, request_id: &str) -> Response<Bytes> {

@@ -104,6 +104,28 @@ impl DeviceRecord {
     }
 }
 
+/// Who holds a key, as balenaCloud's `whoami` answers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Actor {
+    /// A device's own key (what the supervisor gives a container as `BALENA_API_KEY`).
+    Device {
+        uuid: String,
+    },
+    /// A user's key: it sees every device of the fleets its user is a member of.
+    User,
+    /// A fleet's key (e.g. a provisioning key).
+    Fleet,
+    Other,
+}
+
+#[derive(Deserialize)]
+struct WhoamiRow {
+    #[serde(rename = "actorType")]
+    actor_type: String,
+    #[serde(default)]
+    uuid: Option<String>,
+}
+
 /// What a caller's key can see of a device.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Visibility {
@@ -114,7 +136,10 @@ pub enum Visibility {
 
 pub struct BalenaClient {
     http: reqwest::Client,
+    /// The OData root, `<base>/v7`.
     api: String,
+    /// The base URL, for the routes outside OData (`/actor/v1/whoami`).
+    root: String,
     key: Secret,
     retry: RetryPolicy,
 }
@@ -170,13 +195,40 @@ impl BalenaClient {
         BalenaClient {
             http,
             api: format!("{}/v7", base_url.trim_end_matches('/')),
+            root: base_url.trim_end_matches('/').to_string(),
             key,
             retry,
         }
     }
 
-    /// Whether `key` (a caller's key) can see the device: the proof that the caller is the
-    /// device, or holds rights over it.
+    /// Who holds `key` (a caller's key), as balenaCloud's `GET /actor/v1/whoami` says: the
+    /// proof that the caller is a device. `None`: balenaCloud does not know the key.
+    pub async fn whoami(
+        &self,
+        deadline: Deadline,
+        key: &Secret,
+    ) -> Result<Option<Actor>, UpstreamFailure> {
+        let url = format!("{}/actor/v1/whoami", self.root);
+        let answer = self
+            .send(deadline, reqwest::Method::GET, &url, key, None)
+            .await?;
+        match answer.status {
+            s if s.is_success() => {
+                let row: WhoamiRow = answer.parse()?;
+                Ok(Some(match (row.actor_type.as_str(), row.uuid) {
+                    ("device", Some(uuid)) => Actor::Device { uuid },
+                    ("user", _) => Actor::User,
+                    ("application", _) => Actor::Fleet,
+                    _ => Actor::Other,
+                }))
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(None),
+            _ => Err(refused(&answer)),
+        }
+    }
+
+    /// Whether `key` (a caller's key) can see the device: where the operator accepts user
+    /// keys, the proof that the caller holds rights over it.
     pub async fn visibility(
         &self,
         deadline: Deadline,

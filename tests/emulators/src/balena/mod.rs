@@ -526,6 +526,36 @@ fn fault_response(fault: &Rule) -> Response {
     fault.with_retry_after(text(status, reason.to_string()))
 }
 
+/// `GET /actor/v1/whoami`: who holds the key, as balenaCloud answers it (a device key names its
+/// device's uuid; a user key its user). 401 for no key or one it does not know; other methods
+/// are not routed (404 with an empty body).
+fn whoami(state: &State, method: &Method, key: Option<&str>) -> Result<Response, ApiError> {
+    if *method != Method::GET {
+        return Ok(text(StatusCode::NOT_FOUND, String::new()));
+    }
+    let Some(key) = key else {
+        return Err(ApiError::unauthorized());
+    };
+    if state.user_keys.contains(key) {
+        let body = json!({"id": 1, "actorType": "user", "actorTypeId": 1, "username": "admin", "email": "admin@example.com"});
+        return Ok(json_response(StatusCode::OK, &body));
+    }
+    let device = state
+        .device_keys
+        .get(key)
+        .ok_or_else(ApiError::unauthorized)?;
+    let uuid = state
+        .store
+        .row(Res::Device, *device)
+        .and_then(|row| row.get("uuid"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    // Actor ids are their own sequence in balenaCloud; any number unlike the device id will do.
+    let body =
+        json!({"id": 100_000 + device, "actorType": "device", "actorTypeId": device, "uuid": uuid});
+    Ok(json_response(StatusCode::OK, &body))
+}
+
 /// One request as [`serve`] needs it.
 struct ApiRequest<'a> {
     method: &'a Method,
@@ -549,6 +579,9 @@ fn serve(state: &mut State, request: &ApiRequest<'_>) -> Result<Response, ApiErr
     } = *request;
     if path == "/ping" {
         return Ok(text(StatusCode::OK, "OK".into()));
+    }
+    if path == "/actor/v1/whoami" {
+        return whoami(state, method, key);
     }
     let rest = api_rest(path).ok_or_else(ApiError::not_found)?;
 
