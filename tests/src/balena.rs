@@ -130,6 +130,19 @@ impl Balena {
         }
     }
 
+    /// Every request line (`METHOD target`) the function sent since the world started, for the
+    /// secret audit: nothing secret may stand in a URL.
+    pub fn request_lines(&self) -> Vec<String> {
+        match self {
+            Balena::Emulator(e) => e
+                .all_requests()
+                .into_iter()
+                .map(|r| format!("{} {}", r.method, r.path_and_query))
+                .collect(),
+            Balena::Real(r) => r.request_lines(),
+        }
+    }
+
     pub fn clear_requests(&self) {
         match self {
             Balena::Emulator(e) => e.clear_requests(),

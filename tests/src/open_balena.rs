@@ -100,6 +100,8 @@ pub struct RealBalena {
     http: reqwest::Client,
     traffic: Traffic,
     proxy: FaultProxy,
+    /// Request lines from before the last `clear_requests`.
+    archive: std::sync::Mutex<Vec<String>>,
 }
 
 impl RealBalena {
@@ -114,6 +116,7 @@ impl RealBalena {
             http: reqwest::Client::new(),
             traffic,
             proxy,
+            archive: Default::default(),
         })
     }
 
@@ -244,7 +247,27 @@ impl RealBalena {
     }
 
     pub fn clear_requests(&self) {
+        let lines = self
+            .traffic
+            .log()
+            .into_iter()
+            .map(|e| format!("{} {}", e.method, e.target));
+        if let Ok(mut archive) = self.archive.lock() {
+            archive.extend(lines);
+        }
         self.traffic.clear();
+    }
+
+    /// Every request line the function sent since the world started (cleared or not).
+    pub fn request_lines(&self) -> Vec<String> {
+        let mut lines = self.archive.lock().map(|a| a.clone()).unwrap_or_default();
+        lines.extend(
+            self.traffic
+                .log()
+                .into_iter()
+                .map(|e| format!("{} {}", e.method, e.target)),
+        );
+        lines
     }
 
     /// Creates the row, or on 409 (it exists) overwrites its value.

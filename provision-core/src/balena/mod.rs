@@ -25,6 +25,10 @@ use odata::{any_name, expression, literal};
 /// lock restarts nothing.
 pub const LEASE_TAG: &str = "provision-lock";
 
+/// The highest lock generation taken seriously: 2^53, far beyond any device's count of
+/// changes (a million a day for 20,000 years), and exact in any JSON reader.
+pub const MAX_GENERATION: u64 = 1 << 53;
+
 /// One lock tag: the `generation`-th change to the device, and what its holder wrote in it.
 /// balenaCloud keeps (device, tag_key) unique, so of the requests that saw generation `n` as
 /// the latest, exactly one can create generation `n + 1`: that is taking the lock.
@@ -37,6 +41,9 @@ pub struct LockTag {
 
 impl LockTag {
     /// The generation a tag key names (`provision-lock` alone, from earlier versions, is 0).
+    /// A device's own key may write its tags: a generation no sequence of real changes could
+    /// reach (above [`MAX_GENERATION`]) is garbage, not a lock, so a forged tag can neither
+    /// overflow the next generation nor hold the device.
     fn parse(id: i64, key: &str, value: String) -> Option<LockTag> {
         let rest = key.strip_prefix(LEASE_TAG)?;
         let generation = if rest.is_empty() {
@@ -44,6 +51,9 @@ impl LockTag {
         } else {
             rest.strip_prefix('-')?.parse().ok()?
         };
+        if generation > MAX_GENERATION {
+            return None;
+        }
         Some(LockTag {
             id,
             generation,
@@ -419,7 +429,9 @@ impl BalenaClient {
     }
 
     /// Deletes a variable only while it still holds `value`, so undoing this request's write
-    /// never removes someone else's.
+    /// never removes someone else's. The value (a certificate or a private key) never goes into
+    /// a URL, where access logs would keep it: the rows of that name are read, compared here,
+    /// and the matching one deleted by its id.
     pub async fn delete_var_if(
         &self,
         deadline: Deadline,
@@ -428,25 +440,27 @@ impl BalenaClient {
         value: &Secret,
     ) -> Result<(), UpstreamFailure> {
         let (parent, parent_id) = target.parent();
-        let filter = format!(
-            "{parent} eq {parent_id} and name eq {} and value eq {}",
-            literal(name),
-            literal(value.expose())
-        );
+        let filter = format!("{parent} eq {parent_id} and name eq {}", literal(name));
         let url = format!(
-            "{}/{}?$filter={}",
+            "{}/{}?$select=id,name,value&$filter={}",
             self.api,
             target.resource(),
             expression(&filter)
         );
         let answer = self
-            .send(deadline, reqwest::Method::DELETE, &url, &self.key, None)
+            .send(deadline, reqwest::Method::GET, &url, &self.key, None)
             .await?;
-        if answer.status.is_success() {
-            Ok(())
-        } else {
-            Err(refused(&answer))
+        if !answer.status.is_success() {
+            return Err(refused(&answer));
         }
+        let rows: Rows<VarRow> = answer.parse()?;
+        let ours: Vec<i64> = rows
+            .d
+            .into_iter()
+            .filter(|row| row.name == name && row.value == value.expose())
+            .map(|row| row.id)
+            .collect();
+        self.delete_var_rows(deadline, target, &ours).await
     }
 
     /// Deletes these variables of the target, in one request. Deleting what is not there succeeds.

@@ -386,6 +386,13 @@ impl ClearBladeEmulator {
 
     /// Every secret it hands out: the admin system key and token, and each registry's system
     /// key and token.
+    /// The system keys (admin and per registry): identifiers ClearBlade's API puts in its paths.
+    pub fn system_keys(&self) -> Vec<String> {
+        let mut out = vec![self.config.admin_system_key.clone()];
+        out.extend(self.config.registries.iter().map(|r| r.system_key.clone()));
+        out
+    }
+
     pub fn secrets(&self) -> Vec<String> {
         let mut out = vec![
             self.config.admin_system_key.clone(),

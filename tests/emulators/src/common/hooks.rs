@@ -9,6 +9,8 @@ use super::fault::{self, Rule};
 #[derive(Debug)]
 pub(crate) struct Hooks<R> {
     requests: Vec<R>,
+    /// Every request ever recorded, kept when `requests` is cleared (for the secret audit).
+    all: Vec<R>,
     faults: Vec<Rule>,
     latency: Duration,
 }
@@ -17,6 +19,7 @@ impl<R> Default for Hooks<R> {
     fn default() -> Hooks<R> {
         Hooks {
             requests: Vec::new(),
+            all: Vec::new(),
             faults: Vec::new(),
             latency: Duration::ZERO,
         }
@@ -29,11 +32,17 @@ impl<R: Clone> Hooks<R> {
         self.requests.clone()
     }
 
+    /// Every request recorded since the emulator started, `clear_requests` or not.
+    pub(crate) fn all_requests(&self) -> Vec<R> {
+        self.all.clone()
+    }
+
     pub(crate) fn clear_requests(&mut self) {
         self.requests.clear();
     }
 
     pub(crate) fn record(&mut self, request: R) {
+        self.all.push(request.clone());
         self.requests.push(request);
     }
 
@@ -74,6 +83,11 @@ macro_rules! test_hooks {
         /// Every request served so far, in arrival order.
         pub fn requests(&self) -> Vec<$request> {
             self.state().hooks.requests()
+        }
+
+        /// Every request since the emulator started, `clear_requests` or not.
+        pub fn all_requests(&self) -> Vec<$request> {
+            self.state().hooks.all_requests()
         }
 
         pub fn clear_requests(&self) {
