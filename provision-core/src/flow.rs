@@ -1142,7 +1142,10 @@ impl Provisioner {
             return true;
         };
         let value = LockValue::parse(&head.value);
-        if value.released || value.until < now_ms() {
+        let now = now_ms();
+        // An expiry further ahead than any holder sets (longest budget + grace + clock skew) is
+        // garbage a device's key wrote, not a lock.
+        if value.released || value.until < now || value.until > now + MAX_HOLD_MS {
             return true;
         }
         // A goal is about the variables of one target (the device's, or one service's): a
@@ -1441,7 +1444,10 @@ struct Lock {
 
 impl Lock {
     fn next(snapshot: &Snapshot, request_id: &str, budget: Duration, goal: Option<Goal>) -> Self {
-        let generation = snapshot.record.head_lock().map_or(1, |h| h.generation + 1);
+        let generation = snapshot
+            .record
+            .head_lock()
+            .map_or(1, |h| h.generation.saturating_add(1));
         let until = now_ms() + budget.as_millis() as u64 + 5_000;
         let holder: String = request_id
             .chars()
@@ -1469,6 +1475,10 @@ impl Lock {
         format!("{} released", self.value)
     }
 }
+
+/// The furthest ahead a holder sets its lock's expiry: the longest request budget
+/// (`PROVISION_REQUEST_BUDGET_MS` ≤ 900 s), the 5 s grace, and a minute of clock skew.
+const MAX_HOLD_MS: u64 = 900_000 + 5_000 + 60_000;
 
 fn now_ms() -> u64 {
     SystemTime::now()

@@ -1132,7 +1132,7 @@ pub async fn lock_generations<S: Stack>() {
         .set_device_tag(
             device.id,
             "provision-lock-9",
-            "someone-else until 99999999999999",
+            &format!("someone-else until {}", live_until()),
         )
         .await;
     let vars_before = world.balena.device_vars(device.id).await;
@@ -1163,7 +1163,7 @@ pub async fn lock_generations<S: Stack>() {
         .set_device_tag(
             device.id,
             "provision-lock-9",
-            "someone-else until 99999999999999 released",
+            &format!("someone-else until {} released", live_until()),
         )
         .await;
 
@@ -1284,6 +1284,69 @@ pub async fn twenty_interleaved_posts_and_deletes<S: Stack>() {
     world.stop().await;
 }
 
+/// An expiry a live holder would set: a minute from now.
+pub fn live_until() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 60_000
+}
+
+/// A device's own key may write its tags, so the lock must survive what a device can forge: a
+/// generation at `u64::MAX` (no overflow, no panic), an expiry centuries ahead (garbage, not a
+/// lock), a malformed value. None of them wedges the device: rotation and removal go through.
+pub async fn forged_lock_tags_neither_panic_nor_wedge<S: Stack>() {
+    let world = S::start().await.unwrap();
+    let device = world.add_device().await;
+    let created = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key))
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201, "{}", created.raw_body);
+    for (key, value) in [
+        (
+            "provision-lock-18446744073709551615",
+            "forger until 99999999999999",
+        ),
+        ("provision-lock-1000", "forger until 99999999999999"),
+        ("provision-lock-999", "garbage"),
+    ] {
+        world.balena.set_device_tag(device.id, key, value).await;
+    }
+    let rotated = world
+        .call(Call::post(json!({"uuid": device.uuid, "rotate": true})).bearer(&device.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        (rotated.status, rotated.status_text()),
+        (200, "rotated"),
+        "{}",
+        rotated.raw_body
+    );
+    world
+        .assert_provisioned(&device, Target::Device, false)
+        .await;
+    let tags = world.balena.device_tags(device.id).await;
+    assert!(
+        tags.contains_key("provision-lock-1001"),
+        "the next change follows the highest sane generation: {tags:?}"
+    );
+    let deleted = world
+        .call(Call::delete(json!({"uuid": device.uuid})).bearer(&device.key))
+        .await
+        .unwrap();
+    assert_eq!(deleted.status_text(), "deleted", "{}", deleted.raw_body);
+    world.assert_gone(&device, Target::Device).await;
+    world.stop_functions_and_wait().await;
+    let lines = world.logs().lines();
+    assert!(
+        !lines.iter().any(|l| l.contains("panicked")),
+        "no panic: {lines:?}"
+    );
+    world.stop().await;
+}
+
 /// One `#[tokio::test]` per shared scenario for a world type, so every cloud runs the whole
 /// list on the balenaCloud emulator: `provision_testkit::shared_scenarios!(AwsWorld);`
 #[macro_export]
@@ -1330,6 +1393,10 @@ macro_rules! scenarios_on_any_balena {
         #[tokio::test]
         async fn unauthenticated_mode() {
             $crate::scenarios::unauthenticated_mode::<$world>().await;
+        }
+        #[tokio::test]
+        async fn forged_lock_tags_neither_panic_nor_wedge() {
+            $crate::scenarios::forged_lock_tags_neither_panic_nor_wedge::<$world>().await;
         }
         #[tokio::test]
         async fn a_user_key_is_not_the_device() {

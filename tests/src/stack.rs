@@ -126,7 +126,11 @@ pub trait Stack: Sized + Deref<Target = Fleet> {
         let tags = self.balena.device_tags(device.id).await;
         let generation = |key: &str| match key.strip_prefix("provision-lock")? {
             "" => Some(0u64),
-            rest => rest.strip_prefix('-')?.parse().ok(),
+            rest => rest
+                .strip_prefix('-')?
+                .parse()
+                .ok()
+                .filter(|g| *g <= provision_core::balena::MAX_GENERATION),
         };
         let (key, value) = tags
             .iter()
@@ -146,7 +150,8 @@ pub trait Stack: Sized + Deref<Target = Fleet> {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis();
-        if words.last() == Some(&"released") || until < now {
+        // An expiry further ahead than any holder sets is garbage, not a lock (as the flow reads it).
+        if words.last() == Some(&"released") || until < now || until > now + 965_000 {
             return None;
         }
         let done = match after("goal") {

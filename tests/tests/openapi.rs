@@ -1023,7 +1023,10 @@ async fn gcp_answers_conform_and_cover_the_document() {
         .set_device_tag(
             device.id,
             &provision_core::balena::LockTag::key(99),
-            "someone-else until 99999999999999",
+            &format!(
+                "someone-else until {}",
+                provision_testkit::scenarios::live_until()
+            ),
         )
         .await;
     for call in [
