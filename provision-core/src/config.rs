@@ -150,19 +150,63 @@ pub fn bool_setting(
     }
 }
 
+/// An upstream's URL: `https://`, or `http://` only to a loopback address (an emulator or a
+/// local test server): keys and credentials never cross a network in clear text.
 pub fn url_setting(name: &'static str, value: &str) -> Result<(), ConfigError> {
-    match reqwest::Url::parse(value) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(()),
-        _ => Err(ConfigError::new(
+    let refused = || {
+        ConfigError::new(
             name,
-            "must be an http(s) URL such as https://api.balena-cloud.com",
-        )),
+            "must be an https:// URL such as https://api.balena-cloud.com (http:// only to a loopback address such as 127.0.0.1)",
+        )
+    };
+    let url = reqwest::Url::parse(value).map_err(|_| refused())?;
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(refused)?;
+    let loopback = match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(refused()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_urls_are_https_except_to_loopback() {
+        for ok in [
+            "https://api.balena-cloud.com",
+            "http://127.0.0.1:8080",
+            "http://127.5.0.1",
+            "http://[::1]:9",
+            "http://localhost:1",
+        ] {
+            assert!(url_setting("X", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://api.balena-cloud.com",
+            "http://10.0.0.1",
+            "http://[::2]",
+            "ftp://127.0.0.1",
+            "https://",
+            "not a url",
+            "http://127.0.0.1.example.com",
+        ] {
+            let error = url_setting("X", bad).expect_err(bad);
+            assert!(error.to_string().contains("https://"), "{bad}: {error}");
+        }
+    }
     use std::collections::HashMap;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {

@@ -100,6 +100,30 @@ impl ProvisionError {
         }
     }
 
+    /// What the caller reads. For an upstream failure: which upstream and step failed, and how
+    /// (throttled, refused with a status, unavailable), never the upstream's own text, which can
+    /// hold account ids, ARNs and host names; that goes to the logs (`Display`) under the
+    /// request id the answer carries.
+    pub fn public_message(&self) -> String {
+        match self {
+            ProvisionError::Upstream {
+                system,
+                step,
+                failure,
+            } => {
+                let how = match failure {
+                    UpstreamFailure::Throttled { .. } => "throttled".to_string(),
+                    UpstreamFailure::Refused { status, .. } => format!("refused with {status}"),
+                    UpstreamFailure::Unavailable { .. } => "unavailable".to_string(),
+                };
+                format!(
+                    "{system}: {step} failed ({how}); the function's logs have the details under this request_id"
+                )
+            }
+            other => other.to_string(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProvisionError::BadRequest { .. } => StatusCode::BAD_REQUEST,

@@ -155,7 +155,7 @@ pub fn error_response(error: &ProvisionError, request_id: &str) -> Response<Byte
     if status.is_server_error() {
         tracing::warn!(request_id, code = error.code(), "{error}");
     }
-    let body = json!({"error": {"code": error.code(), "message": error.to_string()}, "request_id": request_id});
+    let body = json!({"error": {"code": error.code(), "message": error.public_message()}, "request_id": request_id});
     let mut response = json_response(status, &body, error.retry_after());
     if let ProvisionError::BadMethod { allow, .. } = error {
         response
