@@ -33,6 +33,7 @@ use crate::credentials::{
 };
 use crate::error::{ProvisionError, UpstreamFailure, codes};
 use crate::registry::{Material, RegisteredCredential, Registration, Registry, RegistryState};
+use crate::rejected_keys::{Refused, RejectedKeys};
 use crate::retry::Deadline;
 use crate::secret::Secret;
 
@@ -141,6 +142,8 @@ pub struct Provisioner {
     key_algorithm: KeyAlgorithm,
     /// `PROVISION_ACCEPT_USER_KEYS`: a user's or fleet's key that sees the device may act on it.
     accept_user_keys: bool,
+    /// Keys refused a moment ago, by hash.
+    rejected: RejectedKeys,
 }
 
 impl Provisioner {
@@ -151,6 +154,7 @@ impl Provisioner {
             budget,
             key_algorithm: KeyAlgorithm::default(),
             accept_user_keys: false,
+            rejected: RejectedKeys::default(),
         }
     }
 
@@ -183,14 +187,31 @@ impl Provisioner {
         request_id: &str,
     ) -> Result<Outcome, ProvisionError> {
         let deadline = Deadline::after(self.budget - self.reserve());
+        // A key refused a moment ago is refused again without asking anyone.
+        if let Caller::BalenaKey(key) = &caller
+            && let Some(refusal) = self.remembered_refusal(key, &request.uuid)
+        {
+            return Err(refusal);
+        }
         // The caller's proof, balenaCloud's state and the registry's state do not depend on each
-        // other: one round trip for all three. Nothing is changed before the proof is checked.
+        // other: one round trip for all three. Nothing is changed before the proof is checked,
+        // and a refused caller is answered as soon as its proof fails, whatever the reads find
+        // (so the answer's timing tells nothing about the device).
         let removal = matches!(request.operation, Operation::Deprovision);
-        let (proof, snapshot) = tokio::join!(
-            self.check_caller(deadline, &caller, &request.uuid),
-            self.read(deadline, &request, removal)
-        );
-        proof?;
+        let proof = self.check_caller(deadline, &caller, &request.uuid);
+        let read = self.read(deadline, &request, removal);
+        tokio::pin!(proof, read);
+        let snapshot = tokio::select! {
+            biased;
+            proven = &mut proof => {
+                proven?;
+                read.await
+            }
+            snapshot = &mut read => {
+                proof.await?;
+                snapshot
+            }
+        };
         let snapshot = match snapshot {
             Err(ProvisionError::DeviceNotFound(_)) if matches!(caller, Caller::BalenaKey(_)) => {
                 return Err(ProvisionError::balena(
@@ -220,6 +241,23 @@ impl Provisioner {
         }
     }
 
+    /// The refusal a key earned a moment ago, if it would refuse this request too (a key once
+    /// refused for another device may still be this device's own: that one is asked again).
+    fn remembered_refusal(&self, key: &Secret, uuid: &DeviceUuid) -> Option<ProvisionError> {
+        match self.rejected.get(key)? {
+            Refused::Unknown => Some(ProvisionError::AuthInvalid(
+                "balenaCloud does not accept this key".into(),
+            )),
+            Refused::Device(own) if own != uuid.as_str() => {
+                Some(ProvisionError::Forbidden(uuid.to_string()))
+            }
+            Refused::NotADevice if !self.accept_user_keys => {
+                Some(ProvisionError::NotTheDevice(uuid.to_string()))
+            }
+            Refused::Device(_) | Refused::NotADevice => None,
+        }
+    }
+
     /// The proof that the caller may act on the device: its own key (balenaCloud's `whoami`
     /// names this device), or the operator. A user's or fleet's key only where the operator
     /// accepts user keys, and then only if it sees the device (asked in the same round trip).
@@ -242,13 +280,22 @@ impl Provisioner {
         let (actor, sees) = tokio::join!(self.balena.whoami(deadline, key), sees);
         let actor = actor.map_err(|f| ProvisionError::balena("checking the caller's key", f))?;
         match actor {
-            None => Err(ProvisionError::AuthInvalid(
-                "balenaCloud does not accept this key".into(),
-            )),
+            None => {
+                self.rejected.remember(key, Refused::Unknown);
+                Err(ProvisionError::AuthInvalid(
+                    "balenaCloud does not accept this key".into(),
+                ))
+            }
             Some(Actor::Device { uuid: own }) if own == uuid.as_str() => Ok(()),
-            Some(Actor::Device { .. }) => Err(ProvisionError::Forbidden(uuid.to_string())),
+            Some(Actor::Device { uuid: own }) => {
+                self.rejected.remember(key, Refused::Device(own));
+                Err(ProvisionError::Forbidden(uuid.to_string()))
+            }
             Some(_) => match sees {
-                None => Err(ProvisionError::NotTheDevice(uuid.to_string())),
+                None => {
+                    self.rejected.remember(key, Refused::NotADevice);
+                    Err(ProvisionError::NotTheDevice(uuid.to_string()))
+                }
                 Some(Ok(Visibility::Visible)) => Ok(()),
                 Some(Ok(Visibility::Invisible)) => Err(ProvisionError::Forbidden(uuid.to_string())),
                 Some(Ok(Visibility::KeyRejected)) => Err(ProvisionError::AuthInvalid(

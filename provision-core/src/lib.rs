@@ -15,6 +15,7 @@ pub mod credentials;
 pub mod error;
 pub mod flow;
 pub mod registry;
+pub mod rejected_keys;
 pub mod retry;
 pub mod secret;
 #[cfg(feature = "server")]

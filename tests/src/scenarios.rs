@@ -1296,6 +1296,68 @@ pub async fn twenty_interleaved_posts_and_deletes<S: Stack>() {
     world.stop().await;
 }
 
+/// A refused caller is cheap and learns nothing: no write, at most two balenaCloud calls, and
+/// the same key again within the instance's memory of refusals costs no upstream call at all.
+pub async fn a_refused_caller_is_cheap<S: Stack>() {
+    let world = S::start().await.unwrap();
+    let device = world.add_device().await;
+    let other = world.add_device().await;
+    let user_key = world.secrets.function_key.clone();
+    for (whose, key, status) in [
+        ("an unknown key", "not-a-key-balena-knows".to_string(), 401),
+        ("another device's key", other.key.clone(), 403),
+        ("a user's key", user_key, 403),
+    ] {
+        world.balena.clear_requests();
+        let first = world
+            .call(Call::post(json!({"uuid": device.uuid})).bearer(&key))
+            .await
+            .unwrap();
+        assert_eq!(first.status, status, "{whose}: {}", first.raw_body);
+        let calls = world.balena.requests();
+        assert!(
+            calls.len() <= 2,
+            "{whose}: at most two balenaCloud calls: {calls:?}"
+        );
+        assert!(
+            calls.iter().all(|c| c.method == "GET"),
+            "{whose}: no write: {calls:?}"
+        );
+
+        world.balena.clear_requests();
+        let registry_before = world.registry_calls();
+        for call in [
+            Call::post(json!({"uuid": device.uuid})),
+            Call::delete(json!({"uuid": device.uuid})),
+            Call::post(json!({"uuid": "0123456789abcdef0123456789abcdef"})),
+        ] {
+            let again = world.call(call.bearer(&key)).await.unwrap();
+            assert_eq!(again.status, status, "{whose}, again: {}", again.raw_body);
+        }
+        assert_eq!(
+            world.balena.requests().len(),
+            0,
+            "{whose}, again: no balenaCloud call"
+        );
+        assert_eq!(
+            world.registry_calls(),
+            registry_before,
+            "{whose}, again: no registry call"
+        );
+    }
+    // The device's own key is not affected by what was refused before.
+    let created = world
+        .call(Call::post(json!({"uuid": other.uuid})).bearer(&other.key))
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201, "{}", created.raw_body);
+    assert!(
+        !world.has_entry(&device).await,
+        "nothing registered for the device asked about"
+    );
+    world.stop().await;
+}
+
 /// An expiry a live holder would set: a minute from now.
 pub fn live_until() -> u128 {
     std::time::SystemTime::now()
@@ -1409,6 +1471,10 @@ macro_rules! scenarios_on_any_balena {
         #[tokio::test]
         async fn forged_lock_tags_neither_panic_nor_wedge() {
             $crate::scenarios::forged_lock_tags_neither_panic_nor_wedge::<$world>().await;
+        }
+        #[tokio::test]
+        async fn a_refused_caller_is_cheap() {
+            $crate::scenarios::a_refused_caller_is_cheap::<$world>().await;
         }
         #[tokio::test]
         async fn a_user_key_is_not_the_device() {
