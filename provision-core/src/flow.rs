@@ -551,7 +551,7 @@ impl Provisioner {
                         }
                         Err(f) => {
                             self.release(deadline, device, &lock).await;
-                            return Err(ProvisionError::balena("taking the device lock", f));
+                            return Err(lock_failure(&request.uuid, f));
                         }
                         Ok(false) => {}
                     }
@@ -1307,7 +1307,7 @@ impl Provisioner {
                     Err(f) => {
                         self.release(deadline, snapshot.record.device_id, &lock)
                             .await;
-                        return Err(ProvisionError::balena("taking the device lock", f));
+                        return Err(lock_failure(&request.uuid, f));
                     }
                 }
             }
@@ -1520,6 +1520,17 @@ impl Lock {
 
     fn released(&self) -> String {
         format!("{} released", self.value)
+    }
+}
+
+/// Why taking the lock failed, as the caller reads it: a device deleted since it was read is
+/// not found (404), not an upstream failure.
+fn lock_failure(uuid: &DeviceUuid, failure: UpstreamFailure) -> ProvisionError {
+    match failure {
+        UpstreamFailure::Refused { status: 404, .. } => {
+            ProvisionError::DeviceNotFound(uuid.to_string())
+        }
+        failure => ProvisionError::balena("taking the device lock", failure),
     }
 }
 

@@ -694,6 +694,13 @@ async fn the_product_client_gets_the_same_answers() {
     }
     assert_eq!(real_outcomes.len(), emulator_outcomes.len());
     report("BalenaClient calls (columns: step number)", &rows);
+    // What the flow relies on, on the real server: a lock on a device deleted meanwhile is not
+    // a lost race (the flow answers 404 for it, not busy).
+    let gone = real_outcomes
+        .iter()
+        .find(|o| o.starts_with("try_lock on a missing device"))
+        .expect("the missing-device lock outcome");
+    assert!(gone.contains("status: 404"), "{gone}");
 
     // The raw requests the client made: the same requests, the same statuses.
     let mut rows = Vec::new();

@@ -536,6 +536,15 @@ impl BalenaClient {
         match answer.status {
             s if s.is_success() => Ok(true),
             _ if is_duplicate(&answer) => Ok(false),
+            // The device was deleted since it was read: pinejs's foreign-key 409.
+            StatusCode::CONFLICT
+                if String::from_utf8_lossy(&answer.body).contains("referenced by device") =>
+            {
+                Err(UpstreamFailure::Refused {
+                    status: 404,
+                    detail: "the device no longer exists".into(),
+                })
+            }
             _ => Err(refused(&answer)),
         }
     }
