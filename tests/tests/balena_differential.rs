@@ -914,6 +914,53 @@ const CASES: &[Case] = &[
         Key::User,
         Some(r#"{"device":{dev_a},"tag_key":"diff-tag","value":"v"}"#),
     ),
+    // balena's tag-key rules (a device's own key may write its tags).
+    case(
+        "POST device_tag, key with whitespace",
+        "POST",
+        "/v7/device_tag",
+        Key::DeviceA,
+        Some(r#"{"device":{dev_a},"tag_key":"a b","value":"v"}"#),
+    ),
+    case(
+        "POST device_tag, io.balena. key",
+        "POST",
+        "/v7/device_tag",
+        Key::User,
+        Some(r#"{"device":{dev_a},"tag_key":"io.balena.x","value":"v"}"#),
+    ),
+    case(
+        "POST device_tag, io.resin. key",
+        "POST",
+        "/v7/device_tag",
+        Key::User,
+        Some(r#"{"device":{dev_a},"tag_key":"io.resin.x","value":"v"}"#),
+    ),
+    case(
+        "POST device_tag, empty key",
+        "POST",
+        "/v7/device_tag",
+        Key::User,
+        Some(r#"{"device":{dev_a},"tag_key":"","value":"v"}"#),
+    ),
+    case(
+        "POST device_tag, 100-character key",
+        "POST",
+        "/v7/device_tag",
+        Key::DeviceA,
+        Some(
+            r#"{"device":{dev_a},"tag_key":"tttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttt","value":"v"}"#,
+        ),
+    ),
+    case(
+        "POST device_tag, 101-character key",
+        "POST",
+        "/v7/device_tag",
+        Key::User,
+        Some(
+            r#"{"device":{dev_a},"tag_key":"ttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttt","value":"v"}"#,
+        ),
+    ),
     case(
         "POST device_tag, duplicate",
         "POST",

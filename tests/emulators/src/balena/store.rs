@@ -125,6 +125,7 @@ impl Store {
             return Err(WriteError::Unauthorized);
         }
         check_variable_value(res, body)?;
+        check_device_tag(res, body)?;
         let mut row = Row::new();
         for (name, value) in body {
             let value = self.check_value(viewer, res, name, value)?;
@@ -247,6 +248,7 @@ impl Store {
             return Err(WriteError::BadRequest("No fields to update".into()));
         }
         check_variable_value(res, body)?;
+        check_device_tag(res, body)?;
         let mut changes = Row::new();
         for (name, value) in body {
             let value = self.check_value(viewer, res, name, value)?;
@@ -458,6 +460,42 @@ fn check_variable_value(res: Res, body: &Map<String, Value>) -> Result<(), Write
     if is_variable && value.contains(['\n', '\r']) {
         return Err(WriteError::BadRequest(
             "Variable values cannot contain line break characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// balena's rules for device tags, worded as it words them: a key of 1 to 100 characters
+/// without whitespace, outside the reserved `io.balena.`/`io.resin.` namespaces; a value of at
+/// most 10,000 characters. Checked on the fields a write sets.
+fn check_device_tag(res: Res, body: &Map<String, Value>) -> Result<(), WriteError> {
+    if res != Res::DeviceTag {
+        return Ok(());
+    }
+    if let Some(key) = body.get("tag_key").and_then(Value::as_str) {
+        if key.chars().any(char::is_whitespace) {
+            return Err(WriteError::BadRequest(
+                "Tag keys cannot contain whitespace.".into(),
+            ));
+        }
+        for reserved in ["io.balena.", "io.resin."] {
+            if key.starts_with(reserved) {
+                return Err(WriteError::BadRequest(format!(
+                    "Tag keys beginning with {reserved} are reserved."
+                )));
+            }
+        }
+        if key.is_empty() || key.chars().count() > 100 {
+            return Err(WriteError::BadRequest(
+                "It is necessary that each device tag has a tag key that has a Length (Type) that is greater than 0 and is less than or equal to 100.".into(),
+            ));
+        }
+    }
+    if let Some(value) = body.get("value").and_then(Value::as_str)
+        && value.chars().count() > 10_000
+    {
+        return Err(WriteError::BadRequest(
+            "It is necessary that each device tag has a value that has a Length (Type) that is less than or equal to 10000.".into(),
         ));
     }
     Ok(())
