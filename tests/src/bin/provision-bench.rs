@@ -449,10 +449,13 @@ enum Op {
     Again,
     Rotate,
     Delete,
+    /// A caller whose key balenaCloud does not know (a new key each run: never one the
+    /// instance remembers as refused).
+    Refused,
 }
 
 impl Op {
-    const ALL: [Op; 4] = [Op::New, Op::Again, Op::Rotate, Op::Delete];
+    const ALL: [Op; 5] = [Op::New, Op::Again, Op::Rotate, Op::Delete, Op::Refused];
 
     fn name(self) -> &'static str {
         match self {
@@ -460,6 +463,7 @@ impl Op {
             Op::Again => "POST already provisioned",
             Op::Rotate => "rotate",
             Op::Delete => "DELETE",
+            Op::Refused => "POST refused (unknown key)",
         }
     }
 
@@ -469,13 +473,14 @@ impl Op {
             Op::Again => (200, "already-provisioned"),
             Op::Rotate => (200, "rotated"),
             Op::Delete => (200, "deleted"),
+            Op::Refused => (401, ""),
         }
     }
 
     /// A device in the state the operation starts from.
     async fn prepare<S: Stack>(self, world: &S) -> anyhow::Result<Device> {
         let device = world.add_device().await;
-        if self != Op::New {
+        if !matches!(self, Op::New | Op::Refused) {
             let answer = world.call(post(&device)).await?;
             anyhow::ensure!(
                 answer.status == 201,
@@ -498,6 +503,8 @@ impl Op {
             }
             Op::Delete => Call::delete(Target::Device.body(&device.uuid))
                 .bearer(&world.secrets.operator_token),
+            Op::Refused => Call::post(Target::Device.body(&device.uuid))
+                .bearer(&format!("unknown-{}", uuid::Uuid::new_v4().simple())),
         }
     }
 }
@@ -676,6 +683,8 @@ impl Measured {
                 .target("≤ 3", deepest <= 3)
                 .node(S::NODE.delete_depth),
             Op::Rotate => depth_row,
+            // The proof (whoami) answers it; the reads started beside it are not waited for.
+            Op::Refused => depth_row.target("≤ 1", deepest <= 1),
         };
         rows.push(depth_row);
         for latency in LATENCIES {
