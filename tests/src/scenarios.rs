@@ -421,13 +421,7 @@ pub async fn unauthenticated_mode<S: Stack>() {
 
     // Everything that would hand the device's identity to someone else, or take it away.
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr_for = |cn: &str| {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        params.serialize_request(&key).unwrap().pem().unwrap()
-    };
+    let csr_for = |cn: &str| csr_pem(&key, cn);
     let fresh = world.add_device().await;
     let mut rotate = Target::Service.body(&device.uuid);
     rotate["rotate"] = json!(true);
@@ -542,11 +536,7 @@ pub async fn a_user_key_is_not_the_device<S: Stack>() {
         keys.push(("a fleet's key", real.fleet.provisioning_key.clone()));
     }
     let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, &device.uuid);
-    let csr = params.serialize_request(&key_pair).unwrap().pem().unwrap();
+    let csr = csr_pem(&key_pair, &device.uuid);
     world.balena.clear_requests();
     for (whose, key) in &keys {
         for (what, body, delete) in [
@@ -643,13 +633,7 @@ pub async fn a_device_keeps_its_key_with_a_csr<S: Stack>() {
     let world = S::start().await.unwrap();
     let device = world.add_device().await;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr_for = |cn: &str| {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        params.serialize_request(&key).unwrap().pem().unwrap()
-    };
+    let csr_for = |cn: &str| csr_pem(&key, cn);
     let csr = csr_for(&device.uuid);
 
     let created = world
@@ -1356,6 +1340,15 @@ pub async fn a_refused_caller_is_cheap<S: Stack>() {
         "nothing registered for the device asked about"
     );
     world.stop().await;
+}
+
+/// A PEM CSR for `key` with common name `cn`, as a device that keeps its key sends it.
+pub fn csr_pem(key: &rcgen::KeyPair, cn: &str) -> String {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.serialize_request(key).unwrap().pem().unwrap()
 }
 
 /// An expiry a live holder would set: a minute from now.
