@@ -75,6 +75,13 @@ param balenaApiUrl string = 'https://api.balena-cloud.com'
 @description('RUST_LOG of the function.')
 param rustLog string = 'info'
 
+// Limits at the edge: a flood of requests must not use up the balenaCloud key's rate limit or
+// the IoT Hub's registry quota. The Consumption plan has no request throttling of its own; the
+// cap is on instances (deploy/azure/README.md).
+@description('Most instances the function app scales out to (siteConfig.functionAppScaleLimit). Default 10: bounds the parallel calls a flood of requests makes with the one balenaCloud key and on the IoT Hub registry, while serving a fleet rollout; raise it only as far as those allow.')
+@minValue(1)
+param functionAppScaleLimit int = 10
+
 @description('Days the function\'s logs are kept in the Log Analytics workspace.')
 @minValue(30)
 @maxValue(730)
@@ -304,6 +311,7 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
       http20Enabled: true
       remoteDebuggingEnabled: false
       use32BitWorkerProcess: false
+      functionAppScaleLimit: functionAppScaleLimit
       // Note: this list replaces every app setting on each deployment, including the
       // WEBSITE_RUN_FROM_PACKAGE that `func azure functionapp publish` adds: publish again
       // after re-running this template.

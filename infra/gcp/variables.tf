@@ -118,10 +118,21 @@ variable "timeout_seconds" {
   default     = 60
 }
 
+# Limits at the edge: max_instances x concurrency is the most requests in flight at once. A
+# flood of requests beyond it waits briefly in Cloud Run's queue and is then refused with 429,
+# instead of using up the balenaCloud key's rate limit or the ClearBlade registry's quotas.
+# Cloud Run has no request-rate throttling of its own. deploy/gcp/deploy.sh and
+# deploy/gcp/service.yaml use the same defaults (scripts/lint-gcp checks they agree).
+
 variable "concurrency" {
-  description = "Requests one instance serves at once (the function is I/O bound: it mostly waits for balenaCloud and ClearBlade)."
+  description = "max_instance_request_concurrency: requests one instance serves at once. Default 40: the function is I/O bound (it mostly waits for balenaCloud and ClearBlade), and with max_instances 10 it caps requests in flight at 400."
   type        = number
   default     = 40
+
+  validation {
+    condition     = var.concurrency >= 1 && var.concurrency <= 1000
+    error_message = "concurrency must be between 1 and 1000 (Cloud Run's limit)."
+  }
 }
 
 variable "min_instances" {
@@ -131,9 +142,14 @@ variable "min_instances" {
 }
 
 variable "max_instances" {
-  description = "Maximum instances: caps cost and the request rate against balenaCloud and ClearBlade."
+  description = "scaling.max_instance_count: the most instances Cloud Run starts. Default 10: caps cost and, with concurrency, the parallel calls on the balenaCloud key and the ClearBlade registry under a flood of requests; raise it only as far as those allow."
   type        = number
   default     = 10
+
+  validation {
+    condition     = var.max_instances >= 1
+    error_message = "max_instances must be at least 1: the cap must exist."
+  }
 }
 
 variable "cpu" {
