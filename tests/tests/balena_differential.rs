@@ -76,6 +76,15 @@ async fn real_backend() -> Backend {
 /// The emulator seeded like fixture.py seeds a fleet.
 async fn emulator_backend() -> Backend {
     let emu = BalenaEmulator::start().await.expect("emulator starts");
+    // Rows of another fleet first, so that device ids and service-install ids differ (as on any
+    // real server): the comparison names ids by what they are, and equal numbers would be
+    // ambiguous.
+    let other = emu.add_application("other-fleet");
+    emu.add_service(other, "one");
+    emu.add_service(other, "two");
+    for _ in 0..3 {
+        emu.add_device(other, &random_hex());
+    }
     let app = emu.add_application("fixture-fleet");
     emu.add_service(app, SERVICE);
     let user_key = random_hex();
@@ -127,15 +136,23 @@ impl Backend {
             .replace("{missing}", &MISSING_ID.to_string())
     }
 
-    /// How an outcome names an id of this fleet (ids differ between the backends).
-    fn id_name(&self, id: i64) -> String {
+    /// How an outcome names a device id of this fleet (ids differ between the backends).
+    fn device_name(&self, id: i64) -> String {
         let [a, b] = &self.devices;
-        let names = [
-            (a.id, "{dev_a}"),
-            (b.id, "{dev_b}"),
-            (a.service_install, "{si_a}"),
-            (b.service_install, "{si_b}"),
-        ];
+        Self::name_of(id, &[(a.id, "{dev_a}"), (b.id, "{dev_b}")])
+    }
+
+    /// How an outcome names a service-install id of this fleet. Named by role, not by number
+    /// alone: a device and a service install often have the same id.
+    fn install_name(&self, id: i64) -> String {
+        let [a, b] = &self.devices;
+        Self::name_of(
+            id,
+            &[(a.service_install, "{si_a}"), (b.service_install, "{si_b}")],
+        )
+    }
+
+    fn name_of(id: i64, names: &[(i64, &str)]) -> String {
         names
             .iter()
             .find(|(known, _)| *known == id)
@@ -641,10 +658,13 @@ fn describe(
             let target = match r.target {
                 None => "none".to_string(),
                 Some(VarTarget::Device { device_id }) => {
-                    format!("device {}", backend.id_name(device_id))
+                    format!("device {}", backend.device_name(device_id))
                 }
                 Some(VarTarget::Service { service_install_id }) => {
-                    format!("service install {}", backend.id_name(service_install_id))
+                    format!(
+                        "service install {}",
+                        backend.install_name(service_install_id)
+                    )
                 }
             };
             let vars: Vec<String> = r
@@ -659,7 +679,7 @@ fn describe(
                 .collect();
             format!(
                 "device {} target {target} vars [{}] locks [{}]",
-                backend.id_name(r.device_id),
+                backend.device_name(r.device_id),
                 vars.join(", "),
                 locks.join(", ")
             )
