@@ -1,7 +1,9 @@
-"""moto_server with two corrections and one setting, each making moto do what AWS IoT does:
+"""moto_server with three corrections and one setting, each making moto do what AWS IoT does:
 
 * CreateCertificateFromCsr issues the certificate for the CSR's own public key;
 * DeleteCertificate with forceDelete also removes the certificate's policy attachments;
+* CreateThing on an existing name returns that thing when the configuration is the same and
+  answers 409 ResourceAlreadyExistsException when it differs;
 * certificate ids are the SHA-256 of the certificate's DER (moto's `iot.use_valid_cert`).
 
 moto (5.2.x) answers CreateCertificateFromCsr with a certificate for a fresh RSA key it makes
@@ -11,7 +13,14 @@ no key a client holds could ever match the certificate it was issued.
 
 moto (5.2.x) force-deletes a certificate but keeps its policy attachments; every later
 DeleteCertificate in the account then looks those up, finds no certificate, and answers 404
-ResourceNotFound for a certificate that exists. Everything else is moto's.
+ResourceNotFound for a certificate that exists.
+
+moto (5.2.x) answers CreateThing on an existing name by replacing the thing with a new one (new
+thingId, version 1). Real AWS IoT: "If this call is made multiple times using the same thing
+name and configuration, the call will succeed. If this call is made with the same thing name but
+different configuration a ResourceAlreadyExistsException is thrown." The configuration is the
+thing type, the attributes (a missing or empty attributePayload is no attributes) and the
+billing group; the thing returned is the existing one, unchanged. Everything else is moto's.
 
 Usage: python moto_server.py [moto_server options]   (e.g. -H 127.0.0.1 -p 5000)
 """
@@ -23,7 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from moto.core.config import default_user_config
-from moto.iot.exceptions import InvalidRequestException
+from moto.iot.exceptions import InvalidRequestException, ResourceAlreadyExistsException
 from moto.iot.models import IoTBackend
 from moto.server import main
 
@@ -70,6 +79,32 @@ def delete_certificate(self, certificate_id, force_delete):
 
 
 IoTBackend.delete_certificate = delete_certificate
+
+_moto_create_thing = IoTBackend.create_thing
+
+# The configuration is compared with the thing as it is now (UpdateThing and billing-group calls
+# change it); the 409's message is the one real AWS IoT words for this case.
+
+def create_thing(self, thing_name, thing_type_name, attribute_payload, billing_group_name=None):
+    existing = next((thing for thing in self.things.values() if thing.thing_name == thing_name), None)
+    if existing is None:
+        return _moto_create_thing(self, thing_name, thing_type_name, attribute_payload, billing_group_name)
+    existing_type = existing.thing_type.thing_type_name if existing.thing_type else None
+    attributes = (attribute_payload or {}).get("attributes") or {}
+    if (
+        (thing_type_name or None) == existing_type
+        and attributes == (existing.attributes or {})
+        and (billing_group_name or None) == (existing.billing_group_name or None)
+    ):
+        return existing
+    raise ResourceAlreadyExistsException(
+        f"Thing {thing_name} already exists in account with different attributes",
+        existing.thing_id,
+        existing.arn,
+    )
+
+
+IoTBackend.create_thing = create_thing
 
 if __name__ == "__main__":
     sys.exit(main())
