@@ -62,6 +62,11 @@ pub enum ProvisionError {
         "this is not device {0}'s own key: use the device's BALENA_API_KEY or the operator token (the operator can allow user keys with PROVISION_ACCEPT_USER_KEYS=true)"
     )]
     NotTheDevice(String),
+    /// The device's own key, from which balenaCloud hides the device (it has frozen it).
+    #[error(
+        "balenaCloud hides device {0} from its own key (a frozen device): it may change nothing"
+    )]
+    Hidden(String),
     #[error("device {0} is not known to balenaCloud")]
     DeviceNotFound(String),
     #[error("another request is changing device {0}; retry shortly")]
@@ -133,7 +138,9 @@ impl ProvisionError {
             ProvisionError::AuthMissing
             | ProvisionError::AuthRequired(_)
             | ProvisionError::AuthInvalid(_) => StatusCode::UNAUTHORIZED,
-            ProvisionError::Forbidden(_) | ProvisionError::NotTheDevice(_) => StatusCode::FORBIDDEN,
+            ProvisionError::Forbidden(_)
+            | ProvisionError::NotTheDevice(_)
+            | ProvisionError::Hidden(_) => StatusCode::FORBIDDEN,
             ProvisionError::DeviceNotFound(_) => StatusCode::NOT_FOUND,
             ProvisionError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProvisionError::Upstream {
@@ -155,9 +162,9 @@ impl ProvisionError {
                 "provision.auth.missing"
             }
             ProvisionError::AuthInvalid(_) => "provision.auth.invalid",
-            ProvisionError::Forbidden(_) | ProvisionError::NotTheDevice(_) => {
-                "provision.auth.forbidden"
-            }
+            ProvisionError::Forbidden(_)
+            | ProvisionError::NotTheDevice(_)
+            | ProvisionError::Hidden(_) => "provision.auth.forbidden",
             ProvisionError::DeviceNotFound(_) => "provision.device.not-found",
             ProvisionError::Busy(_) => "provision.device.busy",
             ProvisionError::Upstream {
@@ -263,6 +270,7 @@ mod tests {
             ProvisionError::AuthInvalid("x".into()),
             ProvisionError::Forbidden("x".into()),
             ProvisionError::NotTheDevice("x".into()),
+            ProvisionError::Hidden("x".into()),
             ProvisionError::DeviceNotFound("x".into()),
             ProvisionError::Busy("x".into()),
             ProvisionError::Internal("x".into()),
@@ -282,6 +290,7 @@ mod tests {
                 | ProvisionError::AuthInvalid(_)
                 | ProvisionError::Forbidden(_)
                 | ProvisionError::NotTheDevice(_)
+                | ProvisionError::Hidden(_)
                 | ProvisionError::DeviceNotFound(_)
                 | ProvisionError::Busy(_)
                 | ProvisionError::Upstream { .. }

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use crate::api::ids::DeviceUuid;
 use crate::api::request::{Operation, ProvisionRequest};
 use crate::auth::Caller;
-use crate::balena::{Actor, BalenaClient, DeviceRecord, StoredVar, VarTarget, Visibility};
+use crate::balena::{Actor, BalenaClient, DeviceRecord, StoredVar, VarTarget};
 use crate::credentials::{
     DeviceCsr, DeviceKey, KeyAlgorithm, base64_decode, public_key_of_private_pem,
 };
@@ -193,36 +193,13 @@ impl Provisioner {
         {
             return Err(refusal);
         }
-        // The caller's proof, balenaCloud's state and the registry's state do not depend on each
-        // other: one round trip for all three. Nothing is changed before the proof is checked,
-        // and a refused caller is answered as soon as its proof fails, whatever the reads find
-        // (so the answer's timing tells nothing about the device).
         let removal = matches!(request.operation, Operation::Deprovision);
-        let proof = self.check_caller(deadline, &caller, &request.uuid);
-        let read = self.read(deadline, &request, removal);
-        tokio::pin!(proof, read);
-        let snapshot = tokio::select! {
-            biased;
-            proven = &mut proof => {
-                proven?;
-                read.await
-            }
-            snapshot = &mut read => {
-                proof.await?;
-                snapshot
-            }
-        };
-        let snapshot = match snapshot {
-            Err(ProvisionError::DeviceNotFound(_)) if matches!(caller, Caller::BalenaKey(_)) => {
-                return Err(ProvisionError::balena(
-                    "reading the device",
-                    UpstreamFailure::Refused {
-                        status: 403,
-                        detail: "the function's own BALENA_API_KEY cannot see this device".into(),
-                    },
-                ));
-            }
-            other => other?,
+        let snapshot = match &caller {
+            Caller::BalenaKey(key) => self.read_as_caller(deadline, key, &request).await?,
+            // The operator (or, where allowed, a caller without credentials) needs no proof:
+            // balenaCloud's state and the registry's do not depend on each other, one round
+            // trip reads both.
+            _ => self.read(deadline, &request, removal).await?,
         };
         let device_id = self.registry.device_id(&request.uuid);
         match &request.operation {
@@ -254,30 +231,93 @@ impl Provisioner {
             Refused::NotADevice if !self.accept_user_keys => {
                 Some(ProvisionError::NotTheDevice(uuid.to_string()))
             }
+            Refused::Hidden => Some(ProvisionError::Hidden(uuid.to_string())),
             Refused::Device(_) | Refused::NotADevice => None,
         }
     }
 
-    /// The proof that the caller may act on the device: its own key (balenaCloud's `whoami`
-    /// names this device), or the operator. A user's or fleet's key only where the operator
-    /// accepts user keys, and then only if it sees the device (asked in the same round trip).
-    async fn check_caller(
+    /// A caller with a balena key: its proof first, and the registry only once it holds. The
+    /// proof is balenaCloud's `whoami` beside the device read *with the caller's key* (one
+    /// round trip, two calls): `whoami` says whose key it is, the read what that key may see
+    /// (a device's own key sees its device, and nothing while balenaCloud has frozen it). A
+    /// refused caller is answered as soon as `whoami` refuses it, whatever the read finds, so
+    /// the answer's timing tells nothing about the device; it makes no registry call and no
+    /// write.
+    ///
+    /// Then the registry: a POST for a device balenaCloud shows nothing of ours on (no
+    /// variable, no lock held) skips reading it, and registers straight away as if it were
+    /// empty; a registry that finds an entry there refuses to create it, and the flow falls
+    /// back to reading it under the lock. So a new device keeps its depth (proof, register,
+    /// activate) and every other request reads the registry once proven.
+    async fn read_as_caller(
         &self,
         deadline: Deadline,
-        caller: &Caller,
-        uuid: &DeviceUuid,
-    ) -> Result<(), ProvisionError> {
-        let Caller::BalenaKey(key) = caller else {
-            return Ok(());
-        };
-        let sees = async {
-            if self.accept_user_keys {
-                Some(self.balena.visibility(deadline, key, uuid).await)
-            } else {
-                None
+        key: &Secret,
+        request: &ProvisionRequest,
+    ) -> Result<Snapshot, ProvisionError> {
+        let uuid = &request.uuid;
+        let proof = self.balena.whoami(deadline, key);
+        let read = self.read_balena(deadline, request, Some(key));
+        tokio::pin!(proof, read);
+        let (actor, record) = tokio::select! {
+            biased;
+            actor = &mut proof => {
+                let actor = self.judge(key, uuid, actor)?;
+                (actor, read.await)
+            }
+            record = &mut read => {
+                let actor = self.judge(key, uuid, proof.await)?;
+                (actor, record)
             }
         };
-        let (actor, sees) = tokio::join!(self.balena.whoami(deadline, key), sees);
+        let (record, target) = match record {
+            Ok(found) => found,
+            Err(ProvisionError::DeviceNotFound(_)) => {
+                return Err(match actor {
+                    // Its own key, and balenaCloud hides the device from it: frozen.
+                    Actor::Device { .. } => {
+                        self.rejected.remember(key, Refused::Hidden);
+                        ProvisionError::Hidden(uuid.to_string())
+                    }
+                    _ => ProvisionError::Forbidden(uuid.to_string()),
+                });
+            }
+            // `whoami` knew the key, yet it may read no device (a fleet's provisioning key).
+            Err(ProvisionError::Upstream {
+                failure: UpstreamFailure::Refused { status: 401, .. },
+                ..
+            }) => return Err(ProvisionError::Forbidden(uuid.to_string())),
+            Err(e) => return Err(e),
+        };
+        let removal = matches!(request.operation, Operation::Deprovision);
+        let unseen = matches!(request.operation, Operation::Provision { .. })
+            && record.vars.is_empty()
+            && record
+                .head_lock()
+                .is_none_or(|head| LockValue::parse(&head.value).is_free_by_itself());
+        let state = if unseen {
+            RegistryState::default()
+        } else {
+            self.inspect(deadline, uuid, removal)
+                .await
+                .map_err(|f| ProvisionError::cloud("reading the registry", f))?
+        };
+        Ok(Snapshot {
+            record,
+            target,
+            state,
+        })
+    }
+
+    /// Whether `whoami`'s answer lets the key act on device `uuid`: its own device's key, or
+    /// (where the operator accepts them) a user's or fleet's key, which must then also see the
+    /// device. A refusal is remembered for a while.
+    fn judge(
+        &self,
+        key: &Secret,
+        uuid: &DeviceUuid,
+        actor: Result<Option<Actor>, UpstreamFailure>,
+    ) -> Result<Actor, ProvisionError> {
         let actor = actor.map_err(|f| ProvisionError::balena("checking the caller's key", f))?;
         match actor {
             None => {
@@ -286,50 +326,79 @@ impl Provisioner {
                     "balenaCloud does not accept this key".into(),
                 ))
             }
-            Some(Actor::Device { uuid: own }) if own == uuid.as_str() => Ok(()),
-            Some(Actor::Device { uuid: own }) => {
+            Some(Actor::Device { uuid: own }) if own != uuid.as_str() => {
                 self.rejected.remember(key, Refused::Device(own));
                 Err(ProvisionError::Forbidden(uuid.to_string()))
             }
-            Some(_) => match sees {
-                None => {
-                    self.rejected.remember(key, Refused::NotADevice);
-                    Err(ProvisionError::NotTheDevice(uuid.to_string()))
-                }
-                Some(Ok(Visibility::Visible)) => Ok(()),
-                Some(Ok(Visibility::Invisible)) => Err(ProvisionError::Forbidden(uuid.to_string())),
-                Some(Ok(Visibility::KeyRejected)) => Err(ProvisionError::AuthInvalid(
-                    "balenaCloud does not accept this key".into(),
-                )),
-                Some(Err(f)) => Err(ProvisionError::balena("checking the caller's key", f)),
-            },
+            Some(Actor::Device { uuid: own }) => Ok(Actor::Device { uuid: own }),
+            Some(_) if !self.accept_user_keys => {
+                self.rejected.remember(key, Refused::NotADevice);
+                Err(ProvisionError::NotTheDevice(uuid.to_string()))
+            }
+            Some(other) => Ok(other),
         }
     }
 
-    /// balenaCloud's and the registry's view of the device, read together (for a removal, only
-    /// what DELETE acts on: one round trip).
+    /// balenaCloud's view of the device (with the function's key) and the registry's, read
+    /// together: one round trip.
     async fn read(
         &self,
         deadline: Deadline,
         request: &ProvisionRequest,
         removal: bool,
     ) -> Result<Snapshot, ProvisionError> {
-        let device_id = self.registry.device_id(&request.uuid);
+        let (record, state) = tokio::join!(
+            self.read_balena(deadline, request, None),
+            self.inspect(deadline, &request.uuid, removal)
+        );
+        let (record, target) = record?;
+        let state = state.map_err(|f| ProvisionError::cloud("reading the registry", f))?;
+        Ok(Snapshot {
+            record,
+            target,
+            state,
+        })
+    }
+
+    /// The registry's view of the device (for a removal, only what DELETE acts on).
+    async fn inspect(
+        &self,
+        deadline: Deadline,
+        uuid: &DeviceUuid,
+        removal: bool,
+    ) -> Result<RegistryState, UpstreamFailure> {
+        let device_id = self.registry.device_id(uuid);
+        if removal {
+            self.registry
+                .inspect_for_removal(deadline, &device_id)
+                .await
+        } else {
+            self.registry.inspect(deadline, &device_id).await
+        }
+    }
+
+    /// balenaCloud's view of the device: its record and where its variables go, read with
+    /// `key` (a caller's) or the function's own.
+    async fn read_balena(
+        &self,
+        deadline: Deadline,
+        request: &ProvisionRequest,
+        key: Option<&Secret>,
+    ) -> Result<(DeviceRecord, VarTarget), ProvisionError> {
         let names = self.registry.variable_names();
-        let inspect = async {
-            if removal {
-                self.registry
-                    .inspect_for_removal(deadline, &device_id)
+        let service = request.service.as_ref();
+        let record = match key {
+            Some(key) => {
+                self.balena
+                    .read_device_as(deadline, key, &request.uuid, service, names)
                     .await
-            } else {
-                self.registry.inspect(deadline, &device_id).await
+            }
+            None => {
+                self.balena
+                    .read_device(deadline, &request.uuid, service, names)
+                    .await
             }
         };
-        let (record, state) = tokio::join!(
-            self.balena
-                .read_device(deadline, &request.uuid, request.service.as_ref(), names),
-            inspect
-        );
         let record = record
             .map_err(|f| ProvisionError::balena("reading the device", f))?
             .ok_or_else(|| ProvisionError::DeviceNotFound(request.uuid.to_string()))?;
@@ -343,12 +412,7 @@ impl Provisioner {
                 ),
             ));
         };
-        let state = state.map_err(|f| ProvisionError::cloud("reading the registry", f))?;
-        Ok(Snapshot {
-            record,
-            target,
-            state,
-        })
+        Ok((record, target))
     }
 
     fn assess(&self, uuid: &DeviceUuid, snapshot: &Snapshot, mode: KeyMode<'_>) -> Assessment {
@@ -543,6 +607,17 @@ impl Provisioner {
                         }
                     }
                     match taken {
+                        // The registry holds an entry this request did not know of (it skipped
+                        // reading a registry balenaCloud shows nothing of ours in, or the entry
+                        // was made meanwhile): read it under a lock taken afresh.
+                        Ok(true) if registered.as_ref().is_err_and(entry_changed) => {
+                            self.release(deadline, device, &lock).await;
+                            return self
+                                .provision_after(
+                                    deadline, request, device_id, rotate, mode, request_id, true,
+                                )
+                                .await;
+                        }
                         Ok(true) => {
                             self.release(deadline, device, &lock).await;
                             return Err(registered
@@ -1189,10 +1264,7 @@ impl Provisioner {
             return true;
         };
         let value = LockValue::parse(&head.value);
-        let now = now_ms();
-        // An expiry further ahead than any holder sets (longest budget + grace + clock skew) is
-        // garbage a device's key wrote, not a lock.
-        if value.released || value.until < now || value.until > now + MAX_HOLD_MS {
+        if value.is_free_by_itself() {
             return true;
         }
         // A goal is about the variables of one target (the device's, or one service's): a
@@ -1480,6 +1552,14 @@ impl LockValue {
             target: after("for").map(str::to_owned),
             released: words.last() == Some(&"released"),
         }
+    }
+
+    /// Free whatever the device's state: released, expired, or with an expiry further ahead
+    /// than any holder sets (longest budget + grace + clock skew), which is garbage a device's
+    /// key wrote, not a lock.
+    fn is_free_by_itself(&self) -> bool {
+        let now = now_ms();
+        self.released || self.until < now || self.until > now.saturating_add(MAX_HOLD_MS)
     }
 }
 

@@ -25,6 +25,8 @@ pub enum Refused {
     Device(String),
     /// A user's or fleet's key, where such keys are not accepted.
     NotADevice,
+    /// A device's own key from which balenaCloud hides its device (frozen).
+    Hidden,
 }
 
 #[derive(Default)]

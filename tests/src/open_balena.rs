@@ -130,6 +130,33 @@ impl RealBalena {
         &self.fleet.user_key
     }
 
+    /// Another user API key that sees every device of the fleet. open-balena has neither the
+    /// observer role nor a route that makes a second user, and every user key sees every device:
+    /// a second key of the superuser (`POST /api-key/user/full` after `/login_`) plays the
+    /// fleet member whose key sees the device but is not it.
+    pub async fn another_user_key(&self) -> anyhow::Result<String> {
+        let base = self.fleet.api_url.trim_end_matches('/');
+        let login = self
+            .http
+            .post(format!("{base}/login_"))
+            .json(&serde_json::json!({"username": "admin", "password": "Password01"}))
+            .send()
+            .await?;
+        anyhow::ensure!(login.status().is_success(), "login: {}", login.status());
+        let token = login.text().await?;
+        let made = self
+            .http
+            .post(format!("{base}/api-key/user/full"))
+            .bearer_auth(token.trim())
+            .json(&serde_json::json!({"name": format!("member-{}", uuid::Uuid::new_v4().simple())}))
+            .send()
+            .await?;
+        let status = made.status();
+        let text = made.text().await?;
+        anyhow::ensure!(status.is_success(), "api-key/user/full: {status} {text}");
+        Ok(serde_json::from_str(&text)?)
+    }
+
     /// Registers a new device of the fleet with its own API key, as a device does on first
     /// boot (`POST /device/register` with the fleet's provisioning key), and waits until its
     /// service install exists.

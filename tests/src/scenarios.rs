@@ -139,7 +139,7 @@ pub fn describe(call: &Call) -> String {
 use crate::Fault;
 use crate::checks::{Target, balena_variable_writes, decode, vars};
 use crate::stack::Stack;
-use crate::world::Options;
+use crate::world::{CallerRole, Options};
 
 /// No fleet or registry secret in anything the function printed (after it stopped, so nothing
 /// is still buffered).
@@ -523,18 +523,23 @@ pub async fn unauthenticated_mode<S: Stack>() {
     world.stop().await;
 }
 
-/// Authority is identity: a user's key sees every device of its fleets but is not any of them.
-/// By default it may change nothing (403, saying to use the device's own key or the operator
-/// token; nothing changes upstream); with `PROVISION_ACCEPT_USER_KEYS=true` it may. On the real
-/// server a fleet's key (the provisioning key) is refused the same way.
+/// Authority is identity: a fleet member's key sees every device of its fleets but is not any
+/// of them. By default an observer's, a member's and the fleet's own key may change nothing
+/// (403, saying to use the device's own key or the operator token; nothing changes upstream);
+/// with `PROVISION_ACCEPT_USER_KEYS=true` a member's may, the fleet's (which sees no device)
+/// still may not. On the real server another user key plays observer and member (see
+/// [`crate::world::Fleet::caller_key`]).
 pub async fn a_user_key_is_not_the_device<S: Stack>() {
     let world = S::start().await.unwrap();
     let device = world.add_device().await;
-    let user_key = world.secrets.function_key.clone();
-    let mut keys = vec![("a user's key", user_key.clone())];
-    if let crate::balena::Balena::Real(real) = &world.balena {
-        keys.push(("a fleet's key", real.fleet.provisioning_key.clone()));
-    }
+    let keys = vec![
+        (
+            "an observer's key",
+            world.caller_key(CallerRole::Observer).await,
+        ),
+        ("a member's key", world.caller_key(CallerRole::Member).await),
+        ("the fleet's key", world.caller_key(CallerRole::Fleet).await),
+    ];
     let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let csr = csr_pem(&key_pair, &device.uuid);
     world.balena.clear_requests();
@@ -590,7 +595,18 @@ pub async fn a_user_key_is_not_the_device<S: Stack>() {
     .await
     .unwrap();
     let device = world.add_device().await;
-    let user_key = world.secrets.function_key.clone();
+    let user_key = world.caller_key(CallerRole::Member).await;
+    let fleet_key = world.caller_key(CallerRole::Fleet).await;
+    let refused = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&fleet_key))
+        .await
+        .unwrap();
+    assert_eq!(
+        (refused.status, refused.error_code()),
+        (403, "provision.auth.forbidden"),
+        "the fleet's key sees no device: {}",
+        refused.raw_body
+    );
     let created = world
         .call(Call::post(json!({"uuid": device.uuid})).bearer(&user_key))
         .await
@@ -1286,18 +1302,37 @@ pub async fn a_refused_caller_is_cheap<S: Stack>() {
     let world = S::start().await.unwrap();
     let device = world.add_device().await;
     let other = world.add_device().await;
-    let user_key = world.secrets.function_key.clone();
     for (whose, key, status) in [
         ("an unknown key", "not-a-key-balena-knows".to_string(), 401),
         ("another device's key", other.key.clone(), 403),
-        ("a user's key", user_key, 403),
+        (
+            "an observer's key",
+            world.caller_key(CallerRole::Observer).await,
+            403,
+        ),
+        (
+            "a member's key",
+            world.caller_key(CallerRole::Member).await,
+            403,
+        ),
+        (
+            "the fleet's key",
+            world.caller_key(CallerRole::Fleet).await,
+            403,
+        ),
     ] {
         world.balena.clear_requests();
+        let registry_at_first = world.registry_calls();
         let first = world
             .call(Call::post(json!({"uuid": device.uuid})).bearer(&key))
             .await
             .unwrap();
         assert_eq!(first.status, status, "{whose}: {}", first.raw_body);
+        assert_eq!(
+            world.registry_calls(),
+            registry_at_first,
+            "{whose}: no registry call, even the first time"
+        );
         let calls = world.balena.requests();
         assert!(
             calls.len() <= 2,
@@ -1339,6 +1374,89 @@ pub async fn a_refused_caller_is_cheap<S: Stack>() {
         !world.has_entry(&device).await,
         "nothing registered for the device asked about"
     );
+    world.stop().await;
+}
+
+/// balenaCloud freezes a device (its own key then sees nothing, though `whoami` still names
+/// it): the device's key may change nothing, before or after it was provisioned. Emulator only:
+/// open-balena has no freezing.
+pub async fn a_frozen_device_changes_nothing<S: Stack>() {
+    let world = S::start().await.unwrap();
+    let fresh = world.add_device().await;
+    let provisioned = world.add_device().await;
+    let created = world
+        .call(Call::post(json!({"uuid": provisioned.uuid})).bearer(&provisioned.key))
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201, "{}", created.raw_body);
+    let before = world.active_credentials().await;
+    world.freeze(&fresh);
+    world.freeze(&provisioned);
+    world.balena.clear_requests();
+    let registry_before = world.registry_calls();
+    for (device, call) in [
+        (&fresh, Call::post(json!({"uuid": fresh.uuid}))),
+        (
+            &provisioned,
+            Call::post(json!({"uuid": provisioned.uuid, "rotate": true})),
+        ),
+        (
+            &provisioned,
+            Call::delete(json!({"uuid": provisioned.uuid})),
+        ),
+    ] {
+        let described = describe(&call);
+        let answer = world.call(call.bearer(&device.key)).await.unwrap();
+        assert_eq!(
+            (answer.status, answer.error_code()),
+            (403, "provision.auth.forbidden"),
+            "{described}: {}",
+            answer.raw_body
+        );
+        assert!(
+            answer.raw_body.contains("frozen"),
+            "{described}: says why: {}",
+            answer.raw_body
+        );
+    }
+    assert_eq!(world.registry_calls(), registry_before, "no registry call");
+    assert!(
+        world.balena.requests().iter().all(|r| r.method == "GET"),
+        "no write to balenaCloud"
+    );
+    assert_eq!(world.active_credentials().await, before, "nothing changed");
+    assert!(!world.has_entry(&fresh).await, "nothing registered");
+    world.stop().await;
+}
+
+/// A POST for a device balenaCloud shows nothing of ours on registers without reading the
+/// registry first (see `Provisioner::read_as_caller`); a registry entry it did not know of (an
+/// operator's, or one an older version left) is found when creating it fails, read under the
+/// lock, and used: the device ends provisioned with one credential, as from an empty registry.
+pub async fn an_entry_the_function_did_not_know_is_read_before_use<S: Stack>() {
+    let world = S::start().await.unwrap();
+    let device = world.add_device().await;
+    world.add_bare_entry(&device).await;
+    let created = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&device.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        (created.status, created.status_text()),
+        (201, "created"),
+        "{}",
+        created.raw_body
+    );
+    let registered = world
+        .assert_provisioned(&device, Target::Device, false)
+        .await;
+    assert_eq!(world.active_credentials().await, vec![registered.id]);
+    let deleted = world
+        .call(Call::delete(json!({"uuid": device.uuid})).bearer(&device.key))
+        .await
+        .unwrap();
+    assert_eq!(deleted.status_text(), "deleted", "{}", deleted.raw_body);
+    world.assert_gone(&device, Target::Device).await;
     world.stop().await;
 }
 
@@ -1470,6 +1588,11 @@ macro_rules! scenarios_on_any_balena {
             $crate::scenarios::a_refused_caller_is_cheap::<$world>().await;
         }
         #[tokio::test]
+        async fn an_entry_the_function_did_not_know_is_read_before_use() {
+            $crate::scenarios::an_entry_the_function_did_not_know_is_read_before_use::<$world>()
+                .await;
+        }
+        #[tokio::test]
         async fn a_user_key_is_not_the_device() {
             $crate::scenarios::a_user_key_is_not_the_device::<$world>().await;
         }
@@ -1517,6 +1640,10 @@ macro_rules! scenarios_on_any_balena {
 #[macro_export]
 macro_rules! scenarios_needing_the_balena_emulator {
     ($world:ty) => {
+        #[tokio::test]
+        async fn a_frozen_device_changes_nothing() {
+            $crate::scenarios::a_frozen_device_changes_nothing::<$world>().await;
+        }
         #[tokio::test]
         async fn a_failed_balena_write_leaves_no_orphan() {
             $crate::scenarios::a_failed_balena_write_leaves_no_orphan::<$world>().await;

@@ -4,6 +4,8 @@
 
 use std::ops::Deref;
 
+use serde_json::json;
+
 use crate::balena::Backend;
 use crate::checks::{self, Target};
 use crate::events::{Answer, Call};
@@ -75,6 +77,10 @@ pub trait Stack: Sized + Deref<Target = Fleet> {
 
     /// Whether the registry has an entry (thing, device) for the device.
     async fn has_entry(&self, device: &Device) -> bool;
+
+    /// Makes the device's registry entry outside the function, holding no credential (an
+    /// operator's, or one an older version left): the function does not know of it.
+    async fn add_bare_entry(&self, device: &Device);
 
     /// How many requests (or connections) the function has made to the registry.
     fn registry_calls(&self) -> usize;
@@ -202,6 +208,15 @@ impl Stack for AwsWorld {
         all.into_iter()
             .map(|(id, active)| Credential { id, active })
             .collect()
+    }
+
+    async fn add_bare_entry(&self, device: &Device) {
+        self.iot
+            .create_thing()
+            .thing_name(Self::device_id(&device.uuid))
+            .send()
+            .await
+            .expect("moto creates a thing");
     }
 
     async fn has_entry(&self, device: &Device) -> bool {
@@ -353,6 +368,14 @@ impl Stack for AzureWorld {
         all
     }
 
+    async fn add_bare_entry(&self, device: &Device) {
+        self.hub.seed_device(json!({
+            "deviceId": Self::device_id(&device.uuid),
+            "status": "enabled",
+            "authentication": {"type": "certificateAuthority"},
+        }));
+    }
+
     async fn has_entry(&self, device: &Device) -> bool {
         self.hub.device(&device.uuid).is_some()
     }
@@ -490,6 +513,14 @@ impl Stack for GcpWorld {
             }
         }
         all
+    }
+
+    async fn add_bare_entry(&self, device: &Device) {
+        self.clearblade.seed_device(
+            GCP_REGION,
+            GCP_REGISTRY,
+            json!({"id": Self::device_id(&device.uuid)}),
+        );
     }
 
     async fn has_entry(&self, device: &Device) -> bool {
@@ -630,6 +661,10 @@ impl<W: Stack> Stack for OnOpenBalena<W> {
 
     async fn credentials(&self) -> Vec<Credential> {
         self.0.credentials().await
+    }
+
+    async fn add_bare_entry(&self, device: &Device) {
+        self.0.add_bare_entry(device).await
     }
 
     async fn has_entry(&self, device: &Device) -> bool {

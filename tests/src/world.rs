@@ -112,6 +112,17 @@ impl Faults {
     }
 }
 
+/// Who holds a key that is not a device's (see [`Fleet::caller_key`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallerRole {
+    /// A fleet member with the read-only observer role: sees every device, may write nothing.
+    Observer,
+    /// A fleet member who may change devices.
+    Member,
+    /// The fleet's own key (a provisioning key).
+    Fleet,
+}
+
 /// The balenaCloud side every world has: the emulator (a fleet with two services) or a new
 /// fleet on the real server (service `cloud-relay`), the function's own key and the operator
 /// token.
@@ -148,6 +159,40 @@ impl Fleet {
             application,
             device_keys: Default::default(),
         })
+    }
+
+    /// A key of a caller that is not a device: a fleet member's user key (by `role`) or the
+    /// fleet's own key. On the real server (no roles, every user key sees every device) both
+    /// roles are another user key of the superuser, and the fleet's key is its provisioning key.
+    pub async fn caller_key(&self, role: CallerRole) -> String {
+        let key = match &self.balena {
+            Balena::Emulator(balena) => {
+                let key = format!("{role:?}key{}", uuid::Uuid::new_v4().simple()).to_lowercase();
+                match role {
+                    CallerRole::Member => balena.add_user_key(&key),
+                    CallerRole::Observer => balena.add_observer_key(&key),
+                    CallerRole::Fleet => balena.add_fleet_key(self.application, &key),
+                }
+                key
+            }
+            Balena::Real(real) => match role {
+                CallerRole::Member | CallerRole::Observer => real
+                    .another_user_key()
+                    .await
+                    .expect("the real server makes a user key"),
+                CallerRole::Fleet => real.fleet.provisioning_key.clone(),
+            },
+        };
+        if let Ok(mut keys) = self.device_keys.lock() {
+            keys.push(key.clone());
+        }
+        key
+    }
+
+    /// Freezes the device as balenaCloud does (its own key then sees nothing). Only the
+    /// emulator can: open-balena has no device freezing (`is_frozen` is constantly false there).
+    pub fn freeze(&self, device: &Device) {
+        self.balena.emulator().freeze_device(device.id);
     }
 
     /// A new device of the fleet with its own API key (a random UUID on the emulator; on the

@@ -46,6 +46,8 @@ struct Device {
 struct Backend {
     url: String,
     user_key: String,
+    /// The fleet's own key (a provisioning key).
+    fleet_key: String,
     devices: [Device; 2],
     /// Keeps the emulator running for as long as the backend is used.
     _emulator: Option<BalenaEmulator>,
@@ -68,6 +70,7 @@ async fn real_backend() -> Backend {
     Backend {
         url: fleet.api_url.trim_end_matches('/').to_string(),
         user_key: fleet.user_key.clone(),
+        fleet_key: fleet.provisioning_key.clone(),
         devices: [device(0), device(1)],
         _emulator: None,
     }
@@ -89,6 +92,8 @@ async fn emulator_backend() -> Backend {
     emu.add_service(app, SERVICE);
     let user_key = random_hex();
     emu.add_user_key(&user_key);
+    let fleet_key = random_hex();
+    emu.add_fleet_key(app, &fleet_key);
     let device = |_: usize| {
         let uuid = random_hex();
         let id = emu.add_device(app, &uuid);
@@ -108,6 +113,7 @@ async fn emulator_backend() -> Backend {
     Backend {
         url: emu.url(),
         user_key,
+        fleet_key,
         devices,
         _emulator: Some(emu),
     }
@@ -162,6 +168,7 @@ impl Backend {
     fn key(&self, key: Key) -> Option<String> {
         match key {
             Key::User => Some(self.user_key.clone()),
+            Key::Fleet => Some(self.fleet_key.clone()),
             Key::DeviceA => Some(self.devices[0].key.clone()),
             Key::Unknown => Some("not-a-key-of-this-server".into()),
             Key::None => None,
@@ -180,6 +187,8 @@ impl Backend {
 #[derive(Clone, Copy, Debug)]
 enum Key {
     User,
+    /// The fleet's provisioning key: `whoami` knows it, it may read and write no device.
+    Fleet,
     DeviceA,
     Unknown,
     None,
@@ -419,20 +428,39 @@ async fn client_story(backend: &Backend) -> (Vec<String>, Vec<(String, String, O
     let mut out = Vec::new();
     let mut note = |what: String| out.push(what);
 
-    // Visibility, with the caller's key.
-    for (label, key, uuid) in [
-        ("device A's key, device A", a.key.as_str(), &uuid_a),
-        ("device A's key, device B", a.key.as_str(), &uuid_b),
-        ("user key, device A", backend.user_key.as_str(), &uuid_a),
-        ("unknown key, device A", "not-a-key-of-this-server", &uuid_a),
+    // What a caller's key sees: the whole read, with the device's own key too (the proof).
+    for (label, key, uuid, svc) in [
+        ("device A's key, device A", a.key.as_str(), &uuid_a, None),
+        (
+            "device A's key, device A/service",
+            a.key.as_str(),
+            &uuid_a,
+            Some(service.clone()),
+        ),
+        ("device A's key, device B", a.key.as_str(), &uuid_b, None),
+        (
+            "user key, device A",
+            backend.user_key.as_str(),
+            &uuid_a,
+            None,
+        ),
+        (
+            "unknown key, device A",
+            "not-a-key-of-this-server",
+            &uuid_a,
+            None,
+        ),
         (
             "user key, unknown uuid",
             backend.user_key.as_str(),
             &unknown_uuid,
+            None,
         ),
     ] {
-        let seen = client.visibility(deadline(), &Secret::new(key), uuid).await;
-        note(format!("visibility({label}) = {seen:?}"));
+        let seen = client
+            .read_device_as(deadline(), &Secret::new(key), uuid, svc.as_ref(), NAMES)
+            .await;
+        note(format!("read as ({label}) = {}", describe(backend, seen)));
     }
 
     let read = |service: Option<ServiceName>, uuid: DeviceUuid| {
@@ -831,6 +859,27 @@ const CASES: &[Case] = &[
         "/actor/v1/whoami",
         Key::User,
         None,
+    ),
+    case(
+        "whoami, fleet key",
+        "GET",
+        "/actor/v1/whoami",
+        Key::Fleet,
+        None,
+    ),
+    case(
+        "fleet key, devices",
+        "GET",
+        "/v7/device?$select=id",
+        Key::Fleet,
+        None,
+    ),
+    case(
+        "fleet key, a tag",
+        "POST",
+        "/v7/device_tag",
+        Key::Fleet,
+        Some(r#"{"device": {dev_a}, "tag_key": "fleet-key-tag", "value": "x"}"#),
     ),
     case(
         "whoami, POST",

@@ -136,14 +136,6 @@ struct WhoamiRow {
     uuid: Option<String>,
 }
 
-/// What a caller's key can see of a device.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Visibility {
-    Visible,
-    Invisible,
-    KeyRejected,
-}
-
 pub struct BalenaClient {
     http: reqwest::Client,
     /// The OData root, `<base>/v7`.
@@ -157,12 +149,6 @@ pub struct BalenaClient {
 #[derive(Deserialize)]
 struct Rows<T> {
     d: Vec<T>,
-}
-
-#[derive(Deserialize)]
-struct IdRow {
-    #[allow(dead_code)]
-    id: i64,
 }
 
 #[derive(Deserialize)]
@@ -237,41 +223,28 @@ impl BalenaClient {
         }
     }
 
-    /// Whether `key` (a caller's key) can see the device: where the operator accepts user
-    /// keys, the proof that the caller holds rights over it.
-    pub async fn visibility(
-        &self,
-        deadline: Deadline,
-        key: &Secret,
-        uuid: &DeviceUuid,
-    ) -> Result<Visibility, UpstreamFailure> {
-        let url = format!(
-            "{}/device?$select=id&$filter={}",
-            self.api,
-            expression(&format!("uuid eq {}", literal(uuid.as_str())))
-        );
-        let answer = self
-            .send(deadline, reqwest::Method::GET, &url, key, None)
-            .await?;
-        match answer.status {
-            s if s.is_success() => {
-                let rows: Rows<IdRow> = answer.parse()?;
-                Ok(if rows.d.is_empty() {
-                    Visibility::Invisible
-                } else {
-                    Visibility::Visible
-                })
-            }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(Visibility::KeyRejected),
-            _ => Err(refused(&answer)),
-        }
-    }
-
     /// The device, its provisioning variables among `names` (of the service install when a
-    /// service is given), and its lock tags, in one request. `None`: no such device for our key.
+    /// service is given), and its lock tags, in one request, read with the function's own key.
+    /// `None`: no such device for that key.
     pub async fn read_device(
         &self,
         deadline: Deadline,
+        uuid: &DeviceUuid,
+        service: Option<&ServiceName>,
+        names: &[&str],
+    ) -> Result<Option<DeviceRecord>, UpstreamFailure> {
+        self.read_device_as(deadline, &self.key, uuid, service, names)
+            .await
+    }
+
+    /// [`BalenaClient::read_device`] with a caller's key: what that key sees. A device's own
+    /// key sees its device (and nothing while balenaCloud has frozen it), a user's key every
+    /// device of its fleets, any other key nothing (`None`); a key balenaCloud does not know is
+    /// refused (401).
+    pub async fn read_device_as(
+        &self,
+        deadline: Deadline,
+        key: &Secret,
         uuid: &DeviceUuid,
         service: Option<&ServiceName>,
         names: &[&str],
@@ -295,7 +268,7 @@ impl BalenaClient {
             expression(&expand)
         );
         let answer = self
-            .send(deadline, reqwest::Method::GET, &url, &self.key, None)
+            .send(deadline, reqwest::Method::GET, &url, key, None)
             .await?;
         if !answer.status.is_success() {
             return Err(refused(&answer));

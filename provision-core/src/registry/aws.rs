@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_iot::Client;
 use aws_sdk_iot::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_iot::types::CertificateStatus;
+use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
 
 use super::{Cloud, Material, RegisteredCredential, Registration, Registry, RegistryState};
 use crate::api::ids::DeviceUuid;
@@ -20,6 +20,8 @@ use crate::secret::Secret;
 
 pub const CERT_VAR: &str = "AWS_CERT";
 pub const KEY_VAR: &str = "AWS_PRIVATE_KEY";
+/// The attribute every thing this function makes carries.
+pub const MADE_BY: (&str, &str) = ("provisioned-by", "balena-provision");
 
 pub struct AwsIotRegistry {
     client: Client,
@@ -368,9 +370,19 @@ impl Registry for AwsIotRegistry {
             if state.entry {
                 Ok(false)
             } else {
+                // With this function's mark: AWS accepts the same call again (a retry, or a
+                // racing request) but refuses a thing someone else made, so a registration
+                // that skipped reading the registry never takes over a thing it did not know.
+                let mark = AttributePayload::builder()
+                    .attributes(MADE_BY.0, MADE_BY.1)
+                    .build();
                 call(
                     deadline,
-                    self.client.create_thing().thing_name(&thing).send(),
+                    self.client
+                        .create_thing()
+                        .thing_name(&thing)
+                        .attribute_payload(mark)
+                        .send(),
                 )
                 .await
                 .map(|_| true)

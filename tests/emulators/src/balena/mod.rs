@@ -102,9 +102,20 @@ emulator_fault! {
 #[derive(Default)]
 struct State {
     store: Store,
-    user_keys: HashSet<String>,
+    user_keys: HashMap<String, Role>,
     device_keys: HashMap<String, i64>,
+    /// A fleet's keys (provisioning keys), by the fleet's id.
+    fleet_keys: HashMap<String, i64>,
+    /// Devices balenaCloud has frozen: their own keys see nothing.
+    frozen: HashSet<i64>,
     hooks: Hooks<RecordedRequest>,
+}
+
+/// A fleet member's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Member,
+    Observer,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -192,9 +203,30 @@ impl BalenaEmulator {
         )
     }
 
-    /// Registers a key with full access.
+    /// Registers a fleet member's user key (full access).
     pub fn add_user_key(&self, key: &str) {
-        self.state().user_keys.insert(key.to_string());
+        self.state().user_keys.insert(key.to_string(), Role::Member);
+    }
+
+    /// Registers the user key of a fleet member with the read-only observer role: it sees every
+    /// device and may write nothing (401, as pinejs answers a write without permission).
+    pub fn add_observer_key(&self, key: &str) {
+        self.state()
+            .user_keys
+            .insert(key.to_string(), Role::Observer);
+    }
+
+    /// Registers a fleet's key (a provisioning key): `whoami` knows it, it reads nothing.
+    pub fn add_fleet_key(&self, application_id: i64, key: &str) {
+        self.state()
+            .fleet_keys
+            .insert(key.to_string(), application_id);
+    }
+
+    /// Freezes a device, as balenaCloud does: its own key then sees nothing (`whoami` still
+    /// names it).
+    pub fn freeze_device(&self, device_id: i64) {
+        self.state().frozen.insert(device_id);
     }
 
     /// Registers a key bound to one device.
@@ -536,8 +568,22 @@ fn whoami(state: &State, method: &Method, key: Option<&str>) -> Result<Response,
     let Some(key) = key else {
         return Err(ApiError::unauthorized());
     };
-    if state.user_keys.contains(key) {
-        let body = json!({"id": 1, "actorType": "user", "actorTypeId": 1, "username": "admin", "email": "admin@example.com"});
+    if let Some(role) = state.user_keys.get(key) {
+        let (id, name) = match role {
+            Role::Member => (1, "admin"),
+            Role::Observer => (2, "observer"),
+        };
+        let body = json!({"id": id, "actorType": "user", "actorTypeId": id, "username": name, "email": format!("{name}@example.com")});
+        return Ok(json_response(StatusCode::OK, &body));
+    }
+    if let Some(app) = state.fleet_keys.get(key) {
+        let slug = state
+            .store
+            .row(Res::Application, *app)
+            .and_then(|row| row.get("slug"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let body = json!({"id": 200_000 + app, "actorType": "application", "actorTypeId": app, "slug": slug});
         return Ok(json_response(StatusCode::OK, &body));
     }
     let device = state
@@ -586,10 +632,14 @@ fn serve(state: &mut State, request: &ApiRequest<'_>) -> Result<Response, ApiErr
     let rest = api_rest(path).ok_or_else(ApiError::not_found)?;
 
     let viewer = match key {
-        Some(k) if state.user_keys.contains(k) => Viewer::All,
-        Some(k) => match state.device_keys.get(k) {
-            Some(device) => state.store.device_viewer(*device),
-            None => return Err(ApiError::unauthorized()),
+        Some(k) => match (state.user_keys.get(k), state.device_keys.get(k)) {
+            (Some(Role::Member), _) => Viewer::All,
+            (Some(Role::Observer), _) => Viewer::Observer,
+            (None, Some(device)) if state.frozen.contains(device) => Viewer::Nothing,
+            (None, Some(device)) => state.store.device_viewer(*device),
+            // A fleet's key has no read permission at all: pinejs answers 401, as to any
+            // key it does not know.
+            (None, None) => return Err(ApiError::unauthorized()),
         },
         None => return Err(ApiError::unauthorized()),
     };

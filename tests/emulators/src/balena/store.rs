@@ -22,8 +22,14 @@ pub struct Table {
 /// Who is asking: a user key sees everything, a device key only what belongs to its device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Viewer {
+    /// A fleet member's user key: sees and may write everything.
     All,
+    /// A fleet member with the read-only observer role: sees everything, may write nothing.
+    Observer,
+    /// A device's own key: its device and what belongs to it.
     Device { device: i64, app: Option<i64> },
+    /// A frozen device's own key: balenaCloud hides everything from it.
+    Nothing,
 }
 
 /// Why a write was refused.
@@ -70,8 +76,10 @@ impl Store {
 
     /// Whether `viewer` can see `row` of `res`.
     pub fn visible(&self, viewer: &Viewer, res: Res, row: &Row) -> bool {
-        let Viewer::Device { device, app } = *viewer else {
-            return true;
+        let (device, app) = match *viewer {
+            Viewer::All | Viewer::Observer => return true,
+            Viewer::Nothing => return false,
+            Viewer::Device { device, app } => (device, app),
         };
         if self.row(Res::Device, device).is_none() {
             return false;
@@ -401,6 +409,7 @@ impl Store {
 fn may_write(viewer: &Viewer, res: Res) -> bool {
     match viewer {
         Viewer::All => true,
+        Viewer::Observer | Viewer::Nothing => false,
         Viewer::Device { .. } => {
             matches!(
                 res,
