@@ -295,13 +295,26 @@ impl Provisioner {
             && record
                 .head_lock()
                 .is_none_or(|head| LockValue::parse(&head.value).is_free_by_itself());
+        let device_id = self.registry.device_id(uuid);
         let state = if unseen {
-            RegistryState::default()
-        } else {
-            self.inspect(deadline, uuid, removal)
+            Ok(RegistryState::default())
+        } else if removal {
+            self.registry
+                .inspect_for_removal(deadline, &device_id)
                 .await
-                .map_err(|f| ProvisionError::cloud("reading the registry", f))?
-        };
+        } else {
+            // The variables are known by now: the registry may describe the credential they
+            // name without a second round trip.
+            let vars = record
+                .vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect();
+            self.registry
+                .inspect_named(deadline, &device_id, &vars)
+                .await
+        }
+        .map_err(|f| ProvisionError::cloud("reading the registry", f))?;
         Ok(Snapshot {
             record,
             target,
@@ -553,7 +566,10 @@ impl Provisioner {
             // The lock taken says what it is for (this key in use), so once the device is
             // provisioned the next request knows it is free without a release.
             let fresh = Fresh::new(mode, self.key_algorithm)?;
-            let goal = Goal::Key(fresh.material().public_key().fingerprint());
+            let goal = Goal::Key {
+                key: fresh.material().public_key().fingerprint(),
+                private: fresh.private_pem().is_some(),
+            };
             let lock = Lock::next(&snapshot, request_id, self.budget, Some(goal));
             let (taken, registered) = tokio::join!(
                 self.take(deadline, &snapshot, &lock),
@@ -1274,7 +1290,7 @@ impl Provisioner {
             && value.target.as_deref() != Some(target_word(snapshot.target).as_str())
         {
             return match &value.goal {
-                Some(Goal::Key(key)) => snapshot.state.credentials.iter().any(|c| {
+                Some(Goal::Key { key, .. }) => snapshot.state.credentials.iter().any(|c| {
                     c.active
                         && c.public_key
                             .as_ref()
@@ -1288,16 +1304,17 @@ impl Provisioner {
             // An empty entry does not count: a racing fast path that lost the lock may have made
             // one after the holder read the device (the next request uses or removes it).
             Some(Goal::Gone) => snapshot.is_fresh(),
-            // Done once its variables exist and the registry holds the key: those are the
-            // holder's last writes (whatever has happened to their values since, by hand or not).
-            Some(Goal::Key(key)) => {
+            // Done once its variables exist (the private key's too where the holder stores one)
+            // and the registry holds the key: those are the holder's last writes (whatever has
+            // happened to their values since, by hand or not).
+            Some(Goal::Key { key, private }) => {
                 let vars = snapshot.vars();
-                let private = self.registry.private_key_variable();
+                let private_name = self.registry.private_key_variable();
                 let written = self
                     .registry
                     .variable_names()
                     .iter()
-                    .filter(|n| **n != private)
+                    .filter(|n| **n != private_name || *private)
                     .all(|n| vars.contains_key(*n));
                 let named_is_key = self
                     .registry
@@ -1507,12 +1524,13 @@ impl<'a> Fresh<'a> {
 enum Goal {
     /// Nothing of the device left (a DELETE).
     Gone,
-    /// The key with this fingerprint in use, named by the variables (a fresh device's POST).
-    Key(String),
+    /// The key with this fingerprint in use, named by the variables (a fresh device's POST),
+    /// with the private key stored beside them where `private` (the function made the key).
+    Key { key: String, private: bool },
 }
 
-/// A lock tag's value: `<holder> until <unix ms>[ goal gone| goal key <fingerprint> for
-/// <target>][ released]`, the target being `device` or `service-<install id>`.
+/// A lock tag's value: `<holder> until <unix ms>[ goal gone| goal key <fingerprint>[ private]
+/// for <target>][ released]`, the target being `device` or `service-<install id>`.
 #[derive(Debug, PartialEq, Eq)]
 struct LockValue {
     until: u64,
@@ -1543,7 +1561,10 @@ impl LockValue {
         let until = after("until").and_then(|u| u.parse().ok()).unwrap_or(0);
         let goal = match after("goal") {
             Some("gone") => Some(Goal::Gone),
-            Some("key") => after("key").map(|k| Goal::Key(k.to_owned())),
+            Some("key") => after("key").map(|k| Goal::Key {
+                key: k.to_owned(),
+                private: words.contains(&"private"),
+            }),
             _ => None,
         };
         LockValue {
@@ -1590,7 +1611,10 @@ impl Lock {
         let goal = match goal {
             None => String::new(),
             Some(Goal::Gone) => format!(" goal gone for {target}"),
-            Some(Goal::Key(key)) => format!(" goal key {key} for {target}"),
+            Some(Goal::Key { key, private }) => {
+                let private = if private { " private" } else { "" };
+                format!(" goal key {key}{private} for {target}")
+            }
         };
         Lock {
             generation,
@@ -1631,8 +1655,12 @@ mod tests {
 
     #[test]
     fn lock_values_parse() {
-        let v = LockValue::parse("abc-1 until 1700000000000 goal key 0a1b for device released");
-        let key = Some(Goal::Key("0a1b".into()));
+        let v =
+            LockValue::parse("abc-1 until 1700000000000 goal key 0a1b private for device released");
+        let key = Some(Goal::Key {
+            key: "0a1b".into(),
+            private: true,
+        });
         assert_eq!(
             v,
             LockValue {

@@ -8,7 +8,7 @@ use aws_sdk_iot::types::CertificateStatus;
 use tokio::process::Command;
 
 use crate::paths;
-use crate::process::{LogBook, Process, free_port, wait_for_port};
+use crate::process::{LogBook, Process, spawn_server};
 
 pub const REGION: &str = "eu-west-1";
 pub const POLICY: &str = "balena-provision-device";
@@ -28,14 +28,22 @@ impl Moto {
                 paths::venv().display()
             );
         }
-        let port = free_port()?;
-        // moto_server with CreateCertificateFromCsr corrected to sign the CSR's own key.
-        let mut command = Command::new(python);
-        command
-            .arg(paths::repo_root().join("tests/moto/moto_server.py"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-        let mut process = Process::spawn("moto", command, logs)?;
-        wait_for_port(port, &mut process, "moto_server").await?;
+        // moto_server with its corrections (tests/moto/moto_server.py). Its own API answers
+        // JSON at /moto-api/data.json: no other server here does.
+        let (port, process) = spawn_server(
+            "moto",
+            logs,
+            |port| {
+                let mut command = Command::new(&python);
+                command
+                    .arg(paths::repo_root().join("tests/moto/moto_server.py"))
+                    .args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+                command
+            },
+            "/moto-api/data.json",
+            |status, body| status == 200 && body.trim_start().starts_with('{'),
+        )
+        .await?;
         Ok(Moto { port, process })
     }
 

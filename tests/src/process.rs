@@ -136,6 +136,53 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// Spawns a server (`command` for a port) on a free port of 127.0.0.1 and waits until *it*
+/// answers `GET probe` there (`is_ours` judges status and body). A port found free can be taken
+/// by another server before the child binds it (tests start many at once): then the child exits
+/// (address in use) while the other server answers, and the server is started again on another
+/// port, at most five times.
+pub async fn spawn_server(
+    what: &str,
+    logs: &LogBook,
+    command: impl Fn(u16) -> Command,
+    probe: &str,
+    is_ours: impl Fn(u16, &str) -> bool,
+) -> anyhow::Result<(u16, Process)> {
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()?;
+    let mut last = String::new();
+    for _ in 0..5 {
+        let port = free_port()?;
+        let mut process = Process::spawn(what, command(port), logs)?;
+        let url = format!("http://127.0.0.1:{port}{probe}");
+        let mut serving = false;
+        for _ in 0..600 {
+            if let Ok(answer) = http.get(&url).send().await {
+                let status = answer.status().as_u16();
+                let body = answer.text().await.unwrap_or_default();
+                if is_ours(status, &body) {
+                    serving = true;
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                last = format!("{what} exited with {status} before it served on port {port}");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if serving {
+            return Ok((port, process));
+        }
+        process.stop().await;
+        if last.is_empty() {
+            last = format!("{what} did not serve {probe} on port {port} within 30 s");
+        }
+    }
+    anyhow::bail!("{last} (five ports tried)")
+}
+
 /// Waits until something accepts TCP connections on the port, or the child exits.
 pub async fn wait_for_port(port: u16, process: &mut Process, what: &str) -> anyhow::Result<()> {
     for _ in 0..600 {

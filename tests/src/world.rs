@@ -356,12 +356,16 @@ fn spawn_function(
     env: &[(String, String)],
     logs: &LogBook,
 ) -> anyhow::Result<Process> {
+    Process::spawn(name, function_command(binary, env), logs)
+}
+
+fn function_command(binary: &std::path::Path, env: &[(String, String)]) -> Command {
     let mut command = Command::new(binary);
     command.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
     if let Some(path) = std::env::var_os("PATH") {
         command.env("PATH", path);
     }
-    Process::spawn(name, command, logs)
+    command
 }
 
 /// Function processes that are HTTP servers (the custom handler, Cloud Run), each on its own
@@ -390,15 +394,28 @@ impl HttpFunctions {
         let path = paths::binary(binary)?;
         let (mut ports, mut processes) = (Vec::new(), Vec::new());
         for n in 0..options.instances.max(1) {
-            let port = crate::process::free_port()?;
-            let mut env = env.to_vec();
-            env.push((port_var.to_string(), port.to_string()));
-            env.extend(options.extra_env.iter().cloned());
+            let env_on = |port: u16| {
+                let mut env = env.to_vec();
+                env.push((port_var.to_string(), port.to_string()));
+                env.extend(options.extra_env.iter().cloned());
+                env
+            };
             let name = format!("{binary}#{n}");
-            let mut process = spawn_function(&path, &name, &env, logs)?;
-            if !options.startup_fails {
-                crate::process::wait_for_port(port, &mut process, &name).await?;
-            }
+            let (port, process) = if options.startup_fails {
+                let port = crate::process::free_port()?;
+                (port, spawn_function(&path, &name, &env_on(port), logs)?)
+            } else {
+                // Served once its own /healthz answers (not some other server that took the
+                // port meanwhile).
+                crate::process::spawn_server(
+                    &name,
+                    logs,
+                    |port| function_command(&path, &env_on(port)),
+                    &format!("{prefix}/healthz"),
+                    |status, body| status == 200 && body.contains("\"status\""),
+                )
+                .await?
+            };
             ports.push(port);
             processes.push(process);
         }

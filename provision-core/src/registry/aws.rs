@@ -26,11 +26,136 @@ pub const MADE_BY: (&str, &str) = ("provisioned-by", "balena-provision");
 pub struct AwsIotRegistry {
     client: Client,
     policy: String,
+    /// `arn:aws:iot:<region>:<account>:cert/`, learned from the first certificate ARN AWS
+    /// answers with: with it, the certificate the variables name is described beside listing
+    /// the thing's principals instead of after.
+    cert_arn_prefix: std::sync::OnceLock<String>,
 }
 
 impl AwsIotRegistry {
     pub fn new(client: Client, policy: String) -> Self {
-        AwsIotRegistry { client, policy }
+        AwsIotRegistry {
+            client,
+            policy,
+            cert_arn_prefix: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Keeps the account's certificate ARN prefix from `arn` (the first one seen).
+    fn learn_arn(&self, arn: &str) {
+        if self.cert_arn_prefix.get().is_none()
+            && let Some((prefix, _)) = arn.split_once(":cert/")
+        {
+            let _ = self.cert_arn_prefix.set(format!("{prefix}:cert/"));
+        }
+    }
+
+    /// One certificate attached to the thing: its state and whether our policy is attached.
+    /// `None`: it is gone.
+    async fn describe(
+        &self,
+        deadline: Deadline,
+        id: &str,
+        arn: &str,
+    ) -> Result<Option<RegisteredCredential>, UpstreamFailure> {
+        let (described, policies) = tokio::join!(
+            call(
+                deadline,
+                self.client.describe_certificate().certificate_id(id).send()
+            ),
+            call(
+                deadline,
+                self.client.list_attached_policies().target(arn).send()
+            ),
+        );
+        let description = match described {
+            Ok(out) => out.certificate_description,
+            Err(f) if f.is(NOT_FOUND) => None,
+            Err(f) => return Err(f.failure),
+        };
+        let policy_attached = match policies {
+            Ok(out) => out
+                .policies()
+                .iter()
+                .any(|p| p.policy_name() == Some(self.policy.as_str())),
+            Err(f) if f.is(NOT_FOUND) => false,
+            Err(f) => return Err(f.failure),
+        };
+        let Some(description) = description else {
+            return Ok(None);
+        };
+        let pem = description.certificate_pem().map(str::to_owned);
+        let active = description.status() == Some(&CertificateStatus::Active);
+        Ok(Some(RegisteredCredential {
+            id: id.to_owned(),
+            locator: Some(arn.to_owned()),
+            public_key: pem
+                .as_deref()
+                .and_then(|p| certificate_facts(p).ok())
+                .map(|f| f.public_key),
+            certificate_pem: pem,
+            key_pem: None,
+            active,
+            complete: active && policy_attached,
+        }))
+    }
+
+    /// The thing's principals (`None`: no thing), and the certificate `known` (id, ARN)
+    /// described beside listing them.
+    async fn inspect_with(
+        &self,
+        deadline: Deadline,
+        thing: &str,
+        known: Option<(String, String)>,
+    ) -> Result<RegistryState, UpstreamFailure> {
+        let list = call(
+            deadline,
+            self.client.list_thing_principals().thing_name(thing).send(),
+        );
+        let early = async {
+            match &known {
+                Some((id, arn)) => Some(self.describe(deadline, id, arn).await),
+                None => None,
+            }
+        };
+        let (listed, early) = tokio::join!(list, early);
+        let principals = match listed {
+            Ok(out) => out.principals().to_vec(),
+            Err(f) if f.is(NOT_FOUND) => return Ok(RegistryState::default()),
+            Err(f) => return Err(f.failure),
+        };
+        if let Some(arn) = principals.first() {
+            self.learn_arn(arn);
+        }
+        let early = match early {
+            Some(result) => Some(result?),
+            None => None,
+        };
+        let lookups = principals
+            .iter()
+            .filter_map(|arn| cert_id(arn).map(|id| (arn, id)))
+            .map(|(arn, id)| {
+                let described = match (&known, &early) {
+                    (Some((_, known_arn)), Some(found)) if known_arn == arn => Some(found.clone()),
+                    _ => None,
+                };
+                async move {
+                    match described {
+                        Some(found) => Ok(found),
+                        None => self.describe(deadline, id, arn).await,
+                    }
+                }
+            });
+        let credentials = futures::future::try_join_all(lookups)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok(RegistryState {
+            entry: true,
+            credentials,
+            revision: None,
+        })
     }
 
     /// The SDK configuration from the standard AWS environment (region, credentials,
@@ -285,71 +410,25 @@ impl Registry for AwsIotRegistry {
         deadline: Deadline,
         thing: &str,
     ) -> Result<RegistryState, UpstreamFailure> {
-        let principals = match call(
-            deadline,
-            self.client.list_thing_principals().thing_name(thing).send(),
-        )
-        .await
-        {
-            Ok(out) => out.principals().to_vec(),
-            Err(f) if f.is(NOT_FOUND) => return Ok(RegistryState::default()),
-            Err(f) => return Err(f.failure),
-        };
-        let lookups = principals
-            .iter()
-            .filter_map(|arn| cert_id(arn).map(|id| (arn, id)))
-            .map(|(arn, id)| async move {
-                let (described, policies) = tokio::join!(
-                    call(
-                        deadline,
-                        self.client.describe_certificate().certificate_id(id).send()
-                    ),
-                    call(
-                        deadline,
-                        self.client.list_attached_policies().target(arn).send()
-                    ),
-                );
-                let description = match described {
-                    Ok(out) => out.certificate_description,
-                    Err(f) if f.is(NOT_FOUND) => None,
-                    Err(f) => return Err(f.failure),
-                };
-                let policy_attached = match policies {
-                    Ok(out) => out
-                        .policies()
-                        .iter()
-                        .any(|p| p.policy_name() == Some(self.policy.as_str())),
-                    Err(f) if f.is(NOT_FOUND) => false,
-                    Err(f) => return Err(f.failure),
-                };
-                let Some(description) = description else {
-                    return Ok(None);
-                };
-                let pem = description.certificate_pem().map(str::to_owned);
-                let active = description.status() == Some(&CertificateStatus::Active);
-                Ok(Some(RegisteredCredential {
-                    id: id.to_owned(),
-                    locator: Some(arn.to_owned()),
-                    public_key: pem
-                        .as_deref()
-                        .and_then(|p| certificate_facts(p).ok())
-                        .map(|f| f.public_key),
-                    certificate_pem: pem,
-                    key_pem: None,
-                    active,
-                    complete: active && policy_attached,
-                }))
-            });
-        let credentials = futures::future::try_join_all(lookups)
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
-        Ok(RegistryState {
-            entry: true,
-            credentials,
-            revision: None,
-        })
+        self.inspect_with(deadline, thing, None).await
+    }
+
+    /// The certificate the variables hold is described beside listing the thing's principals
+    /// (its id is the SHA-256 of its DER, its ARN the account's prefix and the id), so a
+    /// provisioned device is read in one round trip; only certificates it does not name need
+    /// a second.
+    async fn inspect_named(
+        &self,
+        deadline: Deadline,
+        thing: &str,
+        vars: &BTreeMap<String, Secret>,
+    ) -> Result<RegistryState, UpstreamFailure> {
+        let known = super::stored_certificate(vars, CERT_VAR).and_then(|facts| {
+            let id = facts.sha256_thumbprint.to_ascii_lowercase();
+            let arn = format!("{}{id}", self.cert_arn_prefix.get()?);
+            Some((id, arn))
+        });
+        self.inspect_with(deadline, thing, known).await
     }
 
     async fn register(
@@ -398,6 +477,9 @@ impl Registry for AwsIotRegistry {
         );
         let (made_thing, made_cert) = tokio::join!(create_thing, create_cert);
         let created_entry = matches!(made_thing, Ok(true));
+        if let Some(arn) = made_cert.as_ref().ok().and_then(|c| c.certificate_arn()) {
+            self.learn_arn(arn);
+        }
         let issued = made_cert.as_ref().ok().and_then(|cert| {
             Some(RegisteredCredential {
                 id: cert.certificate_id()?.to_owned(),

@@ -187,6 +187,18 @@ pub trait Registry: Send + Sync {
         device_id: &str,
     ) -> Result<RegistryState, UpstreamFailure>;
 
+    /// [`Registry::inspect`], told the variables balenaCloud stores for the device: a registry
+    /// that needs a second round trip to describe a credential (AWS) may describe the one they
+    /// name beside the first. By default, `inspect`.
+    async fn inspect_named(
+        &self,
+        deadline: Deadline,
+        device_id: &str,
+        _vars: &BTreeMap<String, Secret>,
+    ) -> Result<RegistryState, UpstreamFailure> {
+        self.inspect(deadline, device_id).await
+    }
+
     /// First half of adding a credential: creates the entry when `state` says there is none,
     /// and the credential itself, not yet usable (AWS: the certificate, inactive). It depends
     /// on nothing the flow has to write first, so the flow runs it beside taking the lease. On
