@@ -301,6 +301,8 @@ pub struct CertificateFacts {
     pub sha1_thumbprint: String,
     pub sha256_thumbprint: String,
     pub not_after_unix: i64,
+    /// The subject's common name, when it has one.
+    pub common_name: Option<String>,
 }
 
 pub fn certificate_facts(pem: &str) -> Result<CertificateFacts, String> {
@@ -312,6 +314,12 @@ pub fn certificate_facts(pem: &str) -> Result<CertificateFacts, String> {
         sha1_thumbprint: hex_upper(sha1.as_ref()),
         sha256_thumbprint: hex_upper(&sha256(&der)),
         not_after_unix: cert.validity().not_after.timestamp(),
+        common_name: cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned),
     })
 }
 

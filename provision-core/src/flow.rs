@@ -32,7 +32,9 @@ use crate::credentials::{
     DeviceCsr, DeviceKey, KeyAlgorithm, base64_decode, public_key_of_private_pem,
 };
 use crate::error::{ProvisionError, UpstreamFailure, codes};
-use crate::registry::{Material, RegisteredCredential, Registration, Registry, RegistryState};
+use crate::registry::{
+    Foreign, Material, RegisteredCredential, Registration, Registry, RegistryState,
+};
 use crate::rejected_keys::{Refused, RejectedKeys};
 use crate::retry::Deadline;
 use crate::secret::Secret;
@@ -99,7 +101,7 @@ impl Snapshot {
 
     /// Nothing of ours anywhere: no variables, no credentials (an empty entry may exist).
     fn is_fresh(&self) -> bool {
-        self.record.vars.is_empty() && self.state.credentials.is_empty()
+        self.record.vars.is_empty() && self.state.credentials.iter().all(|c| c.foreign.is_some())
     }
 
     fn is_empty(&self) -> bool {
@@ -193,13 +195,12 @@ impl Provisioner {
         {
             return Err(refusal);
         }
-        let removal = matches!(request.operation, Operation::Deprovision);
         let snapshot = match &caller {
             Caller::BalenaKey(key) => self.read_as_caller(deadline, key, &request).await?,
             // The operator (or, where allowed, a caller without credentials) needs no proof:
             // balenaCloud's state and the registry's do not depend on each other, one round
             // trip reads both.
-            _ => self.read(deadline, &request, removal).await?,
+            _ => self.read(deadline, &request).await?,
         };
         let device_id = self.registry.device_id(&request.uuid);
         match &request.operation {
@@ -289,7 +290,6 @@ impl Provisioner {
             }) => return Err(ProvisionError::Forbidden(uuid.to_string())),
             Err(e) => return Err(e),
         };
-        let removal = matches!(request.operation, Operation::Deprovision);
         let unseen = matches!(request.operation, Operation::Provision { .. })
             && record.vars.is_empty()
             && record
@@ -298,10 +298,6 @@ impl Provisioner {
         let device_id = self.registry.device_id(uuid);
         let state = if unseen {
             Ok(RegistryState::default())
-        } else if removal {
-            self.registry
-                .inspect_for_removal(deadline, &device_id)
-                .await
         } else {
             // The variables are known by now: the registry may describe the credential they
             // name without a second round trip.
@@ -315,6 +311,7 @@ impl Provisioner {
                 .await
         }
         .map_err(|f| ProvisionError::cloud("reading the registry", f))?;
+        let state = self.owned(state, &record);
         Ok(Snapshot {
             record,
             target,
@@ -358,14 +355,15 @@ impl Provisioner {
         &self,
         deadline: Deadline,
         request: &ProvisionRequest,
-        removal: bool,
     ) -> Result<Snapshot, ProvisionError> {
+        let device_id = self.registry.device_id(&request.uuid);
         let (record, state) = tokio::join!(
             self.read_balena(deadline, request, None),
-            self.inspect(deadline, &request.uuid, removal)
+            self.registry.inspect(deadline, &device_id)
         );
         let (record, target) = record?;
         let state = state.map_err(|f| ProvisionError::cloud("reading the registry", f))?;
+        let state = self.owned(state, &record);
         Ok(Snapshot {
             record,
             target,
@@ -373,21 +371,20 @@ impl Provisioner {
         })
     }
 
-    /// The registry's view of the device (for a removal, only what DELETE acts on).
-    async fn inspect(
-        &self,
-        deadline: Deadline,
-        uuid: &DeviceUuid,
-        removal: bool,
-    ) -> Result<RegistryState, UpstreamFailure> {
-        let device_id = self.registry.device_id(uuid);
-        if removal {
-            self.registry
-                .inspect_for_removal(deadline, &device_id)
-                .await
-        } else {
-            self.registry.inspect(deadline, &device_id).await
+    /// A credential made elsewhere that the stored variables name is the device's own (one an
+    /// earlier tool provisioned): it is the function's to replace and revoke.
+    fn owned(&self, mut state: RegistryState, record: &DeviceRecord) -> RegistryState {
+        let vars: BTreeMap<String, Secret> = record
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect();
+        for c in &mut state.credentials {
+            if c.foreign == Some(Foreign::MadeElsewhere) && self.registry.names(&vars, c) {
+                c.foreign = None;
+            }
         }
+        state
     }
 
     /// balenaCloud's view of the device: its record and where its variables go, read with
@@ -469,10 +466,13 @@ impl Provisioner {
                 c.active && c.complete && self.registry.names(&vars, c) && csr_key_registered(c)
             })
             .cloned();
+        // Credentials that are not the function's (see `Foreign`) are neither the device's
+        // nor stale: they stay as they are.
         let extras = snapshot
             .state
             .credentials
             .iter()
+            .filter(|c| c.foreign.is_none())
             .filter(|c| matched.as_ref().is_none_or(|m| m.id != c.id))
             .cloned()
             .collect();
@@ -511,6 +511,10 @@ impl Provisioner {
                     "active": c.active,
                     "complete": c.complete,
                     "stored": Some(&c.id) == stored_id.as_ref(),
+                    "foreign": c.foreign.map(|f| match f {
+                        Foreign::AttachedElsewhere => "attached-elsewhere",
+                        Foreign::MadeElsewhere => "made-elsewhere",
+                    }),
                     "public_key": c.public_key.as_ref().map(|k| k.fingerprint()),
                 })
             })
@@ -812,7 +816,7 @@ impl Provisioner {
         {
             Err(e) if entry_changed(&e) => {
                 tracing::info!(error = %e, "the registry entry changed meanwhile; reading it again");
-                let snapshot = self.read(deadline, request, false).await?;
+                let snapshot = self.read(deadline, request).await?;
                 self.provision_locked_once(
                     deadline,
                     request,
@@ -909,11 +913,16 @@ impl Provisioner {
             .chain(std::iter::once(removed))
             .find_map(Result::err);
         if let (Ok(()), None) = (&activated, &store_failure) {
-            // Only now, with the new credential stored and usable, do the old ones go.
-            if let Err(e) = self
-                .revoke_all(deadline, &device_id, &snapshot.state.credentials)
-                .await
-            {
+            // Only now, with the new credential stored and usable, do the old ones go (not
+            // one that is not the function's: it stays as it is).
+            let old: Vec<RegisteredCredential> = snapshot
+                .state
+                .credentials
+                .iter()
+                .filter(|c| c.foreign.is_none())
+                .cloned()
+                .collect();
+            if let Err(e) = self.revoke_all(deadline, &device_id, &old).await {
                 // An old credential that still works must stay named by the variables: put them
                 // back and drop the new one. One that no longer works is only litter, which the
                 // next request clears; the device has what it needs.
@@ -1190,10 +1199,12 @@ impl Provisioner {
             .inspect(deadline.extended(self.reserve()), device_id)
             .await
         {
-            Ok(state) => state
-                .credentials
-                .iter()
-                .any(|c| c.active && credentials.iter().any(|old| old.id == c.id)),
+            Ok(state) => state.credentials.iter().any(|c| {
+                c.active
+                    && credentials
+                        .iter()
+                        .any(|old| old.id == c.id && old.foreign.is_none())
+            }),
             Err(f) => {
                 tracing::warn!(error = %f, "could not re-read the registry after a failed revocation");
                 true
@@ -1266,8 +1277,8 @@ impl Provisioner {
 
     /// Whether the device's latest lock leaves it free to change, as `snapshot` shows it: none,
     /// released, expired (a holder that crashed), or done, what it was taken for being so (a
-    /// fast path's key in use; nothing left after a removal). `removal`: the snapshot is
-    /// DELETE's lighter read, where a key in use shows as the variables naming it.
+    /// fast path's key in use; nothing left after a removal). `removal`: for DELETE, a key in
+    /// use also shows as the variables naming it.
     fn lock_free(&self, snapshot: &Snapshot, removal: bool) -> bool {
         self.lock_free_as(snapshot, removal, false)
     }
@@ -1296,7 +1307,11 @@ impl Provisioner {
                             .as_ref()
                             .is_none_or(|k| k.fingerprint() == *key)
                 }),
-                _ => snapshot.state.credentials.is_empty(),
+                _ => snapshot
+                    .state
+                    .credentials
+                    .iter()
+                    .all(|c| c.foreign.is_some()),
             };
         }
         match &value.goal {
@@ -1326,7 +1341,7 @@ impl Provisioner {
                         .is_some_and(|k| k.fingerprint() == *key)
                         || (named_is_key && self.registry.names(&vars, c))
                 });
-                // DELETE's lighter read does not describe AWS certificates: the stored one stands.
+                // For DELETE the variables naming the key stand for it.
                 written && (holds_key || (removal && named_is_key) || disturbed)
             }
         }
@@ -1384,7 +1399,7 @@ impl Provisioner {
         let give_up = tokio::time::Instant::now() + deadline.remaining() / 2;
         let mut wait = Duration::from_millis(20);
         loop {
-            let snapshot = self.read(deadline, request, false).await?;
+            let snapshot = self.read(deadline, request).await?;
             let head = snapshot.record.head_lock().map(|h| h.generation);
             if (head.is_some() && head == seen_free)
                 || self.lock_free_as(&snapshot, false, disturbed)

@@ -1460,6 +1460,34 @@ pub async fn an_entry_the_function_did_not_know_is_read_before_use<S: Stack>() {
     world.stop().await;
 }
 
+/// A device deleted from balenaCloud while a request works on it (just as the request takes
+/// its lock, which pinejs then refuses with a foreign-key 409): 404
+/// `provision.device.not-found`, not 503 busy, and nothing registered is left behind.
+/// Emulator only: it deletes the device at that exact step.
+pub async fn a_device_deleted_while_its_lock_is_taken_is_not_found<S: Stack>() {
+    let world = S::start().await.unwrap();
+    let device = world.add_device().await;
+    world
+        .balena
+        .emulator()
+        .delete_device_on("POST", "device_tag", device.id);
+    let answer = world
+        .call(Call::post(json!({"uuid": device.uuid})).bearer(&world.secrets.operator_token))
+        .await
+        .unwrap();
+    assert_eq!(
+        (answer.status, answer.error_code()),
+        (404, "provision.device.not-found"),
+        "{}",
+        answer.raw_body
+    );
+    assert!(
+        world.active_credentials().await.is_empty(),
+        "no credential left active"
+    );
+    world.stop().await;
+}
+
 /// A PEM CSR for `key` with common name `cn`, as a device that keeps its key sends it.
 pub fn csr_pem(key: &rcgen::KeyPair, cn: &str) -> String {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -1640,6 +1668,11 @@ macro_rules! scenarios_on_any_balena {
 #[macro_export]
 macro_rules! scenarios_needing_the_balena_emulator {
     ($world:ty) => {
+        #[tokio::test]
+        async fn a_device_deleted_while_its_lock_is_taken_is_not_found() {
+            $crate::scenarios::a_device_deleted_while_its_lock_is_taken_is_not_found::<$world>()
+                .await;
+        }
         #[tokio::test]
         async fn a_frozen_device_changes_nothing() {
             $crate::scenarios::a_frozen_device_changes_nothing::<$world>().await;

@@ -177,6 +177,11 @@ struct VarRow {
 }
 
 #[derive(Deserialize)]
+struct ValueRow {
+    value: String,
+}
+
+#[derive(Deserialize)]
 struct TagRow {
     #[serde(default)]
     id: i64,
@@ -508,7 +513,28 @@ impl BalenaClient {
             .await?;
         match answer.status {
             s if s.is_success() => Ok(true),
-            _ if is_duplicate(&answer) => Ok(false),
+            // Another request's, or this one's: a retried POST whose first attempt was written
+            // but whose answer was lost (a timeout) finds its own tag. The value names the
+            // holder and its expiry, so it is this request's only if it is equal.
+            _ if is_duplicate(&answer) => {
+                let filter = format!(
+                    "device eq {device_id} and tag_key eq {}",
+                    literal(&LockTag::key(generation))
+                );
+                let url = format!(
+                    "{}/device_tag?$select=value&$filter={}",
+                    self.api,
+                    expression(&filter)
+                );
+                let found = self
+                    .send(deadline, reqwest::Method::GET, &url, &self.key, None)
+                    .await?;
+                if !found.status.is_success() {
+                    return Err(refused(&found));
+                }
+                let rows: Rows<ValueRow> = found.parse()?;
+                Ok(rows.d.iter().any(|r| r.value == value))
+            }
             // The device was deleted since it was read: pinejs's foreign-key 409.
             StatusCode::CONFLICT
                 if String::from_utf8_lossy(&answer.body).contains("referenced by device") =>

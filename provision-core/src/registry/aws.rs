@@ -11,7 +11,9 @@ use aws_sdk_iot::Client;
 use aws_sdk_iot::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
 
-use super::{Cloud, Material, RegisteredCredential, Registration, Registry, RegistryState};
+use super::{
+    Cloud, Foreign, Material, RegisteredCredential, Registration, Registry, RegistryState,
+};
 use crate::api::ids::DeviceUuid;
 use crate::credentials::{PublicKeyId, base64_decode, certificate_facts};
 use crate::error::{ProvisionError, UpstreamFailure};
@@ -50,15 +52,17 @@ impl AwsIotRegistry {
         }
     }
 
-    /// One certificate attached to the thing: its state and whether our policy is attached.
-    /// `None`: it is gone.
+    /// One certificate attached to the thing: its state, whether our policy is attached, and
+    /// whether it is the function's to revoke (issued for this device, attached to no other
+    /// thing). `None`: it is gone.
     async fn describe(
         &self,
         deadline: Deadline,
+        thing: &str,
         id: &str,
         arn: &str,
     ) -> Result<Option<RegisteredCredential>, UpstreamFailure> {
-        let (described, policies) = tokio::join!(
+        let (described, policies, things) = tokio::join!(
             call(
                 deadline,
                 self.client.describe_certificate().certificate_id(id).send()
@@ -67,7 +71,16 @@ impl AwsIotRegistry {
                 deadline,
                 self.client.list_attached_policies().target(arn).send()
             ),
+            call(
+                deadline,
+                self.client.list_principal_things().principal(arn).send()
+            ),
         );
+        let attached_elsewhere = match things {
+            Ok(out) => out.things().iter().any(|t| t != thing),
+            Err(f) if f.is(NOT_FOUND) => false,
+            Err(f) => return Err(f.failure),
+        };
         let description = match described {
             Ok(out) => out.certificate_description,
             Err(f) if f.is(NOT_FOUND) => None,
@@ -86,17 +99,29 @@ impl AwsIotRegistry {
         };
         let pem = description.certificate_pem().map(str::to_owned);
         let active = description.status() == Some(&CertificateStatus::Active);
+        let facts = pem.as_deref().and_then(|p| certificate_facts(p).ok());
+        // The function's certificates come from CSRs whose subject is the device UUID (its
+        // own, or the device's, which must say so), signed by AWS, not by a CA of the account.
+        let issued_here = facts
+            .as_ref()
+            .is_some_and(|f| f.common_name.as_deref() == Some(thing))
+            && description.ca_certificate_id().is_none();
+        let foreign = if attached_elsewhere {
+            Some(Foreign::AttachedElsewhere)
+        } else if !issued_here {
+            Some(Foreign::MadeElsewhere)
+        } else {
+            None
+        };
         Ok(Some(RegisteredCredential {
             id: id.to_owned(),
             locator: Some(arn.to_owned()),
-            public_key: pem
-                .as_deref()
-                .and_then(|p| certificate_facts(p).ok())
-                .map(|f| f.public_key),
+            public_key: facts.map(|f| f.public_key),
             certificate_pem: pem,
             key_pem: None,
             active,
             complete: active && policy_attached,
+            foreign,
         }))
     }
 
@@ -114,7 +139,7 @@ impl AwsIotRegistry {
         );
         let early = async {
             match &known {
-                Some((id, arn)) => Some(self.describe(deadline, id, arn).await),
+                Some((id, arn)) => Some(self.describe(deadline, thing, id, arn).await),
                 None => None,
             }
         };
@@ -142,7 +167,7 @@ impl AwsIotRegistry {
                 async move {
                     match described {
                         Some(found) => Ok(found),
-                        None => self.describe(deadline, id, arn).await,
+                        None => self.describe(deadline, thing, id, arn).await,
                     }
                 }
             });
@@ -489,6 +514,7 @@ impl Registry for AwsIotRegistry {
                 key_pem: None,
                 active: false,
                 complete: false,
+                foreign: None,
             })
         });
         match (made_thing, made_cert, issued) {
@@ -589,59 +615,26 @@ impl Registry for AwsIotRegistry {
         }
     }
 
-    /// The thing's principals only: DELETE acts on every certificate attached, whatever its
-    /// state, so describing each (a second round trip) tells it nothing it needs.
-    async fn inspect_for_removal(
-        &self,
-        deadline: Deadline,
-        thing: &str,
-    ) -> Result<RegistryState, UpstreamFailure> {
-        let principals = match call(
-            deadline,
-            self.client.list_thing_principals().thing_name(thing).send(),
-        )
-        .await
-        {
-            Ok(out) => out.principals().to_vec(),
-            Err(f) if f.is(NOT_FOUND) => return Ok(RegistryState::default()),
-            Err(f) => return Err(f.failure),
-        };
-        let credentials = principals
-            .into_iter()
-            .filter_map(|arn| {
-                Some(RegisteredCredential {
-                    id: cert_id(&arn)?.to_owned(),
-                    locator: Some(arn),
-                    public_key: None,
-                    certificate_pem: None,
-                    key_pem: None,
-                    // Not described: taken as working, which is what DELETE must assume.
-                    active: true,
-                    complete: false,
-                })
-            })
-            .collect();
-        Ok(RegistryState {
-            entry: true,
-            credentials,
-            revision: None,
-        })
-    }
-
-    /// Deactivates and detaches every certificate at once. A certificate whose deactivation
-    /// failed is attached again, so it is left exactly as it was (still found, still named).
+    /// Deactivates and detaches every certificate at once (one that is not the function's is
+    /// only detached). A certificate whose deactivation failed is attached again, so it is left
+    /// exactly as it was (still found, still named).
     async fn retire(
         &self,
         deadline: Deadline,
         thing: &str,
         state: &RegistryState,
     ) -> Result<(), UpstreamFailure> {
-        let steps = state.credentials.iter().filter_map(|c| Some((c.id.as_str(), c.locator.as_deref()?))).map(|(id, arn)| async move {
+        let steps = state.credentials.iter().filter_map(|c| Some((c.id.as_str(), c.locator.as_deref()?, c.foreign.is_some()))).map(|(id, arn, hands_off)| async move {
+            let deactivate = async {
+                if hands_off {
+                    return Ok(());
+                }
+                ok_if_gone(call(deadline, self.client.update_certificate().certificate_id(id).new_status(CertificateStatus::Inactive).send()).await)
+            };
             let (inactive, detached) = tokio::join!(
-                call(deadline, self.client.update_certificate().certificate_id(id).new_status(CertificateStatus::Inactive).send()),
+                deactivate,
                 call(deadline, self.client.detach_thing_principal().thing_name(thing).principal(arn).send()),
             );
-            let inactive = ok_if_gone(inactive);
             let detached = ok_if_gone(detached);
             if inactive.is_err() && detached.is_ok()
                 && let Err(f) = call(deadline, self.client.attach_thing_principal().thing_name(thing).principal(arn).send()).await {
@@ -725,6 +718,7 @@ impl Registry for AwsIotRegistry {
         let certificates = state
             .credentials
             .iter()
+            .filter(|c| c.foreign.is_none())
             .map(|c| self.delete_certificate(deadline, &c.id));
         let remove_thing = async {
             if !state.entry {
@@ -793,6 +787,23 @@ impl AwsIotRegistry {
                 Err(f) => return Err(f.failure),
             },
         };
+        let detach = || async {
+            ok_if_gone(
+                call(
+                    deadline,
+                    self.client
+                        .detach_thing_principal()
+                        .thing_name(thing)
+                        .principal(&arn)
+                        .send(),
+                )
+                .await,
+            )
+        };
+        if credential.foreign.is_some() {
+            // Not the function's: it only leaves this thing.
+            return detach().await;
+        }
         // Deactivate first, alone: if that fails the certificate is exactly as it was (still
         // attached, still named by the variables, which the caller then keeps); once it has
         // succeeded the certificate no longer authenticates, and what follows is tidying. A
@@ -808,17 +819,7 @@ impl AwsIotRegistry {
             )
             .await,
         )?;
-        ok_if_gone(
-            call(
-                deadline,
-                self.client
-                    .detach_thing_principal()
-                    .thing_name(thing)
-                    .principal(&arn)
-                    .send(),
-            )
-            .await,
-        )?;
+        detach().await?;
         self.delete_certificate(deadline, id).await
     }
 

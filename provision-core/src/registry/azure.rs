@@ -428,6 +428,7 @@ impl Registry for IotHubRegistry {
                 key_pem: None,
                 active: usable,
                 complete: usable,
+                foreign: None,
             })
             .collect();
         Ok(RegistryState {
@@ -460,6 +461,7 @@ impl Registry for IotHubRegistry {
                 key_pem: None,
                 active: false,
                 complete: false,
+                foreign: None,
             },
             created_entry: !state.entry,
         })

@@ -433,6 +433,7 @@ fn registered(
         }),
         active: usable,
         complete: usable,
+        foreign: None,
     })
 }
 
@@ -571,6 +572,7 @@ impl Registry for ClearBladeRegistry {
             key_pem: Some(key),
             active: false,
             complete: false,
+            foreign: None,
         };
         Ok(Registration {
             credential,

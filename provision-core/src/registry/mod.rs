@@ -54,6 +54,21 @@ pub struct RegisteredCredential {
     pub active: bool,
     /// Everything a device needs is attached (AWS: the policy and the thing).
     pub complete: bool,
+    /// Why the function must leave it alone, where the registry can tell it is not (only) the
+    /// device's: it is never deactivated or deleted, only detached from the device's entry
+    /// when the entry goes.
+    pub foreign: Option<Foreign>,
+}
+
+/// A credential on the device's entry that is not the function's to revoke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Foreign {
+    /// Also attached to another entry (AWS: another thing uses the certificate).
+    AttachedElsewhere,
+    /// Not issued by the function for this device (AWS: its subject is not the device UUID,
+    /// or it was registered with a CA of the account's). The variables may still name it (a
+    /// device provisioned by an earlier tool): then it is the device's.
+    MadeElsewhere,
 }
 
 /// What the registry holds for one device.
@@ -239,16 +254,6 @@ pub trait Registry: Send + Sync {
         deadline: Deadline,
         device_id: &str,
     ) -> Result<(), UpstreamFailure>;
-
-    /// What DELETE needs to know, read in one round trip: which entry and credentials exist
-    /// (AWS: the thing's principals, without describing each). By default, `inspect`.
-    async fn inspect_for_removal(
-        &self,
-        deadline: Deadline,
-        device_id: &str,
-    ) -> Result<RegistryState, UpstreamFailure> {
-        self.inspect(deadline, device_id).await
-    }
 
     /// DELETE's first registry step, run beside deleting the variables: every credential in
     /// `state` stops authenticating (AWS: inactive and detached from the thing; IoT Hub and

@@ -108,6 +108,9 @@ struct State {
     fleet_keys: HashMap<String, i64>,
     /// Devices balenaCloud has frozen: their own keys see nothing.
     frozen: HashSet<i64>,
+    /// Devices to delete when the next request of this method for this resource arrives,
+    /// before it is served (someone deleting the device at that moment).
+    deletions: Vec<(String, String, i64)>,
     hooks: Hooks<RecordedRequest>,
 }
 
@@ -221,6 +224,15 @@ impl BalenaEmulator {
         self.state()
             .fleet_keys
             .insert(key.to_string(), application_id);
+    }
+
+    /// Deletes the device (with everything that belongs to it) when the next `method` request
+    /// for `resource` arrives, just before serving it: a device deleted from the dashboard
+    /// while a request is working on it, at an exact step.
+    pub fn delete_device_on(&self, method: &str, resource: &str, device_id: i64) {
+        self.state()
+            .deletions
+            .push((method.to_string(), resource.to_string(), device_id));
     }
 
     /// Freezes a device, as balenaCloud does: its own key then sees nothing (`whoami` still
@@ -518,6 +530,14 @@ async fn handle(AxumState(shared): AxumState<Shared>, req: Request) -> Response 
 
     let response = {
         let mut state = lock(&shared);
+        if let Some(i) = state
+            .deletions
+            .iter()
+            .position(|(m, r, _)| *m == method.as_str() && *r == resource)
+        {
+            let (_, _, device) = state.deletions.remove(i);
+            let _ = state.store.delete(&Viewer::All, Res::Device, &[device]);
+        }
         match state.hooks.take_fault(method.as_str(), &resource) {
             Some(fault) => fault_response(&fault),
             None => match body {
