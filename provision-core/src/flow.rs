@@ -92,16 +92,17 @@ struct Snapshot {
 
 impl Snapshot {
     fn vars(&self) -> BTreeMap<String, Secret> {
-        self.record
-            .vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.value.clone()))
-            .collect()
+        self.record.values()
     }
 
     /// Nothing of ours anywhere: no variables, no credentials (an empty entry may exist).
     fn is_fresh(&self) -> bool {
-        self.record.vars.is_empty() && self.state.credentials.iter().all(|c| c.foreign.is_some())
+        self.record.vars.is_empty()
+            && !self
+                .state
+                .credentials
+                .iter()
+                .any(RegisteredCredential::is_ours)
     }
 
     fn is_empty(&self) -> bool {
@@ -301,13 +302,8 @@ impl Provisioner {
         } else {
             // The variables are known by now: the registry may describe the credential they
             // name without a second round trip.
-            let vars = record
-                .vars
-                .iter()
-                .map(|(k, v)| (k.clone(), v.value.clone()))
-                .collect();
             self.registry
-                .inspect_named(deadline, &device_id, &vars)
+                .inspect_named(deadline, &device_id, &record.values())
                 .await
         }
         .map_err(|f| ProvisionError::cloud("reading the registry", f))?;
@@ -374,11 +370,7 @@ impl Provisioner {
     /// A credential made elsewhere that the stored variables name is the device's own (one an
     /// earlier tool provisioned): it is the function's to replace and revoke.
     fn owned(&self, mut state: RegistryState, record: &DeviceRecord) -> RegistryState {
-        let vars: BTreeMap<String, Secret> = record
-            .vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.value.clone()))
-            .collect();
+        let vars = record.values();
         for c in &mut state.credentials {
             if c.foreign == Some(Foreign::MadeElsewhere) && self.registry.names(&vars, c) {
                 c.foreign = None;
@@ -472,7 +464,7 @@ impl Provisioner {
             .state
             .credentials
             .iter()
-            .filter(|c| c.foreign.is_none())
+            .filter(|c| c.is_ours())
             .filter(|c| matched.as_ref().is_none_or(|m| m.id != c.id))
             .cloned()
             .collect();
@@ -919,7 +911,7 @@ impl Provisioner {
                 .state
                 .credentials
                 .iter()
-                .filter(|c| c.foreign.is_none())
+                .filter(|c| c.is_ours())
                 .cloned()
                 .collect();
             if let Err(e) = self.revoke_all(deadline, &device_id, &old).await {
@@ -1203,7 +1195,7 @@ impl Provisioner {
                 c.active
                     && credentials
                         .iter()
-                        .any(|old| old.id == c.id && old.foreign.is_none())
+                        .any(|old| old.id == c.id && old.is_ours())
             }),
             Err(f) => {
                 tracing::warn!(error = %f, "could not re-read the registry after a failed revocation");
@@ -1307,11 +1299,7 @@ impl Provisioner {
                             .as_ref()
                             .is_none_or(|k| k.fingerprint() == *key)
                 }),
-                _ => snapshot
-                    .state
-                    .credentials
-                    .iter()
-                    .all(|c| c.foreign.is_some()),
+                _ => snapshot.state.credentials.iter().all(|c| !c.is_ours()),
             };
         }
         match &value.goal {

@@ -108,6 +108,14 @@ pub struct DeviceRecord {
 }
 
 impl DeviceRecord {
+    /// The stored variables' values, by name.
+    pub fn values(&self) -> BTreeMap<String, Secret> {
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect()
+    }
+
     /// The latest lock tag, the one a change must follow.
     pub fn head_lock(&self) -> Option<&LockTag> {
         self.locks.last()

@@ -624,7 +624,7 @@ impl Registry for AwsIotRegistry {
         thing: &str,
         state: &RegistryState,
     ) -> Result<(), UpstreamFailure> {
-        let steps = state.credentials.iter().filter_map(|c| Some((c.id.as_str(), c.locator.as_deref()?, c.foreign.is_some()))).map(|(id, arn, hands_off)| async move {
+        let steps = state.credentials.iter().filter_map(|c| Some((c.id.as_str(), c.locator.as_deref()?, !c.is_ours()))).map(|(id, arn, hands_off)| async move {
             let deactivate = async {
                 if hands_off {
                     return Ok(());
@@ -718,7 +718,7 @@ impl Registry for AwsIotRegistry {
         let certificates = state
             .credentials
             .iter()
-            .filter(|c| c.foreign.is_none())
+            .filter(|c| c.is_ours())
             .map(|c| self.delete_certificate(deadline, &c.id));
         let remove_thing = async {
             if !state.entry {
@@ -800,7 +800,7 @@ impl AwsIotRegistry {
                 .await,
             )
         };
-        if credential.foreign.is_some() {
+        if !credential.is_ours() {
             // Not the function's: it only leaves this thing.
             return detach().await;
         }

@@ -60,6 +60,13 @@ pub struct RegisteredCredential {
     pub foreign: Option<Foreign>,
 }
 
+impl RegisteredCredential {
+    /// The function's to replace and revoke (see [`Foreign`]).
+    pub fn is_ours(&self) -> bool {
+        self.foreign.is_none()
+    }
+}
+
 /// A credential on the device's entry that is not the function's to revoke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Foreign {
