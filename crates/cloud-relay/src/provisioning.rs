@@ -1,0 +1,261 @@
+//! Asking the provisioning function for this device's credentials, with the device's own
+//! balenaCloud key, and following its answers until balenaCloud delivers the variables (the
+//! supervisor then restarts this service with them).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::backoff::Backoff;
+use crate::settings::{Settings, SupervisorSettings};
+
+/// What the function answered, as the relay acts on it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// 200/201: `created`, `already-provisioned`, `repaired`, `rotated`.
+    Provisioned { status: String },
+    /// 401/403: the function does not take this caller.
+    Refused {
+        http: u16,
+        code: String,
+        message: String,
+    },
+    /// 429/503: come back after the given time (from `Retry-After`, when it says).
+    Later { retry_after: Option<Duration> },
+    /// Any other answer.
+    Failed { http: u16, message: String },
+    /// No answer (connection refused, DNS, TLS, timeout).
+    Unreachable { error: String },
+}
+
+/// What a POST asks for.
+#[derive(Debug, Default)]
+pub struct Request {
+    pub csr: Option<String>,
+    pub rotate: bool,
+}
+
+/// The function's HTTP client.
+pub struct FunctionClient {
+    http: reqwest::Client,
+    url: String,
+    uuid: String,
+    service: Option<String>,
+    api_key: Option<String>,
+}
+
+impl FunctionClient {
+    pub fn new(http: reqwest::Client, settings: &Settings, url: String) -> FunctionClient {
+        FunctionClient {
+            http,
+            url,
+            uuid: settings.device_uuid.clone(),
+            service: settings.service_name.clone(),
+            api_key: settings.api_key.clone(),
+        }
+    }
+
+    pub async fn post(&self, request: &Request) -> Answer {
+        let mut body = json!({"uuid": self.uuid});
+        if let Some(service) = &self.service {
+            body["balena_service"] = json!(service);
+        }
+        if let Some(csr) = &request.csr {
+            body["csr"] = json!(csr);
+        }
+        if request.rotate {
+            body["rotate"] = json!(true);
+        }
+        let mut call = self
+            .http
+            .post(&self.url)
+            .header("Cache-Control", "no-cache")
+            .json(&body);
+        if let Some(key) = &self.api_key {
+            call = call.bearer_auth(key);
+        }
+        let response = match call.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Answer::Unreachable {
+                    error: error_chain(&e),
+                };
+            }
+        };
+        let http = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = response.text().await.unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let field = |name: &str| body[name].as_str().unwrap_or_default().to_string();
+        match http {
+            200 | 201 => Answer::Provisioned {
+                status: field("status"),
+            },
+            401 | 403 => Answer::Refused {
+                http,
+                code: field("code"),
+                message: field("message"),
+            },
+            429 | 503 => Answer::Later { retry_after },
+            _ => Answer::Failed {
+                http,
+                message: if body.is_null() {
+                    text.chars().take(200).collect()
+                } else {
+                    format!("{} {}", field("code"), field("message"))
+                },
+            },
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Asks the supervisor to fetch the target state now (and so the new variables).
+pub async fn refresh_variables(http: &reqwest::Client, supervisor: &SupervisorSettings) {
+    // The supervisor key goes in the query, as the supervisor wants it; the URL is never logged.
+    let url = format!(
+        "{}/v1/update?apikey={}",
+        supervisor.address,
+        percent_encoding::utf8_percent_encode(
+            &supervisor.api_key,
+            percent_encoding::NON_ALPHANUMERIC
+        )
+    );
+    let result = http.post(url).json(&json!({"force": true})).send().await;
+    match result {
+        Ok(r) if r.status().is_success() => {
+            tracing::info!(
+                "supervisor: asked to fetch the new variables ({})",
+                r.status()
+            )
+        }
+        Ok(r) => tracing::warn!(
+            "supervisor: refused to refresh the variables ({}); they arrive with its next poll",
+            r.status()
+        ),
+        Err(e) => tracing::warn!(
+            "supervisor: not reachable ({}); the variables arrive with its next poll",
+            error_chain(&e)
+        ),
+    }
+}
+
+/// Backoff bounds for each kind of answer.
+pub struct Pacing {
+    pub unreachable: Backoff,
+    pub refused: Backoff,
+    /// How long to wait for the variables after a success before asking again.
+    pub delivery: Backoff,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Pacing {
+            unreachable: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            refused: Backoff::new(Duration::from_secs(30), Duration::from_secs(15 * 60)),
+            delivery: Backoff::new(Duration::from_secs(60), Duration::from_secs(30 * 60)),
+        }
+    }
+}
+
+/// The log line for a refusal: what is missing, never the key.
+fn refusal_advice(settings: &Settings, http: u16, code: &str, message: &str) -> String {
+    let cause = if settings.api_key.is_none() {
+        "this service has no BALENA_API_KEY: add the label io.balena.features.balena-api: '1' \
+         to the cloud-relay service so it can prove it is the device"
+            .to_string()
+    } else if http == 401 {
+        "the function did not accept the device's key (a revoked key, or a function set up \
+         for another balenaCloud)"
+            .to_string()
+    } else {
+        "the function takes the device's key only for its own device; with a user or fleet \
+         key it needs the operator's PROVISION_ACCEPT_USER_KEYS"
+            .to_string()
+    };
+    format!("provisioning: refused ({http} {code}: {message}); {cause}")
+}
+
+/// Asks the function until it has provisioned the device, then keeps asking balenaCloud (via
+/// the supervisor) for the variables; returns only if `stop` resolves. Never exits the process
+/// on a refusal: a crash loop would hammer the function.
+pub async fn run(
+    settings: &Settings,
+    function: &FunctionClient,
+    http: &reqwest::Client,
+    request: Request,
+    mut pacing: Pacing,
+) {
+    loop {
+        tracing::info!(
+            "provisioning: asking the function for {} credentials{}",
+            settings.cloud.name(),
+            if request.csr.is_some() {
+                " for the kept key"
+            } else {
+                ""
+            }
+        );
+        let wait = match function.post(&request).await {
+            Answer::Provisioned { status } => {
+                pacing.unreachable.reset();
+                pacing.refused.reset();
+                tracing::info!(
+                    "provisioning: {status}; waiting for balenaCloud to deliver the variables \
+                     (the supervisor restarts this service with them)"
+                );
+                match &settings.supervisor {
+                    Some(supervisor) => refresh_variables(http, supervisor).await,
+                    None => tracing::info!(
+                        "provisioning: no supervisor API (label io.balena.features.supervisor-api); \
+                         the variables arrive with the supervisor's next poll"
+                    ),
+                }
+                pacing.delivery.next_wait()
+            }
+            Answer::Refused {
+                http,
+                code,
+                message,
+            } => {
+                tracing::warn!("{}", refusal_advice(settings, http, &code, &message));
+                pacing.refused.next_wait()
+            }
+            Answer::Later { retry_after } => {
+                let wait = retry_after
+                    .map(|d| d.clamp(Duration::from_secs(1), Duration::from_secs(3600)))
+                    .unwrap_or_else(|| pacing.unreachable.next_wait());
+                tracing::warn!(
+                    "provisioning: the function is busy; asking again in {}s (Retry-After)",
+                    wait.as_secs()
+                );
+                wait
+            }
+            Answer::Failed { http, message } => {
+                tracing::warn!("provisioning: failed ({http}: {message})");
+                pacing.refused.next_wait()
+            }
+            Answer::Unreachable { error } => {
+                tracing::warn!("provisioning: the function is unreachable ({error})");
+                pacing.unreachable.next_wait()
+            }
+        };
+        tracing::info!("provisioning: next attempt in {}s", wait.as_secs());
+        tokio::time::sleep(wait).await;
+    }
+}
