@@ -1,4 +1,5 @@
-"""moto_server with three corrections and one setting, each making moto do what AWS IoT does:
+"""moto_server with three corrections and one setting, each making moto do what AWS IoT does,
+and the CA that signs the certificates it issues:
 
 * CreateCertificateFromCsr issues the certificate for the CSR's own public key;
 * DeleteCertificate with forceDelete also removes the certificate's policy attachments;
@@ -22,10 +23,18 @@ different configuration a ResourceAlreadyExistsException is thrown." The configu
 thing type, the attributes (a missing or empty attributePayload is no attributes) and the
 billing group; the thing returned is the existing one, unchanged. Everything else is moto's.
 
+CreateCertificateFromCsr signs with a key made at start, as "moto emulated AWS IoT CA". Real AWS
+IoT signs with Amazon's own CA, which devices never need (the broker knows its own
+certificates); tests that stand in for the AWS IoT broker do need it, to check that a client
+certificate is one the account issued. The CA's self-signed certificate (BasicConstraints CA,
+KeyCertSign) is written as PEM to the file MOTO_IOT_CA_FILE names, when set, before the server
+starts.
+
 Usage: python moto_server.py [moto_server options]   (e.g. -H 127.0.0.1 -p 5000)
 """
 
 import datetime
+import os
 import sys
 
 from cryptography import x509
@@ -44,6 +53,50 @@ _CA_KEY = ec.generate_private_key(ec.SECP256R1())
 _CA_NAME = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "moto emulated AWS IoT CA")])
 
 
+def _make_ca_certificate():
+    """The CA's self-signed certificate, for the key that signs every issued certificate."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    public_key = _CA_KEY.public_key()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_CA_NAME)
+        .issuer_name(_CA_NAME)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .sign(_CA_KEY, hashes.SHA256())
+    )
+
+
+_CA_CERTIFICATE = _make_ca_certificate()
+
+
+def write_ca_certificate(path):
+    """Writes the CA certificate's PEM to `path` (through a temporary file: a reader never sees
+    half of it)."""
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, "wb") as out:
+        out.write(_CA_CERTIFICATE.public_bytes(serialization.Encoding.PEM))
+    os.replace(temporary, path)
+
+
 def create_certificate_from_csr(self, csr, set_as_active):
     try:
         request = x509.load_pem_x509_csr(csr.encode("utf-8"))
@@ -60,6 +113,9 @@ def create_certificate_from_csr(self, csr, set_as_active):
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(_CA_KEY.public_key()), critical=False
+        )
         .sign(_CA_KEY, hashes.SHA256())
     )
     pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
@@ -107,4 +163,6 @@ def create_thing(self, thing_name, thing_type_name, attribute_payload, billing_g
 IoTBackend.create_thing = create_thing
 
 if __name__ == "__main__":
+    if os.environ.get("MOTO_IOT_CA_FILE"):
+        write_ca_certificate(os.environ["MOTO_IOT_CA_FILE"])
     sys.exit(main())

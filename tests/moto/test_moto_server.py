@@ -1,9 +1,11 @@
-"""Checks moto_server.py's CreateThing correction against a live server.
+"""Checks moto_server.py's CreateThing correction and its CA against a live server.
 
 Starts tests/moto/moto_server.py on a free port of 127.0.0.1 with the Python that runs this
 script (the one with moto[server], which brings boto3), and checks through boto3 that CreateThing
 behaves as AWS IoT documents it: the same name and configuration returns the existing thing, the
-same name with a different configuration answers 409 ResourceAlreadyExistsException.
+same name with a different configuration answers 409 ResourceAlreadyExistsException. Then that
+the CA certificate the server wrote to MOTO_IOT_CA_FILE is a CA and that a certificate
+CreateCertificateFromCsr issued is signed by it, for the CSR's key.
 Prints each check; exits non-zero on the first failure (and then prints the server's log;
 MOTO_TEST_VERBOSE=1 prints it always).
 
@@ -20,6 +22,9 @@ from pathlib import Path
 
 import boto3
 from botocore.exceptions import ClientError
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 SERVER = Path(__file__).resolve().with_name("moto_server.py")
 REGION = "eu-west-1"
@@ -155,13 +160,60 @@ def run(iot):
     )
 
 
+def check_ca(iot, ca_path):
+    with open(ca_path, "rb") as pem:
+        ca = x509.load_pem_x509_certificate(pem.read())
+    constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+    usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+    check(
+        "MOTO_IOT_CA_FILE holds a self-signed CA certificate (BasicConstraints CA, KeyCertSign)",
+        constraints.ca and usage.key_cert_sign and ca.subject == ca.issuer,
+        f"subject {ca.subject.rfc4514_string()}, CA {constraints.ca}, keyCertSign {usage.key_cert_sign}",
+    )
+    ca.verify_directly_issued_by(ca)
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "device-1")]))
+        .sign(key, hashes.SHA256())
+    )
+    issued = iot.create_certificate_from_csr(
+        certificateSigningRequest=csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+        setAsActive=True,
+    )
+    certificate = x509.load_pem_x509_certificate(issued["certificatePem"].encode("ascii"))
+    try:
+        certificate.verify_directly_issued_by(ca)
+        verified = ""
+    except (ValueError, TypeError) as error:
+        verified = str(error) or type(error).__name__
+    check("a CreateCertificateFromCsr certificate verifies against that CA", not verified, verified)
+    raw_key = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    check(
+        "  and certifies the CSR's public key",
+        certificate.public_key().public_bytes(*raw_key) == key.public_key().public_bytes(*raw_key),
+    )
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(der)
+    check(
+        "  and its certificate id is the SHA-256 of its DER",
+        issued["certificateId"] == digest.finalize().hex(),
+        issued["certificateId"],
+    )
+
+
 def main():
     port = free_port()
     log = tempfile.TemporaryFile()
+    ca_dir = tempfile.TemporaryDirectory()
+    ca_path = os.path.join(ca_dir.name, "moto-iot-ca.pem")
     process = subprocess.Popen(
         [sys.executable, str(SERVER), "-H", "127.0.0.1", "-p", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, "MOTO_IOT_CA_FILE": ca_path},
     )
     passed = False
     try:
@@ -174,6 +226,7 @@ def main():
             aws_secret_access_key="testing",
         )
         run(iot)
+        check_ca(iot, ca_path)
         passed = True
     finally:
         process.terminate()
@@ -186,6 +239,7 @@ def main():
             log.seek(0)
             sys.stderr.write("--- moto_server.py log\n" + log.read().decode(errors="replace"))
         log.close()
+        ca_dir.cleanup()
     print(f"test_moto_server: all checks passed ({SERVER.name} on 127.0.0.1:{port})")
 
 

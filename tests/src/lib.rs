@@ -6,9 +6,11 @@
 //! function as a device would, and probing the emulators' state afterwards.
 
 pub mod aws;
+pub mod aws_mqtt;
 pub mod balena;
 pub mod checks;
 pub mod corpus;
+pub mod device;
 pub mod events;
 pub mod fault_matrix;
 pub mod open_balena;

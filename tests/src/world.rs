@@ -59,6 +59,9 @@ pub struct Options {
     pub faults: bool,
     /// The emulator, or the real balenaCloud API server.
     pub balena: Backend,
+    /// The IoT Hub's host name (Azure worlds). A device connecting to the hub's MQTT stand-in
+    /// needs one that resolves to 127.0.0.1: `localhost`.
+    pub hub_host: &'static str,
 }
 
 impl Default for Options {
@@ -71,6 +74,7 @@ impl Default for Options {
             cloudrun: false,
             faults: false,
             balena: Backend::Emulator,
+            hub_host: HUB_HOST,
         }
     }
 }
@@ -429,6 +433,11 @@ impl HttpFunctions {
         Ok((http, Functions::new(processes)))
     }
 
+    /// The contract's `path` on the first instance: what a device is given as `PROVISION_URL`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}{path}", self.ports[0], self.prefix)
+    }
+
     /// Sends the call to the next instance, as its host would forward it.
     pub async fn call(&self, call: Call) -> anyhow::Result<Answer> {
         let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -656,7 +665,7 @@ impl AzureWorld {
         let policy_key = policy.key_base64.clone();
         let (fleet, hub) = tokio::join!(
             Fleet::start(options.balena),
-            IotHubEmulator::start(HUB_HOST, vec![policy])
+            IotHubEmulator::start(options.hub_host, vec![policy])
         );
         let (fleet, hub) = (fleet?, hub?);
         let faults = Faults::start(

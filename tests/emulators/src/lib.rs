@@ -2,6 +2,8 @@
 //! emulator: the balenaCloud API (pinejs/OData, v7), the Azure IoT Hub identity registry and the
 //! AWS Lambda Runtime API. Each one binds `127.0.0.1:0` and records every request it served;
 //! the balenaCloud and IoT Hub ones can be told to fail on purpose and to answer slowly.
+//! [`mqtt`] holds stand-ins for the clouds' MQTT brokers that authenticate devices as the
+//! clouds do.
 
 pub mod balena;
 pub mod clearblade;
@@ -10,3 +12,4 @@ mod common;
 pub mod fault_proxy;
 pub mod iothub;
 pub mod lambda_runtime;
+pub mod mqtt;

@@ -25,6 +25,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct TestPki {
     pub(crate) ca_pem: String,
     pub(crate) server_config: Arc<ServerConfig>,
+    /// The server certificate and the CA's, for servers that build their own configuration
+    /// (the MQTT stand-ins ask for client certificates).
+    pub(crate) cert_chain: Vec<CertificateDer<'static>>,
+    /// The server certificate's private key, PKCS#8 DER.
+    pub(crate) key_pkcs8: Vec<u8>,
 }
 
 /// Makes a CA named `provision-emulators <emulator> test CA` and a server certificate it signed
@@ -83,11 +88,13 @@ pub(crate) fn make_pki(emulator: &str, extra_host: Option<&str>) -> anyhow::Resu
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?
             .with_no_client_auth()
-            .with_single_cert(chain, private)
+            .with_single_cert(chain.clone(), private)
             .context("TLS server configuration")?;
     Ok(TestPki {
         ca_pem: ca.pem(),
         server_config: Arc::new(server_config),
+        cert_chain: chain,
+        key_pkcs8: key.serialize_der(),
     })
 }
 
