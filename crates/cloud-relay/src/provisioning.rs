@@ -191,6 +191,10 @@ fn refusal_advice(settings: &Settings, http: u16, code: &str, message: &str) -> 
     format!("provisioning: refused ({http} {code}: {message}); {cause}")
 }
 
+fn seconds(wait: Duration) -> String {
+    format!("{:.1}s", wait.as_secs_f64())
+}
+
 /// Asks the function until it has provisioned the device, then keeps asking balenaCloud (via
 /// the supervisor) for the variables; returns only if `stop` resolves. Never exits the process
 /// on a refusal: a crash loop would hammer the function.
@@ -201,17 +205,22 @@ pub async fn run(
     request: Request,
     mut pacing: Pacing,
 ) {
+    tracing::info!(
+        "provisioning: asking the function for {} credentials{}{}",
+        settings.cloud.name(),
+        if request.csr.is_some() {
+            " for the kept key (a CSR)"
+        } else {
+            ""
+        },
+        if request.rotate {
+            ", replacing the old ones"
+        } else {
+            ""
+        }
+    );
     loop {
-        tracing::info!(
-            "provisioning: asking the function for {} credentials{}",
-            settings.cloud.name(),
-            if request.csr.is_some() {
-                " for the kept key"
-            } else {
-                ""
-            }
-        );
-        let wait = match function.post(&request).await {
+        let (wait, warning) = match function.post(&request).await {
             Answer::Provisioned { status } => {
                 pacing.unreachable.reset();
                 pacing.refused.reset();
@@ -226,36 +235,69 @@ pub async fn run(
                          the variables arrive with the supervisor's next poll"
                     ),
                 }
-                pacing.delivery.next_wait()
+                let wait = pacing.delivery.next_wait();
+                tracing::info!(
+                    "provisioning: asking again in {} if the variables have not come by then",
+                    seconds(wait)
+                );
+                (wait, None)
             }
             Answer::Refused {
                 http,
                 code,
                 message,
             } => {
-                tracing::warn!("{}", refusal_advice(settings, http, &code, &message));
-                pacing.refused.next_wait()
+                let wait = pacing.refused.next_wait();
+                (
+                    wait,
+                    Some(format!(
+                        "{}; asking again in {}",
+                        refusal_advice(settings, http, &code, &message),
+                        seconds(wait)
+                    )),
+                )
             }
             Answer::Later { retry_after } => {
                 let wait = retry_after
                     .map(|d| d.clamp(Duration::from_secs(1), Duration::from_secs(3600)))
                     .unwrap_or_else(|| pacing.unreachable.next_wait());
-                tracing::warn!(
-                    "provisioning: the function is busy; asking again in {}s (Retry-After)",
-                    wait.as_secs()
-                );
-                wait
+                (
+                    wait,
+                    Some(format!(
+                        "provisioning: the function is busy; asking again in {}{}",
+                        seconds(wait),
+                        if retry_after.is_some() {
+                            " (its Retry-After)"
+                        } else {
+                            ""
+                        }
+                    )),
+                )
             }
             Answer::Failed { http, message } => {
-                tracing::warn!("provisioning: failed ({http}: {message})");
-                pacing.refused.next_wait()
+                let wait = pacing.refused.next_wait();
+                (
+                    wait,
+                    Some(format!(
+                        "provisioning: failed ({http}: {message}); asking again in {}",
+                        seconds(wait)
+                    )),
+                )
             }
             Answer::Unreachable { error } => {
-                tracing::warn!("provisioning: the function is unreachable ({error})");
-                pacing.unreachable.next_wait()
+                let wait = pacing.unreachable.next_wait();
+                (
+                    wait,
+                    Some(format!(
+                        "provisioning: the function is unreachable ({error}); asking again in {}",
+                        seconds(wait)
+                    )),
+                )
             }
         };
-        tracing::info!("provisioning: next attempt in {}s", wait.as_secs());
+        if let Some(warning) = warning {
+            tracing::warn!("{warning}");
+        }
         tokio::time::sleep(wait).await;
     }
 }
