@@ -11,6 +11,7 @@ pub mod balena;
 pub mod checks;
 pub mod corpus;
 pub mod device;
+pub mod device_chain;
 pub mod events;
 pub mod fault_matrix;
 pub mod open_balena;

@@ -92,14 +92,16 @@ impl FunctionClient {
         let text = response.text().await.unwrap_or_default();
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let field = |name: &str| body[name].as_str().unwrap_or_default().to_string();
+        // Errors are `{"error": {"code", "message"}, "request_id"}` (the HTTP contract).
+        let error_field = |name: &str| body["error"][name].as_str().unwrap_or_default().to_string();
         match http {
             200 | 201 => Answer::Provisioned {
                 status: field("status"),
             },
             401 | 403 => Answer::Refused {
                 http,
-                code: field("code"),
-                message: field("message"),
+                code: error_field("code"),
+                message: error_field("message"),
             },
             429 | 503 => Answer::Later { retry_after },
             _ => Answer::Failed {
@@ -107,7 +109,7 @@ impl FunctionClient {
                 message: if body.is_null() {
                     text.chars().take(200).collect()
                 } else {
-                    format!("{} {}", field("code"), field("message"))
+                    format!("{} {}", error_field("code"), error_field("message"))
                 },
             },
         }

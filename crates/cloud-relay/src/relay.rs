@@ -31,11 +31,12 @@ pub async fn run(settings: Settings, env: &(impl Env + ?Sized)) -> anyhow::Resul
         None
     };
     let credentials = link::read(&settings, env, kept.as_ref())?;
+    let trusted_ca_pem = trusted_ca(&settings)?;
     let cloud = async {
         match credentials {
             Credentials::Complete(link) => {
                 tracing::info!("cloud: credentials found; relaying to {link}");
-                uplink::run(&link, settings.cloud_ca_pem.as_deref(), queue.clone()).await;
+                uplink::run(&link, trusted_ca_pem.as_deref(), queue.clone()).await;
                 Ok(())
             }
             Credentials::Missing { absent } => {
@@ -60,6 +61,20 @@ pub async fn run(settings: Settings, env: &(impl Env + ?Sized)) -> anyhow::Resul
         () = shutdown() => tracing::info!("stopping: every message acknowledged locally is on disk"),
     }
     Ok(())
+}
+
+/// The CA the cloud connection trusts instead of the public roots: `CLOUD_CA_CERT`, else (AWS,
+/// as the Node block) the file at `AWS_ROOT_CA_PATH`.
+fn trusted_ca(settings: &Settings) -> anyhow::Result<Option<String>> {
+    if let Some(pem) = &settings.cloud_ca_pem {
+        return Ok(Some(pem.clone()));
+    }
+    match (&settings.aws_root_ca_path, settings.cloud) {
+        (Some(path), crate::settings::Cloud::Aws) => std::fs::read_to_string(path)
+            .map(Some)
+            .with_context(|| format!("AWS_ROOT_CA_PATH: reading {}", path.display())),
+        _ => Ok(None),
+    }
 }
 
 async fn provision(
