@@ -434,3 +434,37 @@ fn help_names_every_setting_and_bad_arguments_are_refused() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("CLOUD_PROVIDER"), "{text}");
 }
+
+/// ClearBlade closes a connection when its token expires: the relay renews its token and its
+/// connection before that (here every 3 s of a 6 s token), and nothing is lost across renewals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_tokens_are_renewed_before_they_expire() {
+    let chain = Chain::start(ChainCloud::Gcp).await.expect("chain starts");
+    let short = [("GCP_TOKEN_LIFETIME", "0.1"), ("GCP_RENEWAL_START", "0.05")];
+    let relay = chain.provisioned_relay(&short).await.unwrap();
+    let mut next = 0;
+    while relay
+        .lines()
+        .iter()
+        .filter(|l| l.contains("renewing the connection"))
+        .count()
+        < 2
+    {
+        produce(chain.broker.port, "sensors", next..next + 20)
+            .await
+            .unwrap();
+        next += 20;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    produce(chain.broker.port, "sensors", next..next + 20)
+        .await
+        .unwrap();
+    next += 20;
+    let report = chain.wait_for_delivery(0..next, LONG).await.unwrap();
+    assert!(report.missing.is_empty(), "lost {:?}", report.missing);
+    let connections = chain.stand_in.connections();
+    assert!(connections.len() >= 3, "{} connections", connections.len());
+    assert!(connections.iter().all(|c| c.expires_at.is_some()));
+    relay.stop().await;
+    chain.stop().await;
+}

@@ -35,7 +35,7 @@ Settings (environment):
   MESSAGING_HOST           ClearBlade MQTT host[:port] (default us-central1-mqtt.clearblade.com)
   GCP_PRIVATE_KEY, GCP_CLIENT_PATH, GCP_DATA_TOPIC_ROOT, GCP_PROJECT_ID
                            written by the function
-  GCP_TOKEN_LIFETIME       JWT lifetime in minutes (default 1440, ClearBlade's maximum)
+  GCP_TOKEN_LIFETIME       JWT lifetime in minutes, fractions allowed (default 1440, the maximum)
   GCP_RENEWAL_START        reconnect this many minutes before the JWT expires (default 15)
   CLOUD_CA_CERT            PEM (or base64 of PEM) trusted for the cloud connection instead of the
                            public roots (private endpoints, tests)

@@ -207,8 +207,8 @@ pub fn read(
                 proof: Proof::Token {
                     private_key_pem,
                     audience: env.get("GCP_PROJECT_ID").unwrap_or_default(),
-                    lifetime: Duration::from_secs(settings.gcp_token_lifetime_minutes * 60),
-                    renew_before: Duration::from_secs(settings.gcp_renewal_start_minutes * 60),
+                    lifetime: settings.gcp_token_lifetime,
+                    renew_before: settings.gcp_renewal_start,
                 },
                 topic: format!(
                     "{}/{}",

@@ -2,6 +2,7 @@
 //! defaults of balena's Node cloud-relay block, `BALENA_*` accepted beside `RESIN_*`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Where environment variables come from (the process environment, or a test's table).
 pub trait Env {
@@ -99,8 +100,10 @@ pub struct Settings {
     /// `CLOUD_CA_CERT`, decoded to PEM.
     pub cloud_ca_pem: Option<String>,
     pub messaging_host: String,
-    pub gcp_token_lifetime_minutes: u64,
-    pub gcp_renewal_start_minutes: u64,
+    /// `GCP_TOKEN_LIFETIME` (minutes; fractions allowed).
+    pub gcp_token_lifetime: Duration,
+    /// `GCP_RENEWAL_START` (minutes; fractions allowed).
+    pub gcp_renewal_start: Duration,
     pub data_dir: PathBuf,
     pub queue_max_bytes: u64,
 }
@@ -168,6 +171,30 @@ fn number_setting(
         ));
     }
     Ok(value)
+}
+
+/// A number of minutes (fractions allowed, as a test's short-lived token needs), above zero and
+/// at most `max`.
+fn minutes_setting(
+    env: &(impl Env + ?Sized),
+    name: &'static str,
+    default: f64,
+    max: f64,
+) -> Result<Duration, SettingError> {
+    let minutes = match env.get(name) {
+        None => default,
+        Some(text) => text
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| problem(name, format!("{text:?} is not a number of minutes")))?,
+    };
+    if !(minutes > 0.0 && minutes <= max) {
+        return Err(problem(
+            name,
+            format!("{minutes} minutes is outside (0, {max}]"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(minutes * 60.0))
 }
 
 /// The cloud named by `CLOUD_PROVIDER`, else detected as the Node block does.
@@ -312,17 +339,26 @@ impl Settings {
             .get("CLOUD_CA_CERT")
             .map(|v| pem_or_base64("CLOUD_CA_CERT", &v))
             .transpose()?;
-        let lifetime = number_setting(
+        let lifetime = minutes_setting(
             env,
             "GCP_TOKEN_LIFETIME",
-            MAX_TOKEN_LIFETIME_MINUTES,
-            2..=MAX_TOKEN_LIFETIME_MINUTES,
+            MAX_TOKEN_LIFETIME_MINUTES as f64,
+            MAX_TOKEN_LIFETIME_MINUTES as f64,
         )?;
-        let renewal = number_setting(env, "GCP_RENEWAL_START", 15, 1..=MAX_TOKEN_LIFETIME_MINUTES)?;
+        let renewal = minutes_setting(
+            env,
+            "GCP_RENEWAL_START",
+            15.0,
+            MAX_TOKEN_LIFETIME_MINUTES as f64,
+        )?;
         if renewal >= lifetime {
             return Err(problem(
                 "GCP_RENEWAL_START",
-                format!("{renewal} minutes is not shorter than GCP_TOKEN_LIFETIME ({lifetime})"),
+                format!(
+                    "{} minutes is not shorter than GCP_TOKEN_LIFETIME ({} minutes)",
+                    renewal.as_secs_f64() / 60.0,
+                    lifetime.as_secs_f64() / 60.0
+                ),
             ));
         }
         let data_dir = env
@@ -353,8 +389,8 @@ impl Settings {
             messaging_host: env
                 .get("MESSAGING_HOST")
                 .unwrap_or_else(|| DEFAULT_MESSAGING_HOST.to_string()),
-            gcp_token_lifetime_minutes: lifetime,
-            gcp_renewal_start_minutes: renewal,
+            gcp_token_lifetime: lifetime,
+            gcp_renewal_start: renewal,
             data_dir: PathBuf::from(data_dir),
             queue_max_bytes: number_setting(
                 env,
@@ -429,8 +465,8 @@ mod tests {
         assert_eq!(s.aws_topic_root, "balena");
         assert_eq!(s.data_dir, PathBuf::from("/data/cloud-relay"));
         assert_eq!(s.queue_max_bytes, DEFAULT_QUEUE_MAX_BYTES);
-        assert_eq!(s.gcp_token_lifetime_minutes, 1440);
-        assert_eq!(s.gcp_renewal_start_minutes, 15);
+        assert_eq!(s.gcp_token_lifetime, Duration::from_secs(24 * 3600));
+        assert_eq!(s.gcp_renewal_start, Duration::from_secs(15 * 60));
         assert!(!s.keep_key);
         assert!(s.supervisor.is_none() && s.api_key.is_none() && s.service_name.is_none());
 
