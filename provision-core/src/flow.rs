@@ -906,12 +906,14 @@ impl Provisioner {
             .find_map(Result::err);
         if let (Ok(()), None) = (&activated, &store_failure) {
             // Only now, with the new credential stored and usable, do the old ones go (not
-            // one that is not the function's: it stays as it is).
+            // one that is not the function's: it stays as it is). A rotation with a CSR for the
+            // key already registered makes "new" the old one (ClearBlade names a credential by
+            // its key): it is never its own predecessor.
             let old: Vec<RegisteredCredential> = snapshot
                 .state
                 .credentials
                 .iter()
-                .filter(|c| c.is_ours())
+                .filter(|c| c.is_ours() && c.id != credential.id)
                 .cloned()
                 .collect();
             if let Err(e) = self.revoke_all(deadline, &device_id, &old).await {

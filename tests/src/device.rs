@@ -274,6 +274,11 @@ impl Relay {
         }
     }
 
+    /// The process id of the current start.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(|p| p.child.id())
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.process

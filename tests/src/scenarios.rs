@@ -678,6 +678,26 @@ pub async fn a_device_keeps_its_key_with_a_csr<S: Stack>() {
         again.raw_body
     );
 
+    // Rotating with a CSR for the key already registered (a device that asks twice) leaves the
+    // device provisioned for that key: the new credential is never retired as its own
+    // predecessor (ClearBlade names a credential by its key, so there "new" is "old").
+    let rotated = world
+        .call(
+            Call::post(json!({"uuid": device.uuid, "csr": csr, "rotate": true}))
+                .bearer(&device.key),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rotated.status, 200, "{}", rotated.raw_body);
+    let registered = world
+        .assert_provisioned(&device, Target::Device, true)
+        .await;
+    assert_eq!(
+        registered.public_key,
+        key.der_bytes(),
+        "after a same-key rotation the device's key is still registered"
+    );
+
     let foreign = csr_for("00000000000000000000000000000000");
     let refused = world
         .call(Call::post(json!({"uuid": device.uuid, "csr": foreign})).bearer(&device.key))

@@ -153,6 +153,44 @@ async fn kept_key(cloud: ChainCloud) {
     for line in relay.lines() {
         assert!(!line.contains(key.lines().nth(1).unwrap()), "{line}");
     }
+
+    // The kept key is lost (a wiped volume): the relay makes a new one and asks for a
+    // certificate of it (a CSR with rotate) instead of failing to connect forever.
+    let mut relay = relay;
+    relay.terminate().await.unwrap();
+    std::fs::remove_file(&key_file).unwrap();
+    let updates = chain.supervisor.updates();
+    let keep = [("PROVISION_KEEP_KEY", "true")];
+    relay
+        .restart(&chain.env_with_variables(&keep).await)
+        .unwrap();
+    relay
+        .wait_for_line("not for the kept key", LONG)
+        .await
+        .expect("the lost key is noticed");
+    // A new certificate (ClearBlade: the new key registered), "rotated" or "repaired" as the
+    // function sees it.
+    relay
+        .wait_for_line("waiting for balenaCloud to deliver the variables", LONG)
+        .await
+        .expect("a credential for the new key");
+    while chain.supervisor.updates() == updates {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.terminate().await.unwrap();
+    relay
+        .restart(&chain.env_with_variables(&keep).await)
+        .unwrap();
+    produce(chain.broker.port, "sensors", 100..200)
+        .await
+        .unwrap();
+    let report = chain.wait_for_delivery(0..200, LONG).await.unwrap();
+    assert!(report.missing.is_empty(), "lost {:?}", report.missing);
+    let names = stored_variable_names(&chain).await;
+    assert!(
+        !names.iter().any(|n| n.ends_with("_PRIVATE_KEY")),
+        "{names:?}"
+    );
     relay.stop().await;
     chain.stop().await;
 }

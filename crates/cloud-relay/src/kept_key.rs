@@ -13,6 +13,8 @@ const FILE: &str = "device-key.pem";
 /// The kept key (an ECDSA P-256 key, PKCS#8 PEM).
 pub struct KeptKey {
     pub path: PathBuf,
+    /// Made by this start (none was kept): a credential registered before cannot be for it.
+    pub fresh: bool,
     key: KeyPair,
 }
 
@@ -24,7 +26,11 @@ impl KeptKey {
             Ok(pem) => {
                 let key = KeyPair::from_pem(&pem)
                     .with_context(|| format!("reading the kept key {}", path.display()))?;
-                Ok(KeptKey { path, key })
+                Ok(KeptKey {
+                    path,
+                    fresh: false,
+                    key,
+                })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(dir)
@@ -32,7 +38,11 @@ impl KeptKey {
                 let key = KeyPair::generate().context("making the device key")?;
                 write_private(&path, key.serialize_pem().as_bytes())?;
                 tracing::info!("kept key: made a new device key in {}", path.display());
-                Ok(KeptKey { path, key })
+                Ok(KeptKey {
+                    path,
+                    fresh: true,
+                    key,
+                })
             }
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
@@ -94,6 +104,7 @@ mod tests {
         let first = KeptKey::load_or_create(&dir).unwrap();
         let again = KeptKey::load_or_create(&dir).unwrap();
         assert_eq!(first.public_key_der(), again.public_key_der());
+        assert!(first.fresh && !again.fresh);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;

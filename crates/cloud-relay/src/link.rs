@@ -61,8 +61,9 @@ pub enum Credentials {
     Complete(Box<Link>),
     /// Nothing of the cloud's yet (or not all of it): ask the function.
     Missing { absent: Vec<&'static str> },
-    /// The kept key does not match the certificate the variables hold: ask the function for a
-    /// certificate of this key (rotate with a CSR).
+    /// The kept key is not the one the variables' credential is for (a certificate of another
+    /// key; on ClearBlade, a key made by this start): ask the function for a credential of
+    /// this key (rotate with a CSR).
     KeyMismatch,
 }
 
@@ -194,6 +195,14 @@ pub fn read(
             }
         }
         Cloud::Gcp => {
+            // ClearBlade's variables do not say which key is registered; a key made by this
+            // start cannot be it.
+            if let Some(kept) = kept
+                && kept.fresh
+                && env.get("GCP_PRIVATE_KEY").is_none()
+            {
+                return Ok(Credentials::KeyMismatch);
+            }
             let private_key_pem = private_key("GCP_PRIVATE_KEY", env, kept)?.unwrap_or_default();
             let (host, port) = split_host_port(&settings.messaging_host, MQTT_TLS_PORT)
                 .map_err(|why| anyhow::anyhow!("MESSAGING_HOST: {why}"))?;
@@ -353,6 +362,24 @@ mod tests {
         assert!(
             matches!(link.proof, Proof::Certificate { ref private_key_pem, .. } if *private_key_pem == kept.private_key_pem())
         );
+
+        // ClearBlade: a key made by this start cannot be the registered one; a kept one is.
+        let path = format!("projects/p/locations/r/registries/g/devices/balena-{UUID}");
+        let gcp = [
+            ("CLOUD_PROVIDER", "GCP"),
+            ("BALENA_DEVICE_UUID", UUID),
+            ("GCP_CLIENT_PATH", path.as_str()),
+            ("GCP_DATA_TOPIC_ROOT", "/devices/x"),
+            ("GCP_PROJECT_ID", "p"),
+        ];
+        let settings = Settings::from_env(&gcp).unwrap();
+        assert!(kept.fresh);
+        assert!(matches!(
+            read(&settings, &gcp, Some(&kept)).unwrap(),
+            Credentials::KeyMismatch
+        ));
+        let kept_again = KeptKey::load_or_create(&dir).unwrap();
+        complete(read(&settings, &gcp, Some(&kept_again)).unwrap());
         std::fs::remove_dir_all(dir).ok();
     }
 }

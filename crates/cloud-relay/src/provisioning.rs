@@ -204,7 +204,7 @@ pub async fn run(
     settings: &Settings,
     function: &FunctionClient,
     http: &reqwest::Client,
-    request: Request,
+    mut request: Request,
     mut pacing: Pacing,
 ) {
     tracing::info!(
@@ -224,6 +224,8 @@ pub async fn run(
     loop {
         let (wait, warning) = match function.post(&request).await {
             Answer::Provisioned { status } => {
+                // Rotated (or repaired) once is enough: asking again only checks.
+                request.rotate = false;
                 pacing.unreachable.reset();
                 pacing.refused.reset();
                 tracing::info!(

@@ -6,9 +6,9 @@
 //! any number of callers) and writes it in one transaction: a group commit, as databases do, so
 //! one `fsync` covers every message that arrived while the previous one ran and durability does
 //! not cap the rate. A transaction with an append is committed durably (`Durability::Immediate`:
-//! on disk when `commit` returns, so it survives a power loss); one holding only removals is not
-//! (`Durability::None`): after a crash a removal may be lost and its message sent again, a
-//! duplicate QoS 1 allows, never a loss.
+//! on disk when `commit` returns, so it survives a power loss); one holding only removals is
+//! not (`Durability::None`), but for one a second: after a crash a removal may be lost and its
+//! message sent again, a duplicate QoS 1 allows, never a loss.
 //!
 //! Bounded by `max_bytes` of payload: when an append does not fit, the oldest messages are
 //! dropped (counted, persisted and logged); a message larger than the whole bound is dropped
@@ -17,6 +17,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -31,7 +32,11 @@ const DROPPED: &str = "dropped";
 /// Most operations one transaction takes.
 const GROUP_MAX: usize = 8192;
 /// redb's page cache: the queue is read front to back, a small cache is enough.
-const CACHE_BYTES: usize = 1024 * 1024;
+const CACHE_BYTES: usize = 256 * 1024;
+/// Longest run of non-durable commits (removals only). redb keeps the pages a non-durable
+/// commit frees until the next durable one: a long drain with no append would otherwise grow
+/// memory and slow every commit. One `fsync` a second bounds both.
+const DURABLE_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
 
 /// A queued message: its position and payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,6 +172,7 @@ impl Queue {
 }
 
 fn write_loop(shared: &Shared, receiver: &std::sync::mpsc::Receiver<Op>, max_bytes: u64) {
+    let mut last_durable = Instant::now();
     while let Ok(first) = receiver.recv() {
         let mut group = vec![first];
         while group.len() < GROUP_MAX {
@@ -176,7 +182,12 @@ fn write_loop(shared: &Shared, receiver: &std::sync::mpsc::Receiver<Op>, max_byt
             }
         }
         let mut waiters = Vec::new();
-        let result = write_group(shared, group, max_bytes, &mut waiters);
+        let durable = group.iter().any(|op| matches!(op, Op::Append(..)))
+            || last_durable.elapsed() >= DURABLE_AT_LEAST_EVERY;
+        if durable {
+            last_durable = Instant::now();
+        }
+        let result = write_group(shared, group, max_bytes, durable, &mut waiters);
         let appended = !waiters.is_empty();
         for waiter in waiters {
             let _ = waiter.send(result.clone());
@@ -196,14 +207,14 @@ fn write_group(
     shared: &Shared,
     group: Vec<Op>,
     max_bytes: u64,
+    durable: bool,
     waiters: &mut Vec<Waiter>,
 ) -> Result<(), String> {
     let mut stats = *shared.stats.lock().unwrap_or_else(|e| e.into_inner());
     let dropped_before = stats.dropped;
     let mut commit = || -> Result<(), redb::Error> {
         let mut txn = shared.db.begin_write()?;
-        let any_append = group.iter().any(|op| matches!(op, Op::Append(..)));
-        txn.set_durability(if any_append {
+        txn.set_durability(if durable {
             Durability::Immediate
         } else {
             Durability::None

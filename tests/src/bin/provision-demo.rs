@@ -1,7 +1,11 @@
 //! `provision-demo`: runs the whole local stack of each cloud and provisions a demo device end
 //! to end, printing what each step did to balenaCloud and to the cloud's IoT registry.
 
+use std::time::Duration;
+
 use provision_testkit::checks::{Target, vars};
+use provision_testkit::device::{Relay, produce};
+use provision_testkit::device_chain::{Chain, ChainCloud};
 use provision_testkit::events::{Answer, Call};
 use provision_testkit::stack::Stack;
 use provision_testkit::world::{AwsWorld, AzureWorld, Device, GcpWorld};
@@ -17,6 +21,12 @@ the balenaCloud emulator), then, as the device (with its own balena API
 key), provisions it with service variables for its cloud-relay service, asks again, reads the
 status, rotates the certificate, is refused for another device's key, and is deprovisioned by
 the operator, twice. Prints each answer, the upstream calls it cost and what changed.
+
+Then the device side, per cloud: cloud-relay starts on a new device without credentials,
+provisions it with the device's key, is restarted with the variables balenaCloud delivers (the
+demo plays the supervisor), and relays three messages from mosquitto to the cloud's MQTT
+stand-in, which accepts only the device's registered credential. Needs mosquitto (scripts/setup
+installs it); skipped, saying so, without it.
 
 Usage: scripts/demo [aws|azure|gcp|all]     (installs moto into .venv and builds first)
        provision-demo [aws|azure|gcp|all] [--help]     (default: all)";
@@ -43,6 +53,14 @@ async fn main() {
             "aws" => run::<AwsWorld>("AWS IoT Core").await,
             "azure" => run::<AzureWorld>("Azure IoT Hub").await,
             _ => run::<GcpWorld>("GCP: ClearBlade IoT Core").await,
+        };
+        let result = match result {
+            Ok(()) => match cloud {
+                "aws" => device_side(ChainCloud::Aws).await,
+                "azure" => device_side(ChainCloud::Azure).await,
+                _ => device_side(ChainCloud::Gcp).await,
+            },
+            Err(e) => Err(e),
         };
         if let Err(e) = result {
             eprintln!("demo failed ({cloud}): {e:#}");
@@ -175,4 +193,79 @@ async fn step<S: Stack>(
     }
     println!("   {}\n", world.registry_summary(device).await);
     Ok(answer)
+}
+
+/// The device half: cloud-relay provisions its device and relays to the cloud's stand-in.
+async fn device_side(cloud: ChainCloud) -> anyhow::Result<()> {
+    println!("######## the device side ({cloud:?}): cloud-relay");
+    if !mosquitto_installed() {
+        println!("skipped: mosquitto is not installed (scripts/setup installs it)\n");
+        return Ok(());
+    }
+    let chain = Chain::start(cloud).await?;
+    println!(
+        "a new device {}; mosquitto on 127.0.0.1:{}; the cloud's MQTT stand-in on 127.0.0.1:{}",
+        chain.device.uuid,
+        chain.broker.port,
+        chain.stand_in.port()
+    );
+    let limit = Duration::from_secs(60);
+    let mut relay = Relay::start("cloud-relay", &chain.env_with(&[]), &chain.logs)?;
+    let line = relay.wait_for_line("provisioning: created", limit).await?;
+    println!("== cloud-relay, no credentials yet, asks the function with the device's key:");
+    println!("   {}", relay_message(&line));
+    relay.terminate().await?;
+    let env = chain.env_with_variables(&[]).await;
+    let names: Vec<&str> = env
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("AWS_C")
+                || k.starts_with("AWS_P")
+                || k.starts_with("AZURE_C")
+                || k.starts_with("AZURE_P")
+                || k.starts_with("GCP_")
+        })
+        .map(|(k, _)| k.as_str())
+        .collect();
+    println!("== the supervisor restarts it with the variables balenaCloud now holds: {names:?}");
+    relay.restart(&env)?;
+    let line = relay.wait_for_line("cloud: connected", limit).await?;
+    println!("   {}", relay_message(&line));
+    produce(chain.broker.port, "sensors", 0..3).await?;
+    println!(
+        "== three messages published to mosquitto on 'sensors' (QoS 1); the stand-in received:"
+    );
+    for r in chain.stand_in.wait_for_received(3, limit).await? {
+        println!(
+            "   as device {} on {} {}: {}",
+            r.device,
+            r.topic,
+            if r.properties.is_empty() {
+                String::new()
+            } else {
+                format!("{:?}", r.properties)
+            },
+            String::from_utf8_lossy(&r.payload)
+        );
+    }
+    relay.stop().await;
+    chain.stop().await;
+    println!("done: relay, broker and emulators stopped\n");
+    Ok(())
+}
+
+/// A relay log line without its label and timestamp.
+fn relay_message(line: &str) -> &str {
+    line.split_once(" INFO ")
+        .or_else(|| line.split_once(" WARN "))
+        .map_or(line, |(_, message)| message)
+}
+
+fn mosquitto_installed() -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([std::path::PathBuf::from("/usr/sbin")])
+        .any(|dir| dir.join("mosquitto").is_file())
 }
