@@ -45,6 +45,19 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
+    /// mosquitto on a given port (a client that cannot be told another, like the published
+    /// Node relay's hard-coded `mqtt://127.0.0.1`).
+    pub async fn start_on(logs: &LogBook, port: u16) -> anyhow::Result<Mosquitto> {
+        let dir = ScratchDir::new("mosquitto")?;
+        let process = spawn_broker(&dir.0, port, logs).await?;
+        Ok(Mosquitto {
+            port,
+            dir,
+            process: Some(process),
+            logs: logs.clone(),
+        })
+    }
+
     pub async fn start(logs: &LogBook) -> anyhow::Result<Mosquitto> {
         let dir = ScratchDir::new("mosquitto")?;
         let mut last = None;

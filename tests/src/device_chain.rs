@@ -49,8 +49,28 @@ pub struct Chain {
     pub logs: LogBook,
 }
 
+/// Fixed ports for a chain, for a client that cannot be told others (default: free ports).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChainPorts {
+    pub broker: Option<u16>,
+    pub stand_in: Option<u16>,
+}
+
 impl Chain {
     pub async fn start(cloud: ChainCloud) -> anyhow::Result<Chain> {
+        Self::start_with(cloud, ChainPorts::default()).await
+    }
+
+    pub async fn start_with(cloud: ChainCloud, ports: ChainPorts) -> anyhow::Result<Chain> {
+        let stand_in_at = |auth: Arc<dyn provision_emulators::mqtt::Authenticator>,
+                           name: &'static str| async move {
+            match ports.stand_in {
+                Some(port) => {
+                    MqttStandIn::start_on(name, auth, ([127, 0, 0, 1], port).into(), None).await
+                }
+                None => MqttStandIn::start(name, auth).await,
+            }
+        };
         let logs_of = |w: &AnyWorld| match w {
             AnyWorld::Aws(w) => w.logs.clone(),
             AnyWorld::Azure(w) => w.logs.clone(),
@@ -66,7 +86,7 @@ impl Chain {
                 })
                 .await?;
                 let auth = AwsAuthenticator::for_moto(&world.moto).await?;
-                let stand_in = MqttStandIn::start("AWS IoT Core", Arc::new(auth)).await?;
+                let stand_in = stand_in_at(Arc::new(auth), "AWS IoT Core").await?;
                 let Host::Http(http) = &world.host else {
                     anyhow::bail!("the AWS world was asked for an HTTP host");
                 };
@@ -81,7 +101,7 @@ impl Chain {
                 })
                 .await?;
                 let auth = AzureAuthenticator::new(world.hub.clone());
-                let stand_in = MqttStandIn::start("Azure IoT Hub", Arc::new(auth)).await?;
+                let stand_in = stand_in_at(Arc::new(auth), "Azure IoT Hub").await?;
                 let url = world.http.url("/provision");
                 (AnyWorld::Azure(Box::new(world)), stand_in, url)
             }
@@ -92,13 +112,19 @@ impl Chain {
                     GCP_REGION,
                     GCP_REGISTRY,
                 );
-                let stand_in = MqttStandIn::start("ClearBlade IoT Core", Arc::new(auth)).await?;
+                let stand_in = stand_in_at(Arc::new(auth), "ClearBlade IoT Core").await?;
                 let url = world.http.url("/provision");
                 (AnyWorld::Gcp(Box::new(world)), stand_in, url)
             }
         };
         let logs = logs_of(&world);
-        let (broker, supervisor) = tokio::join!(Mosquitto::start(&logs), Supervisor::start());
+        let broker = async {
+            match ports.broker {
+                Some(port) => Mosquitto::start_on(&logs, port).await,
+                None => Mosquitto::start(&logs).await,
+            }
+        };
+        let (broker, supervisor) = tokio::join!(broker, Supervisor::start());
         let (broker, supervisor) = (broker?, supervisor?);
         let fleet = match &world {
             AnyWorld::Aws(w) => &w.fleet,
