@@ -209,6 +209,8 @@ pub async fn delivered_variables(balena: &Balena, device: &Device) -> BTreeMap<S
 pub struct Relay {
     process: Option<Process>,
     label: String,
+    /// Arguments of every start (e.g. `iotedge-provisioning --listen ...`).
+    args: Vec<String>,
     logs: LogBook,
     starts: usize,
 }
@@ -216,9 +218,20 @@ pub struct Relay {
 impl Relay {
     /// Starts the relay with exactly `env` (plus PATH and an info log level).
     pub fn start(name: &str, env: &[(String, String)], logs: &LogBook) -> anyhow::Result<Relay> {
+        Self::start_with_args(name, &[], env, logs)
+    }
+
+    /// Starts `cloud-relay <args>` with exactly `env` (plus PATH and an info log level).
+    pub fn start_with_args(
+        name: &str,
+        args: &[&str],
+        env: &[(String, String)],
+        logs: &LogBook,
+    ) -> anyhow::Result<Relay> {
         let mut relay = Relay {
             process: None,
             label: name.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             logs: logs.clone(),
             starts: 0,
         };
@@ -229,7 +242,7 @@ impl Relay {
     fn spawn(&mut self, env: &[(String, String)]) -> anyhow::Result<()> {
         let binary = paths::binary("cloud-relay")?;
         let mut command = Command::new(binary);
-        command.env_clear().env("RUST_LOG", "info");
+        command.args(&self.args).env_clear().env("RUST_LOG", "info");
         if let Some(path) = std::env::var_os("PATH") {
             command.env("PATH", path);
         }

@@ -170,6 +170,14 @@ impl Chain {
         }
     }
 
+    /// The IoT Hub emulator (Azure chains).
+    pub fn iothub(&self) -> Option<&provision_emulators::iothub::IotHubEmulator> {
+        match &self.world {
+            AnyWorld::Azure(w) => Some(&w.hub),
+            _ => None,
+        }
+    }
+
     /// Calls the function directly (a test playing the operator or the device).
     pub async fn call(&self, call: Call) -> anyhow::Result<Answer> {
         match &self.world {

@@ -6,6 +6,8 @@ Azure IoT Hub, ClearBlade IoT Core), after provisioning the device with its own 
 A drop-in replacement for balena's Node cloud-relay block: the same variables and defaults.
 
 Usage: cloud-relay            (settings from the environment; runs until SIGTERM)
+       cloud-relay iotedge-provisioning [--listen URL] [--socket-mode MODE]
+                                (Azure IoT Edge's external provisioning endpoint; see its --help)
        cloud-relay --help | --version
 
 Settings (environment):
@@ -47,4 +49,30 @@ Settings (environment):
 Delivery: a local message is acknowledged to the broker only once it is on disk (group commit),
 and leaves the queue only when the cloud acknowledged it (QoS 1): duplicates are possible after a
 crash, losses are not. No secret is ever written to the log.
+";
+
+/// `cloud-relay iotedge-provisioning --help`.
+pub const IOTEDGE: &str = "\
+cloud-relay iotedge-provisioning: Azure IoT Edge's external provisioning endpoint, fed by the
+variables the provisioning function stores, so iotedged needs no secret in its configuration.
+
+Usage: cloud-relay iotedge-provisioning [--listen URL] [--socket-mode MODE]
+  --listen URL         unix:///path (default unix:///var/run/external/external.sock) or
+                       http://<ip>:<port> (IoT Edge calls this endpoint over HTTP only)
+  --socket-mode MODE   the Unix socket's mode, octal (default 660): only iotedged should reach it
+
+API (iotedged's config.yaml: provisioning: source: \"external\", endpoint: the same URL):
+  GET  /device/provisioninginformation   hubName (AZURE_HUB_HOST), deviceId (the device UUID),
+       credentials x509: source payload (AZURE_CERT, AZURE_PRIVATE_KEY, PEM in base64) or, with
+       PROVISION_KEEP_KEY=true, source hsm (paths of the kept key and of the certificate written
+       beside it, mode 0600); status assigned, substatus initialAssignment, deviceDataReset
+       once the identity changed. Not provisioned yet: 503 with Retry-After while it asks the
+       function with the device's key.
+  POST /device/reprovision               200 at once; asks the function whether the device is
+       still provisioned, and for provisioning again when not; new variables restart the service.
+  Anything else: JSON 404 or 405.
+
+Settings: those of cloud-relay (cloud-relay --help): BALENA_DEVICE_UUID, BALENA_SERVICE_NAME,
+BALENA_API_KEY, the supervisor's, PROVISION_URL, PROVISION_KEEP_KEY, AZURE_HUB_HOST,
+RELAY_QUEUE_DIR (the kept key, the certificate file and the last assignment served).
 ";

@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod help;
+pub mod iotedge;
 pub mod jwt;
 pub mod kept_key;
 pub mod link;

@@ -2,8 +2,17 @@ use cloud_relay::settings::{ProcessEnv, Settings};
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut iotedge = None;
     match args.first().map(String::as_str) {
         None => {}
+        Some("iotedge-provisioning") => match iotedge_options(&args[1..]) {
+            Ok(Some(options)) => iotedge = Some(options),
+            Ok(None) => return std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cloud-relay iotedge-provisioning: {e}; see --help");
+                return std::process::ExitCode::from(2);
+            }
+        },
         Some("-h" | "--help") => {
             print!("{}", cloud_relay::help::TEXT);
             return std::process::ExitCode::SUCCESS;
@@ -42,11 +51,45 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cloud_relay::relay::run(settings, &ProcessEnv)) {
+    let result = match iotedge {
+        Some((listen, mode)) => runtime.block_on(cloud_relay::iotedge::run(settings, listen, mode)),
+        None => runtime.block_on(cloud_relay::relay::run(settings, &ProcessEnv)),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `iotedge-provisioning [--listen URL] [--socket-mode OCTAL]`; `None` when `--help` was asked.
+fn iotedge_options(
+    args: &[String],
+) -> Result<Option<(cloud_relay::iotedge::server::Listen, u32)>, String> {
+    use cloud_relay::iotedge::server::{DEFAULT_LISTEN, DEFAULT_SOCKET_MODE};
+    let mut listen = DEFAULT_LISTEN.parse()?;
+    let mut mode = DEFAULT_SOCKET_MODE;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                print!("{}", cloud_relay::help::IOTEDGE);
+                return Ok(None);
+            }
+            "--listen" => {
+                listen = it.next().ok_or("--listen needs an address")?.parse()?;
+            }
+            "--socket-mode" => {
+                let text = it.next().ok_or("--socket-mode needs an octal mode")?;
+                mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| format!("--socket-mode: {text:?} is not an octal mode"))?;
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Some((listen, mode)))
 }

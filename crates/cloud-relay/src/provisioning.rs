@@ -116,6 +116,44 @@ impl FunctionClient {
     }
 }
 
+impl FunctionClient {
+    /// `GET ?uuid=&balena_service=`: the function's `status` for the device (`provisioned`,
+    /// `not-provisioned`, `partial`), or why there is none.
+    pub async fn status(&self) -> Result<String, String> {
+        let mut query = vec![("uuid", self.uuid.as_str())];
+        if let Some(service) = &self.service {
+            query.push(("balena_service", service.as_str()));
+        }
+        let query: Vec<String> = query
+            .into_iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+                )
+            })
+            .collect();
+        let mut call = self
+            .http
+            .get(format!("{}?{}", self.url, query.join("&")))
+            .header("Cache-Control", "no-cache");
+        if let Some(key) = &self.api_key {
+            call = call.bearer_auth(key);
+        }
+        let response = call.send().await.map_err(|e| error_chain(&e))?;
+        let http = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        match body["status"].as_str() {
+            Some(status) if http == 200 => Ok(status.to_string()),
+            _ => Err(format!(
+                "{http} {} {}",
+                body["error"]["code"].as_str().unwrap_or_default(),
+                body["error"]["message"].as_str().unwrap_or_default()
+            )),
+        }
+    }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

@@ -395,6 +395,12 @@ impl IotHubEmulator {
             .map(|d| (d.primary_thumbprint.clone(), d.secondary_thumbprint.clone()))
     }
 
+    /// Removes a device as someone else would in the portal (a test of what the device side
+    /// does when its registration is gone). Whether it existed.
+    pub fn remove_device(&self, id: &str) -> bool {
+        self.state().devices.remove(id).is_some()
+    }
+
     /// Creates (or overwrites) a device from a body as `PUT` takes it, bypassing HTTP and its
     /// etag rules, and returns it as `GET` would. Panics on a body the hub would refuse.
     pub fn seed_device(&self, device: Value) -> Value {
