@@ -78,7 +78,7 @@ impl FunctionClient {
             Ok(r) => r,
             Err(e) => {
                 return Answer::Unreachable {
-                    error: error_chain(&e),
+                    error: error_chain(e),
                 };
             }
         };
@@ -140,7 +140,7 @@ impl FunctionClient {
         if let Some(key) = &self.api_key {
             call = call.bearer_auth(key);
         }
-        let response = call.send().await.map_err(|e| error_chain(&e))?;
+        let response = call.send().await.map_err(error_chain)?;
         let http = response.status().as_u16();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         match body["status"].as_str() {
@@ -154,15 +154,30 @@ impl FunctionClient {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// A request's failure for the log, without its URL: the supervisor's key travels in its query,
+/// and a function URL may carry one (Azure Functions' `?code=`).
+fn error_chain(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let mut text = e.to_string();
-    let mut source = e.source();
+    let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
         source = cause.source();
     }
     text
+}
+
+/// The HTTP client for the function and the supervisor: the public roots built in (a `FROM
+/// scratch` image has no system store), bounded connect and request times.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    use anyhow::Context as _;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(crate::tls::anonymous(crate::tls::roots(None)?)?)
+        .connect_timeout(Duration::from_secs(15))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .context("making the HTTP client")
 }
 
 /// Asks the supervisor to fetch the target state now (and so the new variables).
@@ -190,7 +205,7 @@ pub async fn refresh_variables(http: &reqwest::Client, supervisor: &SupervisorSe
         ),
         Err(e) => tracing::warn!(
             "supervisor: not reachable ({}); the variables arrive with its next poll",
-            error_chain(&e)
+            error_chain(e)
         ),
     }
 }
@@ -341,5 +356,24 @@ pub async fn run(
             tracing::warn!("{warning}");
         }
         tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_request_is_logged_without_its_url() {
+        // Nothing listens on port 1: the request fails, as to an unreachable supervisor.
+        let error = http_client()
+            .unwrap()
+            .post("http://127.0.0.1:1/v1/update?apikey=supervisor-secret")
+            .send()
+            .await
+            .unwrap_err();
+        let line = error_chain(error);
+        assert!(!line.contains("supervisor-secret"), "{line}");
+        assert!(!line.is_empty());
     }
 }

@@ -1,8 +1,6 @@
 //! The relay as a whole: the queue, the local broker side always, and on the cloud side either
 //! the connection (the variables hold credentials) or provisioning (they do not yet).
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 
 use crate::kept_key::KeptKey;
@@ -10,7 +8,7 @@ use crate::link::{self, Credentials};
 use crate::provisioning::{self, FunctionClient, Pacing, Request};
 use crate::queue::Queue;
 use crate::settings::{Env, Settings};
-use crate::{local, tls, uplink};
+use crate::{local, uplink};
 
 /// Runs until SIGTERM or SIGINT (the supervisor stops and restarts the service when its
 /// variables change). Errors only on what a restart cannot mend (an unwritable data directory).
@@ -96,12 +94,7 @@ async fn provision(
              the function refuses a caller that does not prove it is the device"
         );
     }
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls::anonymous(tls::roots(None)?)?)
-        .connect_timeout(Duration::from_secs(15))
-        .timeout(Duration::from_secs(60))
-        .build()
-        .context("making the HTTP client")?;
+    let http = crate::provisioning::http_client()?;
     let request = Request {
         csr: kept.map(|k| k.csr_pem(&settings.device_uuid)).transpose()?,
         rotate,

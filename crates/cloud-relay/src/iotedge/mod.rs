@@ -10,13 +10,8 @@ pub mod answer;
 pub mod assignment;
 pub mod server;
 
-use std::time::Duration;
-
-use anyhow::Context as _;
-
 use crate::kept_key::KeptKey;
 use crate::settings::{Cloud, ProcessEnv, Settings};
-use crate::tls;
 
 /// Runs the endpoint with the process environment until the process ends.
 pub async fn run(
@@ -33,12 +28,7 @@ pub async fn run(
     } else {
         None
     };
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls::anonymous(tls::roots(None)?)?)
-        .connect_timeout(Duration::from_secs(15))
-        .timeout(Duration::from_secs(60))
-        .build()
-        .context("making the HTTP client")?;
+    let http = crate::provisioning::http_client()?;
     let endpoint = server::Endpoint::new(settings, ProcessEnv, kept, http)?;
     server::serve(endpoint, &listen, socket_mode).await
 }
