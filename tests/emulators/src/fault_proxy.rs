@@ -275,6 +275,13 @@ impl Conn {
         }
     }
 
+    /// Whether the peer closed (or broke) the connection while it sat idle: nothing is due on
+    /// it between messages, so any readable state but "would block" means it is unusable.
+    fn closed_by_peer(&self) -> bool {
+        let mut probe = [0u8; 1];
+        !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     /// Reads more bytes into the buffer; `false` at end of stream.
     async fn fill(&mut self) -> std::io::Result<bool> {
         let mut chunk = [0u8; 16 * 1024];
@@ -457,6 +464,12 @@ async fn relay(
                 traffic.finish(index, Some(answer.1));
             }
             None => {
+                // An upstream closes a connection that sat idle (Node's keep-alive timeout):
+                // a transparent proxy opens a new one rather than failing the request the
+                // client sent on its own still-open connection.
+                if outbound.as_ref().is_some_and(Conn::closed_by_peer) {
+                    outbound = None;
+                }
                 let conn = match outbound.as_mut() {
                     Some(conn) => conn,
                     None => {
