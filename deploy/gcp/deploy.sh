@@ -10,11 +10,13 @@
 #      REGION-docker.pkg.dev/PROJECT/REPOSITORY/provision-cloudrun:TAG
 #      (--builder cloud: gcloud builds submit with deploy/gcp/cloudbuild.yaml, the default, no
 #      local Docker needed; --builder docker: docker build + docker push)
-#   3. deploy: gcloud run deploy with the service account, secrets, settings and scaling below
-#      (--via yaml: render deploy/gcp/service.yaml and `gcloud run services replace` it instead)
+#   3. deploy: render deploy/gcp/service.yaml (the one description of the service: its
+#      settings, secrets, scaling and probes) with the options below, `gcloud run services
+#      replace` it, and set the public invoker binding (services replace does not touch IAM)
 #   4. print the URL and check GET /healthz answers 200
 #
-# Options (defaults are the ones infra/gcp uses; scripts/lint-gcp checks they agree):
+# Options (each fills a ${PLACEHOLDER} of deploy/gcp/service.yaml; infra/gcp makes the service
+# account, repository and secrets with the same names):
 #   --project ID              GCP project of the service (required)
 #   --registry-id ID          CB_REGISTRY_ID, the ClearBlade IoT Core registry (required)
 #   --region REGION           Cloud Run and Artifact Registry region (us-central1)
@@ -28,17 +30,17 @@
 #   --skip-build              deploy REGION-docker.pkg.dev/.../provision-cloudrun:TAG as it is
 #   --build-only              build and push, do not deploy
 #   --builder cloud|docker    how to build (cloud)
-#   --via deploy|yaml         gcloud run deploy (deploy) or services replace of service.yaml (yaml)
 #   --balena-api-url URL      BALENA_API_URL (https://api.balena-cloud.com)
 #   --key-type TYPE           PROVISION_KEY_TYPE: ec-p256 or rsa-2048 (ec-p256)
 #   --request-budget-ms MS    PROVISION_REQUEST_BUDGET_MS (25000)
-#   --rust-log FILTER         RUST_LOG (info)
+#   --rust-log FILTER         RUST_LOG (info, or a filter such as info,provision_core=debug)
 #   --no-operator-token       do not pass PROVISION_OPERATOR_TOKEN (no operator token at all)
 #   --accept-anonymous-callers  PROVISION_ALLOW_UNAUTHENTICATED=true: the function accepts
 #                             callers with no credential at all (the published functions'
 #                             behaviour, for old cloud-relay fleets). Not the default.
-#   --private                 --no-allow-unauthenticated: Cloud Run IAM in front (callers need a
-#                             Google ID token besides their bearer token; devices have none)
+#   --private                 no public invoker (allUsers' roles/run.invoker binding removed):
+#                             Cloud Run IAM in front (callers need a Google ID token besides
+#                             their bearer token; devices have none)
 #   --timeout SECONDS         request timeout (60)     --concurrency N    per instance (40)
 #   --min-instances N         (0)                      --max-instances N  (10)
 #   --cpu CPU                 ("1")                    --memory SIZE      (256Mi)
@@ -61,7 +63,7 @@ usage() { sed -n '2,/^set -euo pipefail$/p' "$0" | sed '$d' | sed 's/^# \{0,1\}/
 
 project="" registry_id="" region="us-central1" registry_project="" registry_region=""
 service="balena-provision" service_account="" repository="balena-provision" tag="" image=""
-skip_build=false build_only=false builder="cloud" via="deploy"
+skip_build=false build_only=false builder="cloud"
 balena_api_url="https://api.balena-cloud.com" key_type="ec-p256" request_budget_ms=25000
 rust_log="info" operator_token=true anonymous_callers=false public_invoker=true
 timeout=60 concurrency=40 min_instances=0 max_instances=10 cpu="1" memory="256Mi"
@@ -84,7 +86,6 @@ while [[ $# -gt 0 ]]; do
     --skip-build) skip_build=true; shift ;;
     --build-only) build_only=true; shift ;;
     --builder) need_value "$@"; builder="$2"; shift 2 ;;
-    --via) need_value "$@"; via="$2"; shift 2 ;;
     --balena-api-url) need_value "$@"; balena_api_url="$2"; shift 2 ;;
     --key-type) need_value "$@"; key_type="$2"; shift 2 ;;
     --request-budget-ms) need_value "$@"; request_budget_ms="$2"; shift 2 ;;
@@ -125,11 +126,9 @@ matches --service "$service" '^[a-z]([-a-z0-9]{0,47}[a-z0-9])?$' "lowercase lett
 matches --service-account "$service_account" '^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9.-]+\.iam\.gserviceaccount\.com$' "a service account e-mail"
 matches --repository "$repository" '^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$' "lowercase letters, digits and hyphens"
 matches --builder "$builder" '^(cloud|docker)$' "cloud or docker"
-matches --via "$via" '^(deploy|yaml)$' "deploy or yaml"
 matches --balena-api-url "$balena_api_url" '^https://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$' "an https:// URL"
 matches --key-type "$key_type" '^(ec-p256|rsa-2048)$' "ec-p256 or rsa-2048"
 matches --rust-log "$rust_log" '^[A-Za-z0-9_:=.,/-]+$' "a RUST_LOG filter such as info or info,provision_core=debug"
-[[ "$rust_log" != *,* ]] || die "--rust-log: a filter with commas cannot go through --set-env-vars; set it in service.yaml or Terraform"
 matches --cpu "$cpu" '^([1248]|0\.[0-9]+)$' "1, 2, 4, 8 or a fraction such as 0.5"
 matches --memory "$memory" '^[0-9]+(Mi|Gi)$' "a size such as 256Mi or 1Gi"
 int_in --request-budget-ms "$request_budget_ms" 100 900000
@@ -153,26 +152,10 @@ matches --tag "$tag" '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$' "letters, digits, _ .
 image="${image:-$region-docker.pkg.dev/$project/$repository/provision-cloudrun:$tag}"
 matches --image "$image" '^[a-z0-9.-]+(:[0-9]+)?/[A-Za-z0-9._/-]+(:[A-Za-z0-9_.-]+|@sha256:[0-9a-f]{64})$' "a full image reference with a tag or digest"
 
-# Environment variable => Secret Manager secret (the ids infra/gcp creates), and the plain
-# settings. PORT is Cloud Run's to set.
-secret_names=(BALENA_API_KEY CB_SERVICE_ACCOUNT)
-secret_ids=(balena-api-key clearblade-service-account)
-if [[ $operator_token == true ]]; then
-  secret_names+=(PROVISION_OPERATOR_TOKEN)
-  secret_ids+=(provision-operator-token)
-fi
+# The plain settings service.yaml's env placeholders take (PORT is Cloud Run's to set). The
+# secrets are service.yaml's own (valueFrom.secretKeyRef, the ids infra/gcp creates).
 env_names=(PROVISION_CLOUD BALENA_API_URL PROVISION_ALLOW_UNAUTHENTICATED PROVISION_REQUEST_BUDGET_MS PROVISION_KEY_TYPE RUST_LOG GCP_PROJECT_ID GCP_REGION CB_REGISTRY_ID)
 env_values=(gcp "$balena_api_url" "$anonymous_callers" "$request_budget_ms" "$key_type" "$rust_log" "$registry_project" "$registry_region" "$registry_id")
-
-set_secrets=""
-for i in "${!secret_names[@]}"; do
-  set_secrets+="${set_secrets:+,}${secret_names[$i]}=${secret_ids[$i]}:latest"
-done
-set_env=""
-for i in "${!env_names[@]}"; do
-  [[ "${env_values[$i]}" != *,* ]] || die "${env_names[$i]} must not contain a comma"
-  set_env+="${set_env:+,}${env_names[$i]}=${env_values[$i]}"
-done
 
 # service.yaml with its ${PLACEHOLDERS} filled in; any placeholder left over is an error.
 render_yaml() {
@@ -204,6 +187,12 @@ if [[ $print_yaml == true ]]; then
   render_yaml
   exit 0
 fi
+rendered="$(mktemp --suffix=.yaml)"
+trap 'rm -f "$rendered"' EXIT
+render_yaml >"$rendered"
+# The Secret Manager secrets the service reads: the secretKeyRef names of the rendered YAML.
+mapfile -t secret_ids < <(awk '/secretKeyRef:/ { ref = 1; next } ref && $1 == "name:" { print $2; ref = 0 }' "$rendered")
+[[ ${#secret_ids[@]} -gt 0 ]] || die "deploy/gcp/service.yaml reads no Secret Manager secret (secretKeyRef): is it intact?"
 
 # run CMD...: print the command, then run it (only print it with --dry-run).
 run() {
@@ -213,7 +202,7 @@ run() {
 
 echo "deploy:   project $project, region $region, service $service, runs as $service_account"
 echo "deploy:   registry $registry_id ($registry_project, $registry_region), image $image"
-echo "deploy:   secrets: $set_secrets"
+echo "deploy:   secrets: ${secret_ids[*]}"
 if [[ $dry_run == true ]]; then
   echo "deploy:   --dry-run: printing the commands only"
 else
@@ -254,42 +243,15 @@ if [[ $build_only == true ]]; then
 fi
 
 # ---- 3. deploy ---------------------------------------------------------------------------
+echo "deploy: 3/4 gcloud run services replace (deploy/gcp/service.yaml, rendered)"
+run gcloud run services replace "$rendered" --project="$project" --region="$region" --platform=managed --quiet
+# Public invoker by default: devices have no Google identity (see the top).
 if [[ $public_invoker == true ]]; then
-  invoker=--allow-unauthenticated
+  run gcloud run services add-iam-policy-binding "$service" --project="$project" --region="$region" \
+    --member=allUsers --role=roles/run.invoker --quiet
 else
-  invoker=--no-allow-unauthenticated
-fi
-if [[ $via == deploy ]]; then
-  echo "deploy: 3/4 gcloud run deploy $service"
-  run gcloud run deploy "$service" \
-    --project="$project" --region="$region" --platform=managed \
-    --image="$image" \
-    --service-account="$service_account" \
-    --set-secrets="$set_secrets" \
-    --set-env-vars="$set_env" \
-    --port=8080 \
-    --timeout="$timeout" \
-    --concurrency="$concurrency" \
-    --min-instances="$min_instances" \
-    --max-instances="$max_instances" \
-    --cpu="$cpu" --memory="$memory" \
-    --cpu-throttling --cpu-boost \
-    --ingress=all \
-    "$invoker" \
-    --quiet
-else
-  echo "deploy: 3/4 gcloud run services replace (deploy/gcp/service.yaml, rendered)"
-  rendered="$(mktemp --suffix=.yaml)"
-  trap 'rm -f "$rendered"' EXIT
-  render_yaml >"$rendered"
-  run gcloud run services replace "$rendered" --project="$project" --region="$region" --platform=managed --quiet
-  if [[ $public_invoker == true ]]; then
-    run gcloud run services add-iam-policy-binding "$service" --project="$project" --region="$region" \
-      --member=allUsers --role=roles/run.invoker --quiet
-  else
-    run gcloud run services remove-iam-policy-binding "$service" --project="$project" --region="$region" \
-      --member=allUsers --role=roles/run.invoker --quiet || true
-  fi
+  run gcloud run services remove-iam-policy-binding "$service" --project="$project" --region="$region" \
+    --member=allUsers --role=roles/run.invoker --quiet || true
 fi
 
 # ---- 4. check ----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 # One-time GCP setup for the provisioning function on Cloud Run (deploy/gcp/README.md):
-# APIs, the service's own service account, its Secret Manager secrets (no values), the
-# Artifact Registry repository for the image, and, once `image` is set, the Cloud Run service
-# with its public invoker binding.
+# APIs, the service's own service account, its Secret Manager secrets (no values) and the
+# Artifact Registry repository for the image. The Cloud Run service itself is described once, in
+# deploy/gcp/service.yaml, and deployed from it by deploy/gcp/deploy.sh (gcloud run services
+# replace); the secrets made here are the ones that file reads.
 
 locals {
   services = toset([
@@ -12,37 +13,19 @@ locals {
     "secretmanager.googleapis.com",
   ])
 
-  # Environment variable => Secret Manager secret id. The values are added out of band
-  # (`gcloud secrets versions add`), never through Terraform: a value given to Terraform is
-  # written in clear into its state. The right-hand sides are secret *names*, not values;
-  # checkov's secrets scan reads `..._KEY = "..."` and `..._TOKEN = "..."` as secrets, hence the
-  # skips (one comment covers the line below it).
+  # Environment variable => Secret Manager secret id, as deploy/gcp/service.yaml reads them
+  # (its env entries with valueFrom.secretKeyRef). The values are added out of band (`gcloud
+  # secrets versions add`), never through Terraform: a value given to Terraform is written in
+  # clear into its state.
+  service = yamldecode(file("${path.module}/../../deploy/gcp/service.yaml"))
   all_secrets = {
-    #checkov:skip=CKV_SECRET_6:Not a secret: the Secret Manager secret id (name) of the balena API key; the value is added out of band.
-    BALENA_API_KEY     = "balena-api-key"
-    CB_SERVICE_ACCOUNT = "clearblade-service-account"
-    #checkov:skip=CKV_SECRET_6:Not a secret: the Secret Manager secret id (name) of the operator token; the value is added out of band.
-    PROVISION_OPERATOR_TOKEN = "provision-operator-token"
+    for env in local.service.spec.template.spec.containers[0].env :
+    env.name => env.valueFrom.secretKeyRef.name if can(env.valueFrom.secretKeyRef.name)
   }
   secrets = {
     for name, id in local.all_secrets : name => id
     if name != "PROVISION_OPERATOR_TOKEN" || var.operator_token_enabled
   }
-
-  # Plain settings (nothing secret). PORT is set by Cloud Run itself.
-  env = {
-    PROVISION_CLOUD                 = "gcp"
-    BALENA_API_URL                  = var.balena_api_url
-    PROVISION_ALLOW_UNAUTHENTICATED = tostring(var.allow_unauthenticated_callers)
-    PROVISION_REQUEST_BUDGET_MS     = tostring(var.request_budget_ms)
-    PROVISION_KEY_TYPE              = var.key_type
-    RUST_LOG                        = var.rust_log
-    GCP_PROJECT_ID                  = var.clearblade_project_id != "" ? var.clearblade_project_id : var.project_id
-    GCP_REGION                      = var.clearblade_region != "" ? var.clearblade_region : var.region
-    CB_REGISTRY_ID                  = var.clearblade_registry_id
-  }
-
-  create_service = var.image != ""
 }
 
 resource "google_project_service" "apis" {
@@ -58,7 +41,7 @@ resource "google_project_service" "apis" {
 resource "google_service_account" "run" {
   account_id   = var.service_account_id
   display_name = "balena provisioning function (Cloud Run)"
-  description  = "Runtime identity of ${var.service_name}: reads its own Secret Manager secrets, nothing else."
+  description  = "Runtime identity of the balena provisioning function: reads its own Secret Manager secrets, nothing else."
 
   depends_on = [google_project_service.apis]
 }
@@ -122,116 +105,4 @@ resource "google_artifact_registry_repository" "images" {
   }
 
   depends_on = [google_project_service.apis]
-}
-
-resource "google_cloud_run_v2_service" "provision" {
-  count = local.create_service ? 1 : 0
-
-  name                = var.service_name
-  location            = var.region
-  ingress             = "INGRESS_TRAFFIC_ALL" # devices call it from anywhere on the internet
-  deletion_protection = var.deletion_protection
-
-  template {
-    service_account                  = google_service_account.run.email
-    timeout                          = "${var.timeout_seconds}s"
-    max_instance_request_concurrency = var.concurrency
-
-    scaling {
-      min_instance_count = var.min_instances
-      max_instance_count = var.max_instances
-    }
-
-    containers {
-      image = var.image
-
-      ports {
-        name           = "http1"
-        container_port = 8080
-      }
-
-      resources {
-        limits = {
-          cpu    = var.cpu
-          memory = var.memory
-        }
-        cpu_idle          = true # CPU only while serving requests (request-based billing)
-        startup_cpu_boost = true
-      }
-
-      dynamic "env" {
-        for_each = local.env
-        content {
-          name  = env.key
-          value = env.value
-        }
-      }
-
-      dynamic "env" {
-        for_each = local.secrets
-        content {
-          name = env.key
-          value_source {
-            secret_key_ref {
-              secret  = google_secret_manager_secret.secrets[env.key].secret_id
-              version = "latest"
-            }
-          }
-        }
-      }
-
-      # GET /healthz answers 200 without touching any upstream.
-      startup_probe {
-        http_get {
-          path = "/healthz"
-          port = 8080
-        }
-        initial_delay_seconds = 0
-        period_seconds        = 1
-        timeout_seconds       = 1
-        failure_threshold     = 10
-      }
-
-      liveness_probe {
-        http_get {
-          path = "/healthz"
-          port = 8080
-        }
-        period_seconds    = 30
-        timeout_seconds   = 2
-        failure_threshold = 3
-      }
-    }
-  }
-
-  lifecycle {
-    # Releases are rolled out by deploy/gcp/deploy.sh (gcloud run deploy) with the same
-    # settings as here; Terraform must not roll the image back, nor fight over the client
-    # fields gcloud sets.
-    ignore_changes = [
-      client,
-      client_version,
-      template[0].containers[0].image,
-    ]
-  }
-
-  depends_on = [
-    google_project_service.apis,
-    google_secret_manager_secret_iam_member.run_reads,
-  ]
-}
-
-# Public invoker: intended. Devices authenticate to the function itself with their own balena
-# API key (checked against balenaCloud) or the operator token; they have no Google identity to
-# get an ID token with. Cloud Run IAM in front would turn every device request into a 403 before
-# the function sees it. With public_invoker = false, only callers holding roles/run.invoker
-# (and presenting a Google ID token besides their bearer token) can call it.
-resource "google_cloud_run_v2_service_iam_member" "public" {
-  count = local.create_service && var.public_invoker ? 1 : 0
-
-  project  = google_cloud_run_v2_service.provision[0].project
-  location = google_cloud_run_v2_service.provision[0].location
-  name     = google_cloud_run_v2_service.provision[0].name
-  role     = "roles/run.invoker"
-  member   = "allUsers"
 }

@@ -12,13 +12,3 @@ output "secret_ids" {
   description = "Environment variable => Secret Manager secret id; add a version to each before the first deployment."
   value       = { for name, secret in google_secret_manager_secret.secrets : name => secret.secret_id }
 }
-
-output "service_name" {
-  description = "Cloud Run service name."
-  value       = var.service_name
-}
-
-output "service_url" {
-  description = "URL of the service (empty until `image` is set)."
-  value       = local.create_service ? google_cloud_run_v2_service.provision[0].uri : ""
-}
