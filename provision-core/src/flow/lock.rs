@@ -1,0 +1,536 @@
+//! The device lock: generation `n + 1` of the device's `provision-lock-<n>` tag (see the
+//! module above), what its tag values say, and the guards a request holds it with.
+//!
+//! Taking the lock gives a guard that must be ended: a [`Held`] lock by [`Held::release`], a
+//! [`GoalLock`] (one that says what it is for) by [`GoalLock::reached`], leaving it for the
+//! next request to read as done, or by [`GoalLock::undo_and_release`]. Work that needs the
+//! lock takes a `&Held` as proof, which a goal lock cannot give: whatever more a device needs
+//! after a fast path gave way is done under a lock taken afresh.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::api::ids::DeviceUuid;
+use crate::balena::VarTarget;
+use crate::error::{ProvisionError, UpstreamFailure};
+use crate::retry::Deadline;
+
+use super::read::Snapshot;
+use super::undo::Journal;
+use super::{Job, Provisioner};
+
+/// What a lock is taken for, when its holder does not release it: done once the state shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Goal {
+    /// Nothing of the device left (a DELETE).
+    Gone,
+    /// The key with this fingerprint in use, named by the variables (a new device's POST),
+    /// with the private key stored beside them where `private` (the function made the key).
+    Key { key: String, private: bool },
+}
+
+/// A lock tag's value: `<holder> until <unix ms>[ goal gone| goal key <fingerprint>[ private]
+/// for <target>][ released]`, the target being `device` or `service-<install id>`. Written
+/// with `Display`, read with `FromStr`, and nowhere else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct LockValue {
+    pub(super) holder: String,
+    pub(super) until: u64,
+    /// The goal and the variables' target it is about.
+    pub(super) goal: Option<(Goal, String)>,
+    pub(super) released: bool,
+}
+
+impl fmt::Display for LockValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} until {}", self.holder, self.until)?;
+        match &self.goal {
+            None => {}
+            Some((Goal::Gone, target)) => write!(f, " goal gone for {target}")?,
+            Some((Goal::Key { key, private }, target)) => {
+                let private = if *private { " private" } else { "" };
+                write!(f, " goal key {key}{private} for {target}")?
+            }
+        }
+        if self.released {
+            f.write_str(" released")?;
+        }
+        Ok(())
+    }
+}
+
+/// A lock value that cannot be read.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Unreadable;
+
+impl FromStr for LockValue {
+    type Err = Unreadable;
+
+    fn from_str(value: &str) -> Result<Self, Unreadable> {
+        let words: Vec<&str> = value.split_whitespace().collect();
+        let after = |word: &str| {
+            words
+                .iter()
+                .position(|w| *w == word)
+                .and_then(|i| words.get(i + 1))
+                .copied()
+        };
+        let holder = words.first().ok_or(Unreadable)?.to_string();
+        let until = after("until")
+            .and_then(|u| u.parse().ok())
+            .ok_or(Unreadable)?;
+        let goal = match after("goal") {
+            None => None,
+            Some("gone") => Some(Goal::Gone),
+            Some("key") => Some(Goal::Key {
+                key: after("key").ok_or(Unreadable)?.to_owned(),
+                private: words.contains(&"private"),
+            }),
+            Some(_) => return Err(Unreadable),
+        };
+        let goal = match goal {
+            Some(goal) => Some((goal, after("for").ok_or(Unreadable)?.to_owned())),
+            None => None,
+        };
+        Ok(LockValue {
+            holder,
+            until,
+            goal,
+            released: words.last() == Some(&"released"),
+        })
+    }
+}
+
+impl LockValue {
+    /// A tag's value as the flow judges it: an unreadable one counts as expired.
+    pub(super) fn read(value: &str) -> LockValue {
+        value.parse().unwrap_or(LockValue {
+            holder: String::new(),
+            until: 0,
+            goal: None,
+            released: false,
+        })
+    }
+
+    /// Free whatever the device's state: released, expired, or with an expiry further ahead
+    /// than any holder sets (longest budget + grace + clock skew), which is garbage a device's
+    /// key wrote, not a lock.
+    pub(super) fn is_free_by_itself(&self) -> bool {
+        let now = now_ms();
+        self.released || self.until < now || self.until > now.saturating_add(MAX_HOLD_MS)
+    }
+}
+
+/// How a lock's value names the variables' target.
+fn target_word(target: VarTarget) -> String {
+    match target {
+        VarTarget::Device { .. } => "device".to_owned(),
+        VarTarget::Service { service_install_id } => format!("service-{service_install_id}"),
+    }
+}
+
+/// A lock this request is about to take: the generation after the latest it read.
+pub(super) struct Claim {
+    device: i64,
+    pub(super) generation: u64,
+    value: LockValue,
+}
+
+/// The lock, held by this request with nothing said about what it is for.
+#[must_use = "a held lock must be released"]
+pub(super) struct Held(Claim);
+
+/// The lock, taken for a goal: it is left in place once the goal is reached, or this request's
+/// own writes are undone and it is released. Nothing else may follow it.
+#[must_use = "a goal lock ends with its goal reached, or its writes undone and released"]
+pub(super) struct GoalLock(Claim);
+
+/// How taking a lock went.
+pub(super) enum Taken<L> {
+    /// This request holds it.
+    Ours(L),
+    /// Another request took that generation first.
+    Theirs,
+    /// Unknown (the call failed): it may exist, so it is released like one held.
+    Unknown(L, UpstreamFailure),
+}
+
+impl Held {
+    /// Marks the lock released (its tag stays: the next change follows its generation).
+    pub(super) async fn release(self, provisioner: &Provisioner, deadline: Deadline) {
+        release(provisioner, deadline, self.0).await
+    }
+}
+
+impl GoalLock {
+    /// The goal is reached: the tag stays as it is, and the next request reads it as free.
+    pub(super) fn reached(self) {}
+
+    /// The goal will not be reached by this request: its own writes are undone (an empty
+    /// journal when what it did is to stay, as a removal's), then the lock is released.
+    pub(super) async fn undo_and_release(
+        self,
+        provisioner: &Provisioner,
+        job: &Job<'_>,
+        journal: Journal,
+    ) {
+        journal.unwind(provisioner, job).await;
+        release(provisioner, job.deadline, self.0).await
+    }
+
+    /// The goal will not be reached by this request, and what it did stays (a removal's
+    /// deletions): the lock is released.
+    pub(super) async fn release(self, provisioner: &Provisioner, job: &Job<'_>) {
+        release(provisioner, job.deadline, self.0).await
+    }
+}
+
+async fn release(provisioner: &Provisioner, deadline: Deadline, claim: Claim) {
+    // Released even when the budget is spent: a lock left held would stall the next request.
+    let deadline = deadline.extended(provisioner.reserve());
+    let deadline = if deadline.remaining() < Duration::from_secs(2) {
+        Deadline::after(Duration::from_secs(2))
+    } else {
+        deadline
+    };
+    let released = LockValue {
+        released: true,
+        ..claim.value.clone()
+    };
+    if let Err(f) = provisioner
+        .balena
+        .rewrite_lock(
+            deadline,
+            claim.device,
+            claim.generation,
+            &claim.value.to_string(),
+            &released.to_string(),
+        )
+        .await
+    {
+        tracing::error!(error = %f, "could not release the device lock; it expires by itself");
+    }
+}
+
+/// Which generation a request waiting for the lock may take regardless of what it says.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Wait {
+    /// A generation this request already found free (done, released or expired); it stays so,
+    /// whatever happened to the device since (this request's own first steps may have undone
+    /// what it was for).
+    pub(super) seen_free: Option<u64>,
+    /// This request removed credentials beside another's taking of the lock (a DELETE that
+    /// lost the race), so the registry may no longer hold the key the lock was taken for: its
+    /// variables, which that removal left alone, stand for it.
+    pub(super) disturbed: bool,
+}
+
+impl Provisioner {
+    /// The lock after `snapshot`'s latest, for this job, with a goal or none.
+    pub(super) fn claim(&self, job: &Job<'_>, snapshot: &Snapshot, goal: Option<Goal>) -> Claim {
+        let generation = snapshot
+            .record
+            .head_lock()
+            .map_or(1, |h| h.generation.saturating_add(1));
+        let holder: String = job
+            .request_id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(64)
+            .collect();
+        Claim {
+            device: snapshot.record.device_id,
+            generation,
+            value: LockValue {
+                holder: if holder.is_empty() {
+                    "request".to_owned()
+                } else {
+                    holder
+                },
+                until: now_ms() + self.budget.as_millis() as u64 + 5_000,
+                goal: goal.map(|g| (g, target_word(snapshot.target))),
+                released: false,
+            },
+        }
+    }
+
+    /// Takes the lock for its goal: see [`Provisioner::take`].
+    pub(super) async fn take_for_goal(
+        &self,
+        job: &Job<'_>,
+        snapshot: &Snapshot,
+        claim: Claim,
+    ) -> Taken<GoalLock> {
+        match self.take(job, snapshot, claim).await {
+            Taken::Ours(Held(c)) => Taken::Ours(GoalLock(c)),
+            Taken::Theirs => Taken::Theirs,
+            Taken::Unknown(Held(c), f) => Taken::Unknown(GoalLock(c), f),
+        }
+    }
+
+    /// Takes the lock `claim` names, deleting beside it lock tags so old that no request can
+    /// still follow them.
+    async fn take(&self, job: &Job<'_>, snapshot: &Snapshot, claim: Claim) -> Taken<Held> {
+        let device = snapshot.record.device_id;
+        let head = snapshot.record.head_lock().map(|h| h.generation);
+        // A request follows the generation it read within its own budget: a tag whose holder's
+        // time ended two budgets ago is past following (and never the latest one).
+        let horizon = now_ms().saturating_sub(2 * self.budget.as_millis() as u64);
+        let stale: Vec<i64> = snapshot
+            .record
+            .locks
+            .iter()
+            .filter(|l| Some(l.generation) != head && LockValue::read(&l.value).until < horizon)
+            .map(|l| l.id)
+            .collect();
+        let tidy = async {
+            if !stale.is_empty()
+                && let Err(f) = self.balena.delete_locks(job.deadline, device, &stale).await
+            {
+                tracing::warn!(error = %f, "could not delete old lock tags; the next change tries again");
+            }
+        };
+        let value = claim.value.to_string();
+        let (taken, ()) = tokio::join!(
+            self.balena
+                .try_lock(job.deadline, device, claim.generation, &value),
+            tidy
+        );
+        match taken {
+            Ok(true) => Taken::Ours(Held(claim)),
+            Ok(false) => Taken::Theirs,
+            Err(f) => Taken::Unknown(Held(claim), f),
+        }
+    }
+
+    /// Waits, within half the remaining budget, until the device's lock is free, and takes it.
+    /// Returns it with the state read just before taking it, which is current: any change
+    /// since would have taken the lock first.
+    async fn acquire(&self, job: &Job<'_>, wait: Wait) -> Result<(Held, Snapshot), ProvisionError> {
+        let give_up = tokio::time::Instant::now() + job.deadline.remaining() / 2;
+        let mut pause_base = Duration::from_millis(20);
+        loop {
+            let snapshot = self.read(job).await?;
+            let head = snapshot.record.head_lock().map(|h| h.generation);
+            if (head.is_some() && head == wait.seen_free)
+                || self.lock_free_as(&snapshot, false, wait.disturbed)
+            {
+                let claim = self.claim(job, &snapshot, None);
+                match self.take(job, &snapshot, claim).await {
+                    Taken::Ours(held) => return Ok((held, snapshot)),
+                    Taken::Theirs => {}
+                    Taken::Unknown(held, f) => {
+                        held.release(self, job.deadline).await;
+                        return Err(lock_failure(job.uuid(), f));
+                    }
+                }
+            }
+            let pause = pause_base.mul_f64(0.5 + fastrand::f64());
+            if tokio::time::Instant::now() + pause >= give_up {
+                let held = snapshot
+                    .record
+                    .head_lock()
+                    .map(|h| h.value.clone())
+                    .unwrap_or_default();
+                tracing::warn!(lock = %held, vars = snapshot.record.vars.len(), credentials = snapshot.state.credentials.len(), "gave up waiting for the device lock");
+                return Err(ProvisionError::Busy(job.uuid().to_string()));
+            }
+            tokio::time::sleep(pause).await;
+            pause_base = (pause_base * 2).min(Duration::from_millis(400));
+        }
+    }
+
+    /// Waits for the lock, runs `work` under it with the state read just before taking it,
+    /// and releases it, whatever the work came to.
+    pub(super) async fn locked<T>(
+        &self,
+        job: &Job<'_>,
+        wait: Wait,
+        work: impl AsyncFnOnce(&Held, Snapshot) -> Result<T, ProvisionError>,
+    ) -> Result<T, ProvisionError> {
+        let (lock, snapshot) = self.acquire(job, wait).await?;
+        let result = work(&lock, snapshot).await;
+        lock.release(self, job.deadline).await;
+        result
+    }
+
+    /// Whether the device's latest lock leaves it free to change, as `snapshot` shows it: none,
+    /// released, expired (a holder that crashed), or done, what it was taken for being so (a
+    /// fast path's key in use; nothing left after a removal). `removal`: for DELETE, a key in
+    /// use also shows as the variables naming it.
+    pub(super) fn lock_free(&self, snapshot: &Snapshot, removal: bool) -> bool {
+        self.lock_free_as(snapshot, removal, false)
+    }
+
+    /// [`Provisioner::lock_free`] for a request that may have disturbed the holder's goal (see
+    /// [`Wait::disturbed`]).
+    fn lock_free_as(&self, snapshot: &Snapshot, removal: bool, disturbed: bool) -> bool {
+        let Some(head) = snapshot.record.head_lock() else {
+            return true;
+        };
+        let value = LockValue::read(&head.value);
+        if value.is_free_by_itself() {
+            return true;
+        }
+        let Some((goal, target)) = &value.goal else {
+            return false;
+        };
+        // A goal is about the variables of one target (the device's, or one service's): a
+        // request reading another target's judges it by the registry alone (the holder's
+        // variables are created, never overwritten, so any still arriving lose nothing).
+        if *target != target_word(snapshot.target) {
+            return match goal {
+                Goal::Key { key, .. } => snapshot.state.credentials.iter().any(|c| {
+                    c.active
+                        && c.public_key
+                            .as_ref()
+                            .is_none_or(|k| k.fingerprint() == *key)
+                }),
+                Goal::Gone => snapshot.state.credentials.iter().all(|c| !c.is_ours()),
+            };
+        }
+        match goal {
+            // An empty entry does not count: a racing fast path that lost the lock may have made
+            // one after the holder read the device (the next request uses or removes it).
+            Goal::Gone => snapshot.holds_nothing_of_ours(),
+            // Done once its variables exist (the private key's too where the holder stores one)
+            // and the registry holds the key: those are the holder's last writes (whatever has
+            // happened to their values since, by hand or not).
+            Goal::Key { key, private } => {
+                let vars = snapshot.vars();
+                let private_name = self.registry.private_key_variable();
+                let written = self
+                    .registry
+                    .variable_names()
+                    .iter()
+                    .filter(|n| **n != private_name || *private)
+                    .all(|n| vars.contains_key(*n));
+                let named_is_key = self
+                    .registry
+                    .stored_public_key(&vars)
+                    .is_some_and(|k| k.fingerprint() == *key);
+                let holds_key = snapshot.state.credentials.iter().any(|c| {
+                    c.public_key
+                        .as_ref()
+                        .is_some_and(|k| k.fingerprint() == *key)
+                        || (named_is_key && self.registry.names(&vars, c))
+                });
+                // For DELETE the variables naming the key stand for it.
+                written && (holds_key || (removal && named_is_key) || disturbed)
+            }
+        }
+    }
+}
+
+/// Why taking the lock failed, as the caller reads it: a device deleted since it was read is
+/// not found (404), not an upstream failure.
+pub(super) fn lock_failure(uuid: &DeviceUuid, failure: UpstreamFailure) -> ProvisionError {
+    match failure {
+        UpstreamFailure::Refused { status: 404, .. } => {
+            ProvisionError::DeviceNotFound(uuid.to_string())
+        }
+        failure => ProvisionError::balena("taking the device lock", failure),
+    }
+}
+
+/// The furthest ahead a holder sets its lock's expiry: the longest request budget
+/// (`PROVISION_REQUEST_BUDGET_MS` ≤ 900 s), the 5 s grace, and a minute of clock skew.
+const MAX_HOLD_MS: u64 = 900_000 + 5_000 + 60_000;
+
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(goal: Option<(Goal, &str)>, released: bool) -> LockValue {
+        LockValue {
+            holder: "req-1".into(),
+            until: 1_700_000_000_000,
+            goal: goal.map(|(g, t)| (g, t.to_owned())),
+            released,
+        }
+    }
+
+    #[test]
+    fn written_values_read_back() {
+        let key = Goal::Key {
+            key: "0a1b".into(),
+            private: true,
+        };
+        let public = Goal::Key {
+            key: "ff".into(),
+            private: false,
+        };
+        for v in [
+            value(None, false),
+            value(None, true),
+            value(Some((Goal::Gone, "device")), false),
+            value(Some((Goal::Gone, "service-12")), true),
+            value(Some((key, "device")), true),
+            value(Some((public, "service-3")), false),
+        ] {
+            assert_eq!(v.to_string().parse::<LockValue>(), Ok(v.clone()), "{v}");
+        }
+    }
+
+    #[test]
+    fn values_of_earlier_versions_read() {
+        let v: LockValue = "abc-1 until 1700000000000 goal key 0a1b private for device released"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            v.goal,
+            Some((
+                Goal::Key {
+                    key: "0a1b".into(),
+                    private: true
+                },
+                "device".into()
+            ))
+        );
+        assert!(v.released);
+        assert_eq!("x until 7".parse::<LockValue>().map(|v| v.goal), Ok(None));
+    }
+
+    #[test]
+    fn unreadable_values_count_as_expired() {
+        for garbage in [
+            "",
+            "garbage",
+            "x until soon",
+            "x until 5 goal what for device",
+        ] {
+            assert_eq!(garbage.parse::<LockValue>(), Err(Unreadable), "{garbage:?}");
+            let read = LockValue::read(garbage);
+            assert_eq!(read.until, 0);
+            assert!(read.is_free_by_itself());
+        }
+    }
+
+    #[test]
+    fn free_by_itself() {
+        let now = now_ms();
+        let at = |until| LockValue {
+            until,
+            ..value(None, false)
+        };
+        assert!(!at(now + 10_000).is_free_by_itself(), "held");
+        assert!(at(now - 1).is_free_by_itself(), "expired");
+        assert!(
+            at(now + MAX_HOLD_MS + 60_000).is_free_by_itself(),
+            "further ahead than any holder sets: garbage"
+        );
+        let released = LockValue {
+            released: true,
+            ..at(now + 10_000)
+        };
+        assert!(released.is_free_by_itself());
+    }
+}

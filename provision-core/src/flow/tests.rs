@@ -1,0 +1,688 @@
+//! The flow in process: the real balenaCloud client against the in-process balenaCloud
+//! emulator (one attempt per call, so an injected fault fails the step), and a registry kept in
+//! memory whose steps can be made to fail. Every branch of provision, repair, rotation, DELETE
+//! and their undoing, in milliseconds; the process-level suites (tests/) run the same flow
+//! against the clouds' emulators, moto and the real balenaCloud API server.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use provision_emulators::balena::{BalenaEmulator, Fault};
+
+use super::*;
+use crate::api::request::{Operation, ProvisionRequest};
+use crate::balena::BalenaClient;
+use crate::credentials::{
+    DeviceCsr, DeviceKey, PublicKeyId, certificate_facts, certificate_for_csr,
+};
+use crate::error::UpstreamFailure;
+use crate::registry::{
+    Cloud, Material, RegisteredCredential, Registration, Registry, RegistryState,
+    certificate_variables, stored_certificate,
+};
+use crate::retry::{Deadline, RetryPolicy};
+use crate::secret::Secret;
+
+const CERT: &str = "MEM_CERT";
+const KEY: &str = "MEM_PRIVATE_KEY";
+
+/// A registry step the tests can make fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Register,
+    Activate,
+    Revoke,
+    RemoveEntry,
+}
+
+#[derive(Default)]
+struct Held {
+    entry: bool,
+    credentials: Vec<RegisteredCredential>,
+}
+
+/// An IoT Hub-like registry in memory: an entry holds the device's certificates; registering
+/// adds one inactive, activating makes it usable.
+#[derive(Default)]
+struct MemoryRegistry {
+    held: Mutex<Held>,
+    /// Steps that fail, each as many times as listed.
+    faults: Mutex<Vec<Step>>,
+    /// Every step called, in order.
+    calls: Mutex<Vec<Step>>,
+}
+
+impl MemoryRegistry {
+    fn fail(&self, step: Step, times: usize) {
+        self.faults
+            .lock()
+            .unwrap()
+            .extend(std::iter::repeat_n(step, times));
+    }
+
+    fn step(&self, step: Step) -> Result<(), UpstreamFailure> {
+        self.calls.lock().unwrap().push(step);
+        let mut faults = self.faults.lock().unwrap();
+        match faults.iter().position(|s| *s == step) {
+            Some(i) => {
+                faults.remove(i);
+                Err(UpstreamFailure::Unavailable {
+                    detail: format!("{step:?} made to fail"),
+                })
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn entry(&self) -> bool {
+        self.held.lock().unwrap().entry
+    }
+
+    fn credentials(&self) -> Vec<RegisteredCredential> {
+        self.held.lock().unwrap().credentials.clone()
+    }
+
+    fn calls(&self, step: Step) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| **s == step)
+            .count()
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    fn cloud(&self) -> Cloud {
+        Cloud::Azure
+    }
+
+    fn device_id(&self, uuid: &DeviceUuid) -> String {
+        format!("mem-{uuid}")
+    }
+
+    fn variable_names(&self) -> &'static [&'static str] {
+        &[CERT, KEY]
+    }
+
+    fn private_key_variable(&self) -> &'static str {
+        KEY
+    }
+
+    fn stored_public_key(&self, vars: &BTreeMap<String, Secret>) -> Option<PublicKeyId> {
+        stored_certificate(vars, CERT).map(|facts| facts.public_key)
+    }
+
+    fn entry_holds_credentials(&self) -> bool {
+        true
+    }
+
+    fn variables(
+        &self,
+        _uuid: &DeviceUuid,
+        credential: &RegisteredCredential,
+        private_key: Option<&Secret>,
+    ) -> Vec<(&'static str, Secret)> {
+        certificate_variables((CERT, KEY), credential, private_key)
+    }
+
+    async fn probe(&self, _deadline: Deadline) -> Result<String, UpstreamFailure> {
+        Ok("memory".into())
+    }
+
+    async fn inspect(
+        &self,
+        _deadline: Deadline,
+        _device_id: &str,
+    ) -> Result<RegistryState, UpstreamFailure> {
+        let held = self.held.lock().unwrap();
+        Ok(RegistryState {
+            entry: held.entry,
+            credentials: held.credentials.clone(),
+            revision: None,
+        })
+    }
+
+    async fn register(
+        &self,
+        _deadline: Deadline,
+        uuid: &DeviceUuid,
+        state: &RegistryState,
+        material: Material<'_>,
+    ) -> Result<Registration, ProvisionError> {
+        self.step(Step::Register)
+            .map_err(|f| ProvisionError::cloud("registering", f))?;
+        let pem = match material {
+            Material::Generated(key) => key.self_signed_pem(uuid, 365),
+            Material::Csr(csr) => certificate_for_csr(csr, 365),
+        }
+        .map_err(ProvisionError::Internal)?;
+        let facts = certificate_facts(&pem).map_err(ProvisionError::Internal)?;
+        let mut held = self.held.lock().unwrap();
+        if held.entry && !state.entry {
+            // As IoT Hub: creating an entry that exists is refused.
+            return Err(ProvisionError::cloud(
+                "registering",
+                UpstreamFailure::Refused {
+                    status: 409,
+                    detail: "the entry exists".into(),
+                },
+            ));
+        }
+        let created_entry = !held.entry;
+        held.entry = true;
+        let credential = RegisteredCredential {
+            id: facts.sha256_thumbprint,
+            locator: None,
+            public_key: Some(facts.public_key),
+            certificate_pem: Some(pem),
+            key_pem: None,
+            active: false,
+            complete: false,
+            foreign: None,
+        };
+        held.credentials.push(credential.clone());
+        Ok(Registration {
+            credential,
+            created_entry,
+        })
+    }
+
+    async fn activate(
+        &self,
+        _deadline: Deadline,
+        _uuid: &DeviceUuid,
+        _state: &RegistryState,
+        _keep: Option<&RegisteredCredential>,
+        credential: &RegisteredCredential,
+    ) -> Result<(), ProvisionError> {
+        self.step(Step::Activate)
+            .map_err(|f| ProvisionError::cloud("activating", f))?;
+        let mut held = self.held.lock().unwrap();
+        match held.credentials.iter_mut().find(|c| c.id == credential.id) {
+            Some(c) => {
+                c.active = true;
+                c.complete = true;
+                Ok(())
+            }
+            None => Err(ProvisionError::cloud(
+                "activating",
+                UpstreamFailure::Refused {
+                    status: 404,
+                    detail: "no such credential".into(),
+                },
+            )),
+        }
+    }
+
+    async fn revoke(
+        &self,
+        _deadline: Deadline,
+        _device_id: &str,
+        credentials: &[RegisteredCredential],
+    ) -> Result<(), UpstreamFailure> {
+        self.step(Step::Revoke)?;
+        let mut held = self.held.lock().unwrap();
+        held.credentials
+            .retain(|c| !credentials.iter().any(|r| r.id == c.id));
+        Ok(())
+    }
+
+    async fn remove_entry(
+        &self,
+        _deadline: Deadline,
+        _device_id: &str,
+    ) -> Result<(), UpstreamFailure> {
+        self.step(Step::RemoveEntry)?;
+        let mut held = self.held.lock().unwrap();
+        held.entry = false;
+        held.credentials.clear();
+        Ok(())
+    }
+
+    async fn unretire(
+        &self,
+        _deadline: Deadline,
+        _device_id: &str,
+        state: &RegistryState,
+        _vars: &BTreeMap<String, Secret>,
+    ) -> Result<(), UpstreamFailure> {
+        let mut held = self.held.lock().unwrap();
+        held.entry = state.entry;
+        held.credentials = state.credentials.clone();
+        Ok(())
+    }
+}
+
+/// One device in balenaCloud (the emulator), the registry in memory, and the flow over both.
+struct Bench {
+    balena: BalenaEmulator,
+    registry: Arc<MemoryRegistry>,
+    flow: Provisioner,
+    device: i64,
+    uuid: DeviceUuid,
+    key: Secret,
+}
+
+impl Bench {
+    async fn start() -> Bench {
+        let balena = BalenaEmulator::start().await.expect("the emulator starts");
+        balena.add_user_key("function-key");
+        let fleet = balena.add_application("fleet");
+        let uuid = uuid::Uuid::new_v4().simple().to_string();
+        let device = balena.add_device(fleet, &uuid);
+        balena.add_device_key(device, "device-key");
+        let client = BalenaClient::new(
+            reqwest::Client::new(),
+            &balena.url(),
+            Secret::new("function-key".to_string()),
+            RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::with_attempt_timeout(Duration::from_secs(2))
+            },
+        );
+        let registry = Arc::new(MemoryRegistry::default());
+        let flow = Provisioner::new(client, registry.clone(), Duration::from_secs(8));
+        Bench {
+            balena,
+            registry,
+            flow,
+            device,
+            uuid: DeviceUuid::parse(&uuid).expect("a UUID"),
+            key: Secret::new("device-key".to_string()),
+        }
+    }
+
+    async fn send(&self, operation: Operation) -> Result<Outcome, ProvisionError> {
+        let request = ProvisionRequest {
+            operation,
+            uuid: self.uuid.clone(),
+            service: None,
+        };
+        self.flow
+            .run(request, Caller::BalenaKey(self.key.clone()), "req-test")
+            .await
+    }
+
+    async fn post(&self) -> Result<Outcome, ProvisionError> {
+        self.send(Operation::Provision {
+            rotate: false,
+            csr: None,
+        })
+        .await
+    }
+
+    async fn status(&self) -> Status {
+        self.send(Operation::Status).await.expect("GET").status
+    }
+
+    fn vars(&self) -> BTreeMap<String, String> {
+        self.balena.device_vars(self.device)
+    }
+
+    /// The device's lock tags' values, latest last.
+    fn locks(&self) -> Vec<String> {
+        let tags = self.balena.device_tags(self.device);
+        let mut locks: Vec<(u64, String)> = tags
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let generation = k.strip_prefix("provision-lock-")?.parse().ok()?;
+                Some((generation, v))
+            })
+            .collect();
+        locks.sort();
+        locks.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// The device's lock is free to the next request, without waiting.
+    fn lock_free(&self) -> bool {
+        self.locks().last().is_none_or(|v| {
+            let value = lock::LockValue::read(v);
+            value.released || value.goal.is_some()
+        })
+    }
+
+    /// Everything consistent: the stored certificate is an active credential of the registry,
+    /// and no other credential is there.
+    fn assert_provisioned(&self) {
+        let vars = self.vars();
+        let credentials = self.registry.credentials();
+        assert_eq!(credentials.len(), 1, "one credential: {credentials:?}");
+        assert!(credentials[0].active);
+        assert_eq!(
+            vars.get(CERT).map(String::as_str),
+            Some(
+                crate::credentials::base64_encode(
+                    credentials[0]
+                        .certificate_pem
+                        .as_deref()
+                        .unwrap()
+                        .as_bytes()
+                )
+                .as_str()
+            ),
+            "the variables name the registered certificate"
+        );
+    }
+
+    fn assert_nothing(&self) {
+        assert!(self.vars().is_empty(), "no variables: {:?}", self.vars());
+        assert!(self.registry.credentials().is_empty(), "no credentials");
+        assert!(!self.registry.entry(), "no entry");
+    }
+}
+
+fn balena_fault(method: &str, times: usize) -> Fault {
+    Fault::new(500)
+        .method(method)
+        .resource("device_environment_variable")
+        .times(times)
+}
+
+#[tokio::test]
+async fn a_new_device_is_created_on_the_fast_path_and_its_lock_says_so() {
+    let bench = Bench::start().await;
+    let outcome = bench.post().await.expect("created");
+    assert_eq!(outcome.status, Status::Created);
+    assert_eq!(outcome.device_id, format!("mem-{}", bench.uuid));
+    bench.assert_provisioned();
+    assert!(bench.vars().contains_key(KEY));
+    let locks = bench.locks();
+    assert_eq!(locks.len(), 1);
+    assert!(
+        locks[0].contains(" goal key ") && !locks[0].ends_with("released"),
+        "the fast path's lock names its goal instead of a release: {locks:?}"
+    );
+    assert!(bench.lock_free());
+    // The registry was not read: the fast path registers straight away.
+    assert_eq!(bench.registry.calls(Step::Register), 1);
+
+    assert_eq!(
+        bench.post().await.unwrap().status,
+        Status::AlreadyProvisioned
+    );
+    assert_eq!(bench.status().await, Status::Provisioned);
+}
+
+#[tokio::test]
+async fn the_fast_path_undoes_everything_when_the_variables_cannot_be_stored() {
+    let bench = Bench::start().await;
+    bench.balena.inject_fault(balena_fault("POST", 1));
+    let e = bench.post().await.expect_err("the store fails");
+    assert!(e.to_string().contains("storing the variables"), "{e}");
+    bench.assert_nothing();
+    assert!(
+        bench.locks().last().unwrap().ends_with("released"),
+        "{:?}",
+        bench.locks()
+    );
+    assert_eq!(bench.post().await.unwrap().status, Status::Created);
+    bench.assert_provisioned();
+}
+
+#[tokio::test]
+async fn the_fast_path_undoes_everything_when_activation_fails() {
+    let bench = Bench::start().await;
+    bench.registry.fail(Step::Activate, 1);
+    let e = bench.post().await.expect_err("activation fails");
+    assert!(e.to_string().contains("activating"), "{e}");
+    bench.assert_nothing();
+    assert!(bench.locks().last().unwrap().ends_with("released"));
+    assert_eq!(bench.post().await.unwrap().status, Status::Created);
+    bench.assert_provisioned();
+}
+
+#[tokio::test]
+async fn a_failed_registration_leaves_nothing_and_releases_the_lock() {
+    let bench = Bench::start().await;
+    bench.registry.fail(Step::Register, 1);
+    bench.post().await.expect_err("registration fails");
+    bench.assert_nothing();
+    assert!(bench.lock_free());
+    assert_eq!(bench.post().await.unwrap().status, Status::Created);
+}
+
+#[tokio::test]
+async fn an_entry_made_elsewhere_is_read_under_the_lock() {
+    let bench = Bench::start().await;
+    // An empty entry balenaCloud knows nothing of: the fast path registers as if there were
+    // none, the registry refuses, and provisioning goes on under a lock taken afresh.
+    bench.registry.held.lock().unwrap().entry = true;
+    let outcome = bench.post().await.expect("created");
+    assert_eq!(outcome.status, Status::Created);
+    bench.assert_provisioned();
+    assert_eq!(bench.registry.calls(Step::Register), 2);
+    let locks = bench.locks();
+    assert_eq!(locks.len(), 2, "{locks:?}");
+    assert!(locks.iter().all(|l| l.ends_with("released")), "{locks:?}");
+}
+
+#[tokio::test]
+async fn concurrent_posts_for_a_new_device_make_one_credential() {
+    let bench = Bench::start().await;
+    bench.balena.set_latency(Duration::from_millis(15));
+    let (a, b) = tokio::join!(bench.post(), bench.post());
+    let mut statuses = [a.unwrap().status, b.unwrap().status];
+    statuses.sort_by_key(|s| s.as_str());
+    assert_eq!(statuses, [Status::AlreadyProvisioned, Status::Created]);
+    bench.assert_provisioned();
+    assert!(bench.lock_free());
+}
+
+/// A private key stored for the device that is not its certificate's.
+fn corrupt(bench: &Bench) -> String {
+    let other = DeviceKey::generate().unwrap();
+    let value = crate::credentials::base64_encode(other.private_pem().expose().as_bytes());
+    bench.balena.set_device_var(bench.device, KEY, &value);
+    value
+}
+
+#[tokio::test]
+async fn stored_variables_that_no_longer_match_are_repaired() {
+    let bench = Bench::start().await;
+    bench.post().await.unwrap();
+    let old = bench.registry.credentials()[0].id.clone();
+    corrupt(&bench);
+    assert_eq!(bench.status().await, Status::Partial);
+    assert_eq!(bench.post().await.unwrap().status, Status::Repaired);
+    bench.assert_provisioned();
+    assert_ne!(bench.registry.credentials()[0].id, old, "a new credential");
+    assert!(bench.locks().last().unwrap().ends_with("released"));
+}
+
+#[tokio::test]
+async fn a_repair_that_cannot_store_puts_everything_back() {
+    let bench = Bench::start().await;
+    bench.post().await.unwrap();
+    let old = bench.registry.credentials();
+    let bad = corrupt(&bench);
+    let before = bench.vars();
+    bench.balena.inject_fault(balena_fault("PATCH", 1));
+    bench.post().await.expect_err("the store fails");
+    assert_eq!(bench.vars(), before, "the variables as they were");
+    assert_eq!(bench.vars()[KEY], bad);
+    let now: Vec<String> = bench
+        .registry
+        .credentials()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(now, old.into_iter().map(|c| c.id).collect::<Vec<_>>());
+    assert!(bench.lock_free());
+}
+
+#[tokio::test]
+async fn rotation_replaces_the_credential_and_revokes_the_old_one_last() {
+    let bench = Bench::start().await;
+    bench.post().await.unwrap();
+    let old = bench.registry.credentials()[0].id.clone();
+    let outcome = bench
+        .send(Operation::Provision {
+            rotate: true,
+            csr: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, Status::Rotated);
+    bench.assert_provisioned();
+    assert_ne!(bench.registry.credentials()[0].id, old);
+}
+
+#[tokio::test]
+async fn a_rotation_whose_old_credential_cannot_be_revoked_keeps_it_named() {
+    let bench = Bench::start().await;
+    bench.post().await.unwrap();
+    let before = bench.vars();
+    let old = bench.registry.credentials()[0].id.clone();
+    bench.registry.fail(Step::Revoke, 1);
+    bench
+        .send(Operation::Provision {
+            rotate: true,
+            csr: None,
+        })
+        .await
+        .expect_err("the old credential stays");
+    assert_eq!(bench.vars(), before, "the variables name the old one again");
+    bench.assert_provisioned();
+    assert_eq!(bench.registry.credentials()[0].id, old);
+}
+
+#[tokio::test]
+async fn a_csr_whose_provisioning_fails_gets_the_stored_private_key_back() {
+    let bench = Bench::start().await;
+    bench.post().await.unwrap();
+    let before = bench.vars();
+    let key = DeviceKey::generate().unwrap();
+    let csr = DeviceCsr::parse(&key.csr_pem(&bench.uuid).unwrap(), &bench.uuid).unwrap();
+    bench.registry.fail(Step::Activate, 1);
+    bench
+        .send(Operation::Provision {
+            rotate: false,
+            csr: Some(csr),
+        })
+        .await
+        .expect_err("activation fails");
+    assert_eq!(
+        bench.vars(),
+        before,
+        "the private key deleted for the CSR is back"
+    );
+    bench.assert_provisioned();
+
+    let csr = DeviceCsr::parse(&key.csr_pem(&bench.uuid).unwrap(), &bench.uuid).unwrap();
+    let outcome = bench
+        .send(Operation::Provision {
+            rotate: false,
+            csr: Some(csr),
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, Status::Repaired);
+    assert!(!bench.vars().contains_key(KEY), "the device keeps its key");
+    assert!(outcome.variables.contains(&KEY.to_string()));
+}
+
+#[tokio::test]
+async fn delete_removes_everything_and_its_lock_says_so() {
+    let bench = Bench::start().await;
+    bench.post().await.unwrap();
+    let outcome = bench.send(Operation::Deprovision).await.unwrap();
+    assert_eq!(outcome.status, Status::Deleted);
+    assert_eq!(outcome.variables, vec![CERT.to_string(), KEY.to_string()]);
+    bench.assert_nothing();
+    assert!(bench.locks().last().unwrap().contains(" goal gone "));
+    assert!(bench.lock_free());
+    let again = bench.send(Operation::Deprovision).await.unwrap();
+    assert_eq!(again.status, Status::NotProvisioned);
+    assert_eq!(bench.status().await, Status::NotProvisioned);
+}
+
+#[tokio::test]
+async fn a_delete_whose_variables_stay_makes_the_credential_work_again() {
+    let bench = Bench::start().await;
+    bench.post().await.unwrap();
+    let before = bench.vars();
+    bench.balena.inject_fault(balena_fault("DELETE", 1));
+    let e = bench.send(Operation::Deprovision).await.expect_err("fails");
+    assert!(e.to_string().contains("deleting the variables"), "{e}");
+    assert_eq!(bench.vars(), before);
+    bench.assert_provisioned();
+    assert!(bench.lock_free());
+    assert_eq!(
+        bench.send(Operation::Deprovision).await.unwrap().status,
+        Status::Deleted
+    );
+    bench.assert_nothing();
+}
+
+#[tokio::test]
+async fn a_delete_whose_credential_still_works_stores_the_variables_again() {
+    let bench = Bench::start().await;
+    bench.post().await.unwrap();
+    let before = bench.vars();
+    bench.registry.fail(Step::RemoveEntry, 1);
+    bench
+        .send(Operation::Deprovision)
+        .await
+        .expect_err("the entry stays");
+    assert_eq!(bench.vars(), before, "the variables are back");
+    bench.assert_provisioned();
+    assert!(bench.lock_free());
+}
+
+#[tokio::test]
+async fn delete_under_the_lock_puts_the_variables_back_when_revocation_fails() {
+    let bench = Bench::start().await;
+    bench.post().await.unwrap();
+    let before = bench.vars();
+    // Another request's lock, held for a moment more: DELETE waits for it and works under a
+    // lock of its own instead of the fast path.
+    let until = lock::now_ms() + 300;
+    bench.balena.set_device_tag(
+        bench.device,
+        "provision-lock-2",
+        &format!("other-holder until {until}"),
+    );
+    bench.registry.fail(Step::RemoveEntry, 1);
+    bench
+        .send(Operation::Deprovision)
+        .await
+        .expect_err("the entry stays");
+    assert_eq!(bench.vars(), before);
+    bench.assert_provisioned();
+    assert!(bench.locks().last().unwrap().ends_with("released"));
+}
+
+#[tokio::test]
+async fn another_devices_key_changes_nothing() {
+    let bench = Bench::start().await;
+    let fleet = bench.balena.add_application("other");
+    let other = bench
+        .balena
+        .add_device(fleet, &uuid::Uuid::new_v4().simple().to_string());
+    bench.balena.add_device_key(other, "other-key");
+    let request = ProvisionRequest {
+        operation: Operation::Provision {
+            rotate: false,
+            csr: None,
+        },
+        uuid: bench.uuid.clone(),
+        service: None,
+    };
+    let e = bench
+        .flow
+        .run(
+            request,
+            Caller::BalenaKey(Secret::new("other-key".to_string())),
+            "r",
+        )
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, ProvisionError::Forbidden(_)), "{e:?}");
+    bench.assert_nothing();
+    assert!(bench.registry.calls.lock().unwrap().is_empty());
+    assert!(bench.locks().is_empty());
+}
