@@ -21,10 +21,6 @@ impl Deadline {
         self.0.saturating_duration_since(Instant::now())
     }
 
-    pub fn instant(&self) -> Instant {
-        self.0
-    }
-
     /// The same deadline moved `by` later: the time kept back for cleaning up after a failure.
     pub fn extended(&self, by: Duration) -> Self {
         Deadline(self.0 + by)
@@ -69,8 +65,6 @@ pub enum Attempt<T> {
     Done(T),
     /// Worth another try (429, 5xx, connection error), after `retry_after` if the upstream said.
     Retry(UpstreamFailure),
-    /// Final: retrying cannot help.
-    Fail(UpstreamFailure),
 }
 
 impl RetryPolicy {
@@ -94,7 +88,6 @@ impl RetryPolicy {
             let limit = self.attempt_timeout.min(remaining);
             let failure = match tokio::time::timeout(limit, attempt()).await {
                 Ok(Attempt::Done(value)) => return Ok(value),
-                Ok(Attempt::Fail(failure)) => return Err(failure),
                 Ok(Attempt::Retry(failure)) => failure,
                 Err(_) => UpstreamFailure::Unavailable {
                     detail: format!("no answer within {} ms", limit.as_millis()),
@@ -157,25 +150,6 @@ mod tests {
             .await;
         assert_eq!(out.unwrap(), 7);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
-    }
-
-    #[tokio::test]
-    async fn final_failure_is_not_retried() {
-        let calls = AtomicU32::new(0);
-        let out: Result<(), _> = quick()
-            .run(Deadline::after(Duration::from_secs(5)), || async {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Attempt::Fail(UpstreamFailure::Refused {
-                    status: 400,
-                    detail: "no".into(),
-                })
-            })
-            .await;
-        assert!(matches!(
-            out,
-            Err(UpstreamFailure::Refused { status: 400, .. })
-        ));
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
