@@ -8,10 +8,10 @@
 
 use std::fmt;
 
-use crate::api::ids::{DeviceUuid, ServiceName};
 use crate::balena::{BalenaClient, DeviceRecord, LockTag};
 use crate::config::Settings;
 use crate::error::UpstreamFailure;
+use crate::ids::{DeviceUuid, ServiceName};
 use crate::registry::{Cloud, Registry, RegistryState};
 use crate::retry::{Deadline, RetryPolicy};
 

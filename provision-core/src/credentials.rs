@@ -2,29 +2,12 @@
 //! (EC P-256 by default: a key in well under a millisecond, no `openssl` processes), and parsed
 //! and checked with `x509-parser`.
 
-use base64::Engine;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData};
 use x509_parser::prelude::*;
 
-use crate::api::ids::DeviceUuid;
+use crate::codec::{base64_encode, sha256};
+use crate::ids::DeviceUuid;
 use crate::secret::Secret;
-
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
-}
-
-pub fn base64_encode(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
-
-pub fn base64_decode(data: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD
-        .decode(data.trim())
-        .ok()
-}
 
 /// The bits that identify a public key (the subjectPublicKey of an SPKI: the EC point, or the
 /// RSA modulus and exponent). Two credentials are "the same key" when these are equal.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::credentials::sha256;
+use crate::codec::sha256;
 use crate::secret::Secret;
 
 /// How long a refusal is remembered: long enough to absorb a retry loop, short enough that a

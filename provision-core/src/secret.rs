@@ -18,7 +18,6 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
-
 }
 
 impl fmt::Debug for Secret {
@@ -43,8 +42,8 @@ impl From<String> for Secret {
 /// they first differ: both sides are hashed to a fixed width first.
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
     use subtle::ConstantTimeEq;
-    let da = crate::credentials::sha256(a.as_bytes());
-    let db = crate::credentials::sha256(b.as_bytes());
+    let da = crate::codec::sha256(a.as_bytes());
+    let db = crate::codec::sha256(b.as_bytes());
     da.ct_eq(&db).into()
 }
 

@@ -223,7 +223,7 @@ pub fn thumbprint(cert_pem: &str) -> String {
 
 /// Uppercase hex SHA-256, as IoT Hub shows thumbprints.
 fn sha256_hex(data: &[u8]) -> String {
-    provision_core::credentials::sha256(data)
+    provision_core::codec::sha256(data)
         .iter()
         .map(|b| format!("{b:02X}"))
         .collect()

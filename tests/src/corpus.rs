@@ -117,7 +117,7 @@ impl Material {
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
-    let body = provision_core::credentials::base64_encode(der);
+    let body = provision_core::codec::base64_encode(der);
     let lines: Vec<&str> = body
         .as_bytes()
         .chunks(64)

@@ -611,7 +611,7 @@ impl Stack for GcpWorld {
 
 /// The function's id for a key: the first 8 bytes of its SHA-256, hex (what GET reports).
 fn fingerprint(public_key: &[u8]) -> String {
-    provision_core::credentials::sha256(public_key)[..8]
+    provision_core::codec::sha256(public_key)[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

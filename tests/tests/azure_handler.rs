@@ -77,7 +77,7 @@ async fn an_interrupted_rotation_always_leaves_a_working_certificate() {
             .unwrap()
             .1
             .contents;
-        let thumbprint: String = provision_core::credentials::sha256(&der)
+        let thumbprint: String = provision_core::codec::sha256(&der)
             .iter()
             .map(|b| format!("{b:02X}"))
             .collect();

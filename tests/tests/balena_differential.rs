@@ -16,8 +16,8 @@
 
 use std::time::Duration;
 
-use provision_core::api::ids::{DeviceUuid, ServiceName};
 use provision_core::balena::{BalenaClient, DeviceRecord, VarTarget};
+use provision_core::ids::{DeviceUuid, ServiceName};
 use provision_core::retry::{Deadline, RetryPolicy};
 use provision_core::secret::Secret;
 use provision_emulators::balena::BalenaEmulator;

@@ -1,7 +1,6 @@
 //! The HTTP contract: one handler over `http::Request` / `http::Response` that every host
 //! (Lambda, the Azure custom handler, Cloud Run) calls as it is.
 
-pub mod ids;
 pub mod request;
 
 use std::panic::AssertUnwindSafe;
@@ -14,7 +13,7 @@ use serde_json::json;
 
 use crate::auth::{self, AuthPolicy};
 use crate::error::ProvisionError;
-use crate::flow::{Outcome, Provisioner};
+use crate::flow::{Operation, Outcome, Provisioner};
 use request::{Route, route};
 
 /// A request id a host already has (the Lambda request id, the Functions invocation id); put
@@ -137,12 +136,12 @@ impl Service {
 /// cloud-relay block) may ask for: only a device provisioned with credentials the function
 /// makes. No CSR (its key would become the device's), no rotation and no removal (anyone who
 /// knows a UUID could take a device over or cut a fleet off).
-fn anonymous_may(operation: &request::Operation) -> Result<(), ProvisionError> {
+fn anonymous_may(operation: &Operation) -> Result<(), ProvisionError> {
     let refused = match operation {
-        request::Operation::Provision { csr: Some(_), .. } => "a CSR",
-        request::Operation::Provision { rotate: true, .. } => "a rotation",
-        request::Operation::Deprovision => "a removal",
-        request::Operation::Provision { .. } | request::Operation::Status => return Ok(()),
+        Operation::Provision { csr: Some(_), .. } => "a CSR",
+        Operation::Provision { rotate: true, .. } => "a rotation",
+        Operation::Deprovision => "a removal",
+        Operation::Provision { .. } | Operation::Status => return Ok(()),
     };
     Err(ProvisionError::AuthRequired(format!(
         "{refused} needs credentials: send 'Authorization: Bearer <the device's own BALENA_API_KEY or the operator token>' \

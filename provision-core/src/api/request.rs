@@ -5,9 +5,10 @@ use http::{HeaderMap, Method, header};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::api::ids::{DeviceUuid, ServiceName};
 use crate::credentials::DeviceCsr;
 use crate::error::{ProvisionError, codes};
+use crate::flow::{Operation, ProvisionRequest};
+use crate::ids::{DeviceUuid, ServiceName};
 
 /// Largest body accepted, as the contract says.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -17,28 +18,6 @@ pub const PROVISION_METHODS: &str = "GET, POST, DELETE";
 
 /// The methods the health check serves (`HEAD` is `GET` without the body).
 pub const HEALTH_METHODS: &str = "GET, HEAD";
-
-/// What the caller asks for.
-#[derive(Debug)]
-pub enum Operation {
-    /// POST: make the device provisioned (create, repair, or rotate when asked).
-    Provision {
-        rotate: bool,
-        csr: Option<DeviceCsr>,
-    },
-    /// DELETE: remove everything provisioning made.
-    Deprovision,
-    /// GET: report what exists.
-    Status,
-}
-
-/// A request that passed validation.
-#[derive(Debug)]
-pub struct ProvisionRequest {
-    pub operation: Operation,
-    pub uuid: DeviceUuid,
-    pub service: Option<ServiceName>,
-}
 
 /// The request's route, decided from the path alone.
 #[derive(Debug, PartialEq, Eq)]

@@ -13,8 +13,8 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::ids::{DeviceUuid, ServiceName};
 use crate::error::UpstreamFailure;
+use crate::ids::{DeviceUuid, ServiceName};
 use crate::retry::{Deadline, RetryPolicy};
 use crate::secret::Secret;
 use crate::upstream::{self, Answer};

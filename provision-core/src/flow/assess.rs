@@ -4,11 +4,12 @@
 use serde_json::{Value, json};
 
 use crate::balena::VarTarget;
-use crate::credentials::{DeviceCsr, base64_decode, public_key_of_private_pem};
+use crate::codec::base64_decode;
+use crate::credentials::{DeviceCsr, public_key_of_private_pem};
 use crate::registry::{Foreign, RegisteredCredential};
 use crate::secret::Secret;
 
-use super::read::Snapshot;
+use super::snapshot::Snapshot;
 use super::{Job, Outcome, Provisioner, Status};
 
 /// Which private-key arrangement a request expects.

@@ -5,7 +5,7 @@
 use crate::error::ProvisionError;
 
 use super::lock::{Goal, Held, Taken, Wait};
-use super::read::Snapshot;
+use super::snapshot::Snapshot;
 use super::undo::{Journal, Step};
 use super::{Job, Outcome, Provisioner, Status};
 

@@ -3,7 +3,8 @@
 //!
 //! A reader starts here, with [`Provisioner::run`], and follows it into one file per concern:
 //!
-//! * `read.rs`: the caller's proof and the device's state in one round trip (a [`Snapshot`]);
+//! * `read.rs`: the caller's proof and the device's state in one round trip (a `Snapshot`,
+//!   `snapshot.rs`);
 //! * `assess.rs`: what the state is worth (is the stored credential usable? what is stale?),
 //!   and the report a GET answers;
 //! * `provision.rs`: POST, from the fast path for a device with nothing provisioned to repair
@@ -35,6 +36,7 @@ mod deprovision;
 mod lock;
 mod provision;
 mod read;
+mod snapshot;
 mod undo;
 
 #[cfg(test)]
@@ -45,17 +47,38 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::api::ids::DeviceUuid;
-use crate::api::request::{Operation, ProvisionRequest};
 use crate::auth::Caller;
 use crate::balena::BalenaClient;
-use crate::credentials::KeyAlgorithm;
+use crate::credentials::{DeviceCsr, KeyAlgorithm};
 use crate::error::ProvisionError;
+use crate::ids::{DeviceUuid, ServiceName};
 use crate::registry::{RegisteredCredential, Registry};
 use crate::rejected_keys::RejectedKeys;
 use crate::retry::Deadline;
 
 use assess::KeyMode;
+
+/// What the caller asks for.
+#[derive(Debug)]
+pub enum Operation {
+    /// POST: make the device provisioned (create, repair, or rotate when asked).
+    Provision {
+        rotate: bool,
+        csr: Option<DeviceCsr>,
+    },
+    /// DELETE: remove everything provisioning made.
+    Deprovision,
+    /// GET: report what exists.
+    Status,
+}
+
+/// A request that passed validation (`api` makes it from HTTP): the flow's input.
+#[derive(Debug)]
+pub struct ProvisionRequest {
+    pub operation: Operation,
+    pub uuid: DeviceUuid,
+    pub service: Option<ServiceName>,
+}
 
 /// What a request came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

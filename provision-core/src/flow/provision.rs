@@ -12,7 +12,7 @@ use crate::secret::Secret;
 
 use super::assess::KeyMode;
 use super::lock::{Goal, Held, Taken, Wait, lock_failure};
-use super::read::Snapshot;
+use super::snapshot::Snapshot;
 use super::undo::{Journal, Step};
 use super::{Job, Outcome, Provisioner, Status};
 

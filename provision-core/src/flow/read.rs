@@ -1,46 +1,17 @@
 //! Reading the device: the caller's proof beside balenaCloud's record, then the registry, in
 //! as few round trips as the request allows.
 
-use std::collections::BTreeMap;
+use crate::ids::DeviceUuid;
 
-use crate::api::ids::DeviceUuid;
-use crate::api::request::Operation;
 use crate::balena::{Actor, DeviceRecord, VarTarget};
 use crate::error::{ProvisionError, UpstreamFailure, codes};
-use crate::registry::{Foreign, RegisteredCredential, RegistryState};
+use crate::registry::{Foreign, RegistryState};
 use crate::rejected_keys::Refused;
 use crate::secret::Secret;
 
 use super::lock::LockValue;
-use super::{Job, Provisioner};
-
-/// Everything known about one device at one moment.
-pub(super) struct Snapshot {
-    pub(super) record: DeviceRecord,
-    pub(super) target: VarTarget,
-    pub(super) state: RegistryState,
-}
-
-impl Snapshot {
-    pub(super) fn vars(&self) -> BTreeMap<String, Secret> {
-        self.record.values()
-    }
-
-    /// Nothing of ours anywhere: no variables, no credentials (an empty entry may exist).
-    pub(super) fn holds_nothing_of_ours(&self) -> bool {
-        self.record.vars.is_empty()
-            && !self
-                .state
-                .credentials
-                .iter()
-                .any(RegisteredCredential::is_ours)
-    }
-
-    /// Nothing at all: [`Snapshot::holds_nothing_of_ours`], and no registry entry either.
-    pub(super) fn is_empty(&self) -> bool {
-        self.holds_nothing_of_ours() && !self.state.entry
-    }
-}
+use super::snapshot::Snapshot;
+use super::{Job, Operation, Provisioner};
 
 impl Provisioner {
     /// The refusal a key earned a moment ago, if it would refuse this request too (a key once

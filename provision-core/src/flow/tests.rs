@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use provision_emulators::balena::{BalenaEmulator, Fault};
 
 use super::*;
-use crate::api::request::{Operation, ProvisionRequest};
+
 use crate::balena::BalenaClient;
 use crate::credentials::{
     DeviceCsr, DeviceKey, PublicKeyId, certificate_facts, certificate_for_csr,
@@ -355,7 +355,7 @@ impl Bench {
         assert_eq!(
             vars.get(CERT).map(String::as_str),
             Some(
-                crate::credentials::base64_encode(
+                crate::codec::base64_encode(
                     credentials[0]
                         .certificate_pem
                         .as_deref()
@@ -475,7 +475,7 @@ async fn concurrent_posts_for_a_new_device_make_one_credential() {
 /// A private key stored for the device that is not its certificate's.
 fn corrupt(bench: &Bench) -> String {
     let other = DeviceKey::generate().unwrap();
-    let value = crate::credentials::base64_encode(other.private_pem().expose().as_bytes());
+    let value = crate::codec::base64_encode(other.private_pem().expose().as_bytes());
     bench.balena.set_device_var(bench.device, KEY, &value);
     value
 }

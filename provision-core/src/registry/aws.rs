@@ -14,9 +14,10 @@ use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
 use super::{
     Cloud, Foreign, Material, RegisteredCredential, Registration, Registry, RegistryState,
 };
-use crate::api::ids::DeviceUuid;
-use crate::credentials::{PublicKeyId, base64_decode, certificate_facts};
+use crate::codec::base64_decode;
+use crate::credentials::{PublicKeyId, certificate_facts};
 use crate::error::{ProvisionError, UpstreamFailure};
+use crate::ids::DeviceUuid;
 use crate::retry::Deadline;
 use crate::secret::Secret;
 

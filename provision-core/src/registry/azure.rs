@@ -17,12 +17,11 @@ use azure_core::http::{ExponentialRetryOptions, RetryOptions};
 use serde_json::{Value, json};
 
 use super::{Cloud, Material, RegisteredCredential, Registration, Registry, RegistryState};
-use crate::api::ids::DeviceUuid;
+use crate::codec::{base64_decode, base64_encode};
 use crate::config::ConfigError;
-use crate::credentials::{
-    PublicKeyId, base64_decode, base64_encode, certificate_facts, certificate_for_csr,
-};
+use crate::credentials::{PublicKeyId, certificate_facts, certificate_for_csr};
 use crate::error::{ProvisionError, UpstreamFailure};
+use crate::ids::DeviceUuid;
 use crate::retry::Deadline;
 use crate::secret::Secret;
 use crate::text::uri_component;

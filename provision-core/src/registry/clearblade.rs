@@ -21,13 +21,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Cloud, Material, RegisteredCredential, Registration, Registry, RegistryState};
-use crate::api::ids::DeviceUuid;
+use crate::codec::{base64_decode, base64_encode};
 use crate::config::ConfigError;
-use crate::credentials::{
-    PublicKeyId, PublicKeyPem, base64_decode, base64_encode, public_key_of_pem,
-    public_key_of_private_pem,
-};
+use crate::credentials::{PublicKeyId, PublicKeyPem, public_key_of_pem, public_key_of_private_pem};
 use crate::error::{ProvisionError, UpstreamFailure};
+use crate::ids::DeviceUuid;
 use crate::retry::{Deadline, RetryPolicy};
 use crate::secret::Secret;
 use crate::text::uri_component;
@@ -410,7 +408,7 @@ fn registered(
     };
     let id = match &key_id {
         Some(key) => key.fingerprint(),
-        None => crate::credentials::sha256(public.key.as_bytes())[..8]
+        None => crate::codec::sha256(public.key.as_bytes())[..8]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect(),

@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::api::ids::DeviceUuid;
 use crate::credentials::{DeviceCsr, DeviceKey, PublicKeyId};
 use crate::error::{ProvisionError, UpstreamFailure};
+use crate::ids::DeviceUuid;
 use crate::retry::Deadline;
 use crate::secret::Secret;
 
@@ -93,7 +93,7 @@ pub(crate) fn stored_certificate(
     vars: &BTreeMap<String, Secret>,
     cert_var: &str,
 ) -> Option<crate::credentials::CertificateFacts> {
-    let pem = crate::credentials::base64_decode(vars.get(cert_var)?.expose())?;
+    let pem = crate::codec::base64_decode(vars.get(cert_var)?.expose())?;
     crate::credentials::certificate_facts(std::str::from_utf8(&pem).ok()?).ok()
 }
 
@@ -105,7 +105,7 @@ pub(crate) fn certificate_variables(
     credential: &RegisteredCredential,
     private_key: Option<&Secret>,
 ) -> Vec<(&'static str, Secret)> {
-    use crate::credentials::base64_encode;
+    use crate::codec::base64_encode;
     let mut vars = vec![(
         cert_var,
         Secret::new(base64_encode(

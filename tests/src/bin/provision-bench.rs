@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use provision_core::api::ids::DeviceUuid;
 use provision_core::credentials::{DeviceKey, KeyAlgorithm};
+use provision_core::ids::DeviceUuid;
 use provision_emulators::fault_proxy::{Exchange, Traffic, sequential_depth};
 use provision_emulators::lambda_runtime::{InvocationOutcome, LambdaRuntimeEmulator};
 use provision_testkit::checks::Target;
@@ -1275,8 +1275,7 @@ fn credentials<S: Bench>(config: &Config, rows: &mut Vec<Row>, failures: &mut Ve
                 Ok(_) => failures.push(format!("{name}: {} made nothing", S::WORK)),
                 Err(e) => failures.push(format!("{name}: {}: {e}", S::WORK)),
             }
-            let _ =
-                provision_core::credentials::base64_encode(key.private_pem().expose().as_bytes());
+            let _ = provision_core::codec::base64_encode(key.private_pem().expose().as_bytes());
             whole.push(started.elapsed());
         }
         let (Some(key), Some(all)) = (median(&keys), median(&whole)) else {
