@@ -1,0 +1,250 @@
+//! The registry in memory the flow's tests run against: IoT Hub-like (an entry holds the
+//! device's certificates; registering adds one inactive, activating makes it usable), with
+//! steps that can be made to fail.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::credentials::{PublicKeyId, certificate_facts, certificate_for_csr};
+use crate::error::{ProvisionError, UpstreamFailure};
+use crate::ids::DeviceUuid;
+use crate::registry::{
+    Cloud, Material, RegisteredCredential, Registration, Registry, RegistryState,
+    certificate_variables, stored_certificate,
+};
+use crate::retry::Deadline;
+use crate::secret::Secret;
+
+pub(super) const CERT: &str = "MEM_CERT";
+pub(super) const KEY: &str = "MEM_PRIVATE_KEY";
+
+/// A registry step the tests can make fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    Register,
+    Activate,
+    Revoke,
+    RemoveEntry,
+}
+
+#[derive(Default)]
+pub(super) struct Held {
+    pub(super) entry: bool,
+    credentials: Vec<RegisteredCredential>,
+}
+
+/// An IoT Hub-like registry in memory: an entry holds the device's certificates; registering
+/// adds one inactive, activating makes it usable.
+#[derive(Default)]
+pub(super) struct MemoryRegistry {
+    pub(super) held: Mutex<Held>,
+    /// Steps that fail, each as many times as listed.
+    faults: Mutex<Vec<Step>>,
+    /// Every step called, in order.
+    pub(super) calls: Mutex<Vec<Step>>,
+}
+
+impl MemoryRegistry {
+    pub(super) fn fail(&self, step: Step, times: usize) {
+        self.faults
+            .lock()
+            .unwrap()
+            .extend(std::iter::repeat_n(step, times));
+    }
+
+    fn step(&self, step: Step) -> Result<(), UpstreamFailure> {
+        self.calls.lock().unwrap().push(step);
+        let mut faults = self.faults.lock().unwrap();
+        match faults.iter().position(|s| *s == step) {
+            Some(i) => {
+                faults.remove(i);
+                Err(UpstreamFailure::Unavailable {
+                    detail: format!("{step:?} made to fail"),
+                })
+            }
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn entry(&self) -> bool {
+        self.held.lock().unwrap().entry
+    }
+
+    pub(super) fn credentials(&self) -> Vec<RegisteredCredential> {
+        self.held.lock().unwrap().credentials.clone()
+    }
+
+    pub(super) fn calls(&self, step: Step) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| **s == step)
+            .count()
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    fn cloud(&self) -> Cloud {
+        Cloud::Azure
+    }
+
+    fn device_id(&self, uuid: &DeviceUuid) -> String {
+        format!("mem-{uuid}")
+    }
+
+    fn variable_names(&self) -> &'static [&'static str] {
+        &[CERT, KEY]
+    }
+
+    fn private_key_variable(&self) -> &'static str {
+        KEY
+    }
+
+    fn stored_public_key(&self, vars: &BTreeMap<String, Secret>) -> Option<PublicKeyId> {
+        stored_certificate(vars, CERT).map(|facts| facts.public_key)
+    }
+
+    fn entry_holds_credentials(&self) -> bool {
+        true
+    }
+
+    fn variables(
+        &self,
+        _uuid: &DeviceUuid,
+        credential: &RegisteredCredential,
+        private_key: Option<&Secret>,
+    ) -> Vec<(&'static str, Secret)> {
+        certificate_variables((CERT, KEY), credential, private_key)
+    }
+
+    async fn probe(&self, _deadline: Deadline) -> Result<String, UpstreamFailure> {
+        Ok("memory".into())
+    }
+
+    async fn inspect(
+        &self,
+        _deadline: Deadline,
+        _device_id: &str,
+    ) -> Result<RegistryState, UpstreamFailure> {
+        let held = self.held.lock().unwrap();
+        Ok(RegistryState {
+            entry: held.entry,
+            credentials: held.credentials.clone(),
+            revision: None,
+        })
+    }
+
+    async fn register(
+        &self,
+        _deadline: Deadline,
+        uuid: &DeviceUuid,
+        state: &RegistryState,
+        material: Material<'_>,
+    ) -> Result<Registration, ProvisionError> {
+        self.step(Step::Register)
+            .map_err(|f| ProvisionError::cloud("registering", f))?;
+        let pem = match material {
+            Material::Generated(key) => key.self_signed_pem(uuid, 365),
+            Material::Csr(csr) => certificate_for_csr(csr, 365),
+        }
+        .map_err(ProvisionError::Internal)?;
+        let facts = certificate_facts(&pem).map_err(ProvisionError::Internal)?;
+        let mut held = self.held.lock().unwrap();
+        if held.entry && !state.entry {
+            // As IoT Hub: creating an entry that exists is refused.
+            return Err(ProvisionError::cloud(
+                "registering",
+                UpstreamFailure::Refused {
+                    status: 409,
+                    detail: "the entry exists".into(),
+                },
+            ));
+        }
+        let created_entry = !held.entry;
+        held.entry = true;
+        let credential = RegisteredCredential {
+            id: facts.sha256_thumbprint,
+            locator: None,
+            public_key: Some(facts.public_key),
+            certificate_pem: Some(pem),
+            key_pem: None,
+            active: false,
+            complete: false,
+            foreign: None,
+        };
+        held.credentials.push(credential.clone());
+        Ok(Registration {
+            credential,
+            created_entry,
+        })
+    }
+
+    async fn activate(
+        &self,
+        _deadline: Deadline,
+        _uuid: &DeviceUuid,
+        _state: &RegistryState,
+        _keep: Option<&RegisteredCredential>,
+        credential: &RegisteredCredential,
+    ) -> Result<(), ProvisionError> {
+        self.step(Step::Activate)
+            .map_err(|f| ProvisionError::cloud("activating", f))?;
+        let mut held = self.held.lock().unwrap();
+        match held.credentials.iter_mut().find(|c| c.id == credential.id) {
+            Some(c) => {
+                c.active = true;
+                c.complete = true;
+                Ok(())
+            }
+            None => Err(ProvisionError::cloud(
+                "activating",
+                UpstreamFailure::Refused {
+                    status: 404,
+                    detail: "no such credential".into(),
+                },
+            )),
+        }
+    }
+
+    async fn revoke(
+        &self,
+        _deadline: Deadline,
+        _device_id: &str,
+        credentials: &[RegisteredCredential],
+    ) -> Result<(), UpstreamFailure> {
+        self.step(Step::Revoke)?;
+        let mut held = self.held.lock().unwrap();
+        held.credentials
+            .retain(|c| !credentials.iter().any(|r| r.id == c.id));
+        Ok(())
+    }
+
+    async fn remove_entry(
+        &self,
+        _deadline: Deadline,
+        _device_id: &str,
+    ) -> Result<(), UpstreamFailure> {
+        self.step(Step::RemoveEntry)?;
+        let mut held = self.held.lock().unwrap();
+        held.entry = false;
+        held.credentials.clear();
+        Ok(())
+    }
+
+    async fn unretire(
+        &self,
+        _deadline: Deadline,
+        _device_id: &str,
+        state: &RegistryState,
+        _vars: &BTreeMap<String, Secret>,
+    ) -> Result<(), UpstreamFailure> {
+        let mut held = self.held.lock().unwrap();
+        held.entry = state.entry;
+        held.credentials = state.credentials.clone();
+        Ok(())
+    }
+}
