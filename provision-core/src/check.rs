@@ -11,8 +11,8 @@ use std::fmt;
 use crate::balena::{BalenaClient, DeviceRecord, LockTag};
 use crate::config::Settings;
 use crate::error::UpstreamFailure;
-use crate::ids::{DeviceUuid, ServiceName};
-use crate::registry::{Cloud, Registry, RegistryState};
+use crate::ids::{DeviceUuid, RegistryDeviceId, ServiceName};
+use crate::registry::{Cloud, Registry, RegistryError, RegistryState};
 use crate::retry::{Deadline, RetryPolicy};
 
 /// The options of the check, for the hosts' `--help`.
@@ -301,9 +301,9 @@ fn balena_line(
 
 fn entry_line(
     cloud: &str,
-    device_id: &str,
+    device_id: &RegistryDeviceId,
     asked_for: bool,
-    entry: Result<RegistryState, UpstreamFailure>,
+    entry: Result<RegistryState, RegistryError>,
 ) -> CheckLine {
     match entry {
         Ok(state) if !state.entry => CheckLine::pass(format!(

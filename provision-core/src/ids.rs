@@ -78,6 +78,40 @@ impl fmt::Display for ServiceName {
     }
 }
 
+/// The registry's id for a device (AWS thing name, IoT Hub or ClearBlade device id), as its
+/// registry works it out from the UUID (see `Registry::device_id`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(transparent)]
+pub struct RegistryDeviceId(String);
+
+impl RegistryDeviceId {
+    /// Only a registry makes one, from a device's UUID.
+    pub fn new(id: String) -> Self {
+        RegistryDeviceId(id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RegistryDeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// balenaCloud's numeric id of a device (the `device` of its variables and tags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct BalenaDeviceId(pub i64);
+
+impl fmt::Display for BalenaDeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

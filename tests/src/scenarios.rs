@@ -791,7 +791,7 @@ pub async fn a_half_provisioned_device_is_repaired<S: Stack>() {
 }
 
 /// Every variable write fails (past the retries) after the registry holds the new credential:
-/// 502 naming the step, no active credential left, no variable, the lease released; a retry
+/// 502 naming the step, no active credential left, no variable, the lock released; a retry
 /// converges.
 pub async fn a_failed_balena_write_leaves_no_orphan<S: Stack>() {
     let world = S::start().await.unwrap();
@@ -882,7 +882,7 @@ pub async fn a_transient_balena_failure_is_retried<S: Stack>() {
 }
 
 /// Eight POSTs at once for one device over four function instances: one `created`, the rest
-/// `already-provisioned`, one credential, no lease left.
+/// `already-provisioned`, one credential, no lock left.
 pub async fn eight_concurrent_posts_end_with_one_credential<S: Stack>() {
     let world = S::start_with(Options {
         instances: 4,

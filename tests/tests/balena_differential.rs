@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use provision_core::balena::{BalenaClient, DeviceRecord, VarTarget};
-use provision_core::ids::{DeviceUuid, ServiceName};
+use provision_core::ids::{BalenaDeviceId, DeviceUuid, ServiceName};
 use provision_core::retry::{Deadline, RetryPolicy};
 use provision_core::secret::Secret;
 use provision_emulators::balena::BalenaEmulator;
@@ -421,7 +421,9 @@ async fn client_story(backend: &Backend) -> (Vec<String>, Vec<(String, String, O
     let unknown_uuid = DeviceUuid::parse(&"0".repeat(32)).expect("uuid");
     let service = ServiceName::parse(SERVICE).expect("service");
     let no_service = ServiceName::parse("no-such-service").expect("service");
-    let on_device = VarTarget::Device { device_id: a.id };
+    let on_device = VarTarget::Device {
+        device_id: BalenaDeviceId(a.id),
+    };
     let on_service = VarTarget::Service {
         service_install_id: a.service_install,
     };
@@ -611,26 +613,34 @@ async fn client_story(backend: &Backend) -> (Vec<String>, Vec<(String, String, O
     // The lock.
     note(format!(
         "try_lock 1 = {:?}",
-        client.try_lock(deadline(), a.id, 1, "held").await
+        client
+            .try_lock(deadline(), BalenaDeviceId(a.id), 1, "held")
+            .await
     ));
     note(format!(
         "try_lock 1 again = {:?}",
-        client.try_lock(deadline(), a.id, 1, "held").await
+        client
+            .try_lock(deadline(), BalenaDeviceId(a.id), 1, "held")
+            .await
     ));
     note(format!(
         "try_lock 2 = {:?}",
-        client.try_lock(deadline(), a.id, 2, "held by 2").await
+        client
+            .try_lock(deadline(), BalenaDeviceId(a.id), 2, "held by 2")
+            .await
     ));
     note(format!(
         "try_lock on a missing device = {:?}",
-        client.try_lock(deadline(), MISSING_ID, 1, "held").await
+        client
+            .try_lock(deadline(), BalenaDeviceId(MISSING_ID), 1, "held")
+            .await
     ));
     note(format!(
         "rewrite_lock 1 = {:?}",
         client
             .rewrite_lock(
                 deadline(),
-                a.id,
+                BalenaDeviceId(a.id),
                 1,
                 "held",
                 "goal key ab:cd for device's vars"
@@ -640,7 +650,7 @@ async fn client_story(backend: &Backend) -> (Vec<String>, Vec<(String, String, O
     note(format!(
         "rewrite_lock 1 (not holding) = {:?}",
         client
-            .rewrite_lock(deadline(), a.id, 1, "held", "stolen")
+            .rewrite_lock(deadline(), BalenaDeviceId(a.id), 1, "held", "stolen")
             .await
     ));
     let record = client.read_device(deadline(), &uuid_a, None, NAMES).await;
@@ -658,11 +668,15 @@ async fn client_story(backend: &Backend) -> (Vec<String>, Vec<(String, String, O
         .unwrap_or_default();
     note(format!(
         "delete_locks [1] = {:?}",
-        client.delete_locks(deadline(), a.id, &lock_ids).await
+        client
+            .delete_locks(deadline(), BalenaDeviceId(a.id), &lock_ids)
+            .await
     ));
     note(format!(
         "delete_locks [missing] = {:?}",
-        client.delete_locks(deadline(), a.id, &[MISSING_ID]).await
+        client
+            .delete_locks(deadline(), BalenaDeviceId(a.id), &[MISSING_ID])
+            .await
     ));
     note(format!("read = {}", read(None, uuid_a.clone()).await));
 
@@ -686,7 +700,7 @@ fn describe(
             let target = match r.target {
                 None => "none".to_string(),
                 Some(VarTarget::Device { device_id }) => {
-                    format!("device {}", backend.device_name(device_id))
+                    format!("device {}", backend.device_name(device_id.0))
                 }
                 Some(VarTarget::Service { service_install_id }) => {
                     format!(
@@ -707,7 +721,7 @@ fn describe(
                 .collect();
             format!(
                 "device {} target {target} vars [{}] locks [{}]",
-                backend.device_name(r.device_id),
+                backend.device_name(r.device_id.0),
                 vars.join(", "),
                 locks.join(", ")
             )

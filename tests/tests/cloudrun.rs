@@ -113,7 +113,7 @@ async fn sigterm_lets_the_request_in_flight_finish() {
 }
 
 /// Two hundred devices provisioned at once through one Cloud Run process: every one answers
-/// `created` and ends fully provisioned; nothing is lost and no lease is left.
+/// `created` and ends fully provisioned; nothing is lost and no lock is left.
 #[tokio::test]
 async fn two_hundred_devices_through_one_process() {
     let world = GcpWorld::start().await.unwrap();

@@ -954,12 +954,12 @@ async fn azure_answers_conform() {
     cloud_answers_conform::<AzureWorld>().await;
 }
 
-/// GCP, also with upstream failures, a held lease and the hostile-input corpus; then every
+/// GCP, also with upstream failures, a held lock and the hostile-input corpus; then every
 /// documented (operation, status) but the 500 must have been seen.
 #[tokio::test]
 async fn gcp_answers_conform_and_cover_the_document() {
     let spec = Spec::load();
-    // A short budget, so that a request waiting for a held lease gives up quickly (at half).
+    // A short budget, so that a request waiting for a held lock gives up quickly (at half).
     let options = Options {
         extra_env: vec![("PROVISION_REQUEST_BUDGET_MS".into(), "4000".into())],
         ..Options::default()

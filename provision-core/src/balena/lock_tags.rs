@@ -9,7 +9,7 @@ impl BalenaClient {
     pub async fn try_lock(
         &self,
         deadline: Deadline,
-        device_id: i64,
+        device_id: BalenaDeviceId,
         generation: u64,
         value: &str,
     ) -> Result<bool, UpstreamFailure> {
@@ -61,7 +61,7 @@ impl BalenaClient {
     pub async fn rewrite_lock(
         &self,
         deadline: Deadline,
-        device_id: i64,
+        device_id: BalenaDeviceId,
         generation: u64,
         from: &str,
         to: &str,
@@ -92,7 +92,7 @@ impl BalenaClient {
     pub async fn delete_locks(
         &self,
         deadline: Deadline,
-        device_id: i64,
+        device_id: BalenaDeviceId,
         ids: &[i64],
     ) -> Result<(), UpstreamFailure> {
         if ids.is_empty() {

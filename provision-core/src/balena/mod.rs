@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::UpstreamFailure;
-use crate::ids::{DeviceUuid, ServiceName};
+use crate::ids::{BalenaDeviceId, DeviceUuid, ServiceName};
 use crate::retry::{Deadline, RetryPolicy};
 use crate::secret::Secret;
 use crate::upstream::{self, Answer};
@@ -25,7 +25,7 @@ use odata::{any_name, expression, literal};
 /// The prefix of the device tags that serialise changes to a device: `provision-lock-<n>`, one
 /// per change, `n` counting up. Tags are not pushed to the device as environment, so taking a
 /// lock restarts nothing.
-pub const LEASE_TAG: &str = "provision-lock";
+pub const LOCK_TAG: &str = "provision-lock";
 
 /// The highest lock generation taken seriously: 2^53, far beyond any device's count of
 /// changes (a million a day for 20,000 years), and exact in any JSON reader.
@@ -47,7 +47,7 @@ impl LockTag {
     /// reach (above [`MAX_GENERATION`]) is garbage, not a lock, so a forged tag can neither
     /// overflow the next generation nor hold the device.
     fn parse(id: i64, key: &str, value: String) -> Option<LockTag> {
-        let rest = key.strip_prefix(LEASE_TAG)?;
+        let rest = key.strip_prefix(LOCK_TAG)?;
         let generation = if rest.is_empty() {
             0
         } else {
@@ -64,14 +64,14 @@ impl LockTag {
     }
 
     pub fn key(generation: u64) -> String {
-        format!("{LEASE_TAG}-{generation}")
+        format!("{LOCK_TAG}-{generation}")
     }
 }
 
 /// Where the variables of one request live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VarTarget {
-    Device { device_id: i64 },
+    Device { device_id: BalenaDeviceId },
     Service { service_install_id: i64 },
 }
 
@@ -85,7 +85,7 @@ impl VarTarget {
 
     fn parent(self) -> (&'static str, i64) {
         match self {
-            VarTarget::Device { device_id } => ("device", device_id),
+            VarTarget::Device { device_id } => ("device", device_id.0),
             VarTarget::Service { service_install_id } => ("service_install", service_install_id),
         }
     }
@@ -101,7 +101,7 @@ pub struct StoredVar {
 /// What balenaCloud holds about one device, as far as provisioning is concerned.
 #[derive(Clone, Debug)]
 pub struct DeviceRecord {
-    pub device_id: i64,
+    pub device_id: BalenaDeviceId,
     /// `None` when a service was asked for and the device has no install of it.
     pub target: Option<VarTarget>,
     pub vars: BTreeMap<String, StoredVar>,
@@ -274,7 +274,7 @@ impl BalenaClient {
         };
         let expand = format!(
             "{target_expand},device_tag($select=id,tag_key,value;$filter=startswith(tag_key,{}))",
-            literal(LEASE_TAG)
+            literal(LOCK_TAG)
         );
         let url = format!(
             "{}/device?$select=id&$filter={}&$expand={}",
@@ -294,7 +294,9 @@ impl BalenaClient {
         };
         let (target, var_rows) = match service {
             None => (
-                Some(VarTarget::Device { device_id: row.id }),
+                Some(VarTarget::Device {
+                    device_id: BalenaDeviceId(row.id),
+                }),
                 row.device_environment_variable,
             ),
             Some(_) => match row.service_install.into_iter().next() {
@@ -327,7 +329,7 @@ impl BalenaClient {
             .collect();
         locks.sort_by_key(|l| l.generation);
         Ok(Some(DeviceRecord {
-            device_id: row.id,
+            device_id: BalenaDeviceId(row.id),
             target,
             vars,
             locks,

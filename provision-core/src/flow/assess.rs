@@ -84,7 +84,10 @@ impl Provisioner {
             .iter()
             .filter(|_| key_consistent && fixed_ok && snapshot.state.entry)
             .find(|c| {
-                c.active && c.complete && self.registry.names(&vars, c) && csr_key_registered(c)
+                c.active
+                    && c.complete
+                    && self.registry.is_named_by(&vars, c)
+                    && csr_key_registered(c)
             })
             .cloned();
         // Credentials that are not the function's (see `Foreign`) are neither the device's
@@ -102,7 +105,7 @@ impl Provisioner {
                 .state
                 .credentials
                 .iter()
-                .find(|c| c.active && self.registry.names(&vars, c))
+                .find(|c| c.active && self.registry.is_named_by(&vars, c))
                 .cloned()
         });
         Assessment {

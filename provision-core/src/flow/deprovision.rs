@@ -60,7 +60,7 @@ impl Provisioner {
         let failure = match (&deleted, &retired) {
             (Ok(()), Ok(())) => None,
             (Err(f), _) => Some(ProvisionError::balena("deleting the variables", f.clone())),
-            (Ok(()), Err(f)) => Some(ProvisionError::cloud("revoking the credentials", f.clone())),
+            (Ok(()), Err(e)) => Some(e.clone().into_error("revoking the credentials", job.uuid())),
         };
         if let Some(e) = failure {
             // Neither half may stand alone: variables must not name a retired credential, nor a
@@ -104,7 +104,7 @@ impl Provisioner {
             }
             Err(f) => {
                 lock.release(self, job).await;
-                Err(ProvisionError::cloud("deleting the registry entry", f))
+                Err(f.into_error("deleting the registry entry", job.uuid()))
             }
             // The entry gained a credential since it was read: a request that started before
             // this one took the lock is finishing; remove what it made too, under a lock taken
@@ -161,7 +161,9 @@ impl Provisioner {
         let revocation = if entry_is_revocation {
             self.remove_entry(job).await
         } else {
-            self.revoke_all(job, &snapshot.state.credentials).await
+            self.revoke_all(job, &snapshot.state.credentials)
+                .await
+                .map_err(|e| e.into_error("revoking the credentials", job.uuid()))
         };
         if let Err(e) = revocation {
             // A credential that still works must stay named by the variables: put them back.
@@ -183,7 +185,7 @@ impl Provisioner {
         self.registry
             .remove_entry(job.deadline, &job.device_id)
             .await
-            .map_err(|f| ProvisionError::cloud("deleting the registry entry", f))
+            .map_err(|e| e.into_error("deleting the registry entry", job.uuid()))
     }
 }
 

@@ -51,8 +51,8 @@ use crate::auth::Caller;
 use crate::balena::BalenaClient;
 use crate::credentials::{DeviceCsr, KeyAlgorithm};
 use crate::error::ProvisionError;
-use crate::ids::{DeviceUuid, ServiceName};
-use crate::registry::{RegisteredCredential, Registry};
+use crate::ids::{DeviceUuid, RegistryDeviceId, ServiceName};
+use crate::registry::{RegisteredCredential, Registry, RegistryError};
 use crate::rejected_keys::RejectedKeys;
 use crate::retry::Deadline;
 
@@ -119,7 +119,7 @@ impl Status {
 #[derive(Debug)]
 pub struct Outcome {
     pub status: Status,
-    pub device_id: String,
+    pub device_id: RegistryDeviceId,
     pub variables: Vec<String>,
     pub details: Option<Value>,
 }
@@ -146,7 +146,7 @@ pub(crate) struct Job<'a> {
     request_id: &'a str,
     /// The registry's id for the device (AWS thing name, IoT Hub or ClearBlade device id),
     /// worked out once.
-    device_id: String,
+    device_id: RegistryDeviceId,
     /// POST with `rotate: true`.
     rotate: bool,
     /// Which private-key arrangement the request expects.
@@ -214,14 +214,13 @@ impl Provisioner {
         &self,
         job: &Job<'_>,
         credentials: &[RegisteredCredential],
-    ) -> Result<(), ProvisionError> {
+    ) -> Result<(), RegistryError> {
         if credentials.is_empty() {
             return Ok(());
         }
         self.registry
             .revoke(job.deadline, &job.device_id, credentials)
             .await
-            .map_err(|f| ProvisionError::cloud("revoking an old credential", f))
     }
 
     pub async fn run(

@@ -6,8 +6,8 @@
 //! ([`Provisioner::provision_locked`]).
 
 use crate::credentials::{DeviceCsr, DeviceKey, KeyAlgorithm};
-use crate::error::{ProvisionError, UpstreamFailure};
-use crate::registry::{Material, RegisteredCredential};
+use crate::error::ProvisionError;
+use crate::registry::{Material, RegisteredCredential, RegistryError};
 use crate::secret::Secret;
 
 use super::assess::KeyMode;
@@ -96,13 +96,13 @@ impl Provisioner {
             // The registry holds an entry this request did not know of (it skipped reading a
             // registry balenaCloud shows nothing of ours in, or the entry was made meanwhile):
             // read it under a lock taken afresh.
-            Err(e) if entry_changed(&e) => {
+            Err(e) if e.entry_changed() => {
                 lock.undo_and_release(self, job, journal).await;
                 return Some(self.provision_again(job).await);
             }
             Err(e) => {
                 lock.undo_and_release(self, job, journal).await;
-                return Some(Err(e));
+                return Some(Err(e.into_error("registering the credential", job.uuid())));
             }
         };
         match self
@@ -170,7 +170,7 @@ impl Provisioner {
             }
         }
         let conflict = created.iter().any(|r| matches!(r, Ok(false)))
-            || activated.as_ref().is_err_and(entry_changed);
+            || activated.as_ref().is_err_and(RegistryError::entry_changed);
         if conflict {
             return Err(FastPathError::Conflict);
         }
@@ -180,7 +180,9 @@ impl Provisioner {
                 variables: vars.iter().map(|(n, _)| n.to_string()).collect(),
                 ..Outcome::plain(Status::Created, job)
             }),
-            (Err(e), _) => Err(FastPathError::Failed(e)),
+            (Err(e), _) => Err(FastPathError::Failed(
+                e.into_error("activating the credential", job.uuid()),
+            )),
             (Ok(()), Some(f)) => Err(FastPathError::Failed(ProvisionError::balena(
                 "storing the variables",
                 f,
@@ -207,13 +209,26 @@ impl Provisioner {
         snapshot: Snapshot,
         was_new: bool,
     ) -> Result<Outcome, ProvisionError> {
+        let changed = match self.provision_once(job, lock, snapshot, was_new).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(Stop::Failed(e)) => return Err(e),
+            Err(Stop::EntryChanged(e)) => e,
+        };
+        tracing::info!(error = %changed, "the registry entry changed meanwhile; reading it again");
+        let snapshot = self.read(job).await?;
         match self.provision_once(job, lock, snapshot, was_new).await {
-            Err(e) if entry_changed(&e) => {
-                tracing::info!(error = %e, "the registry entry changed meanwhile; reading it again");
-                let snapshot = self.read(job).await?;
-                self.provision_once(job, lock, snapshot, was_new).await
-            }
-            other => other,
+            Ok(outcome) => Ok(outcome),
+            Err(Stop::Failed(e)) => Err(e),
+            Err(Stop::EntryChanged(e)) => Err(e.into_error("provisioning", job.uuid())),
+        }
+    }
+
+    /// A registry failure at `step` as provisioning under the lock reads it.
+    fn stop(&self, job: &Job<'_>, step: &'static str, e: RegistryError) -> Stop {
+        if e.entry_changed() {
+            Stop::EntryChanged(e)
+        } else {
+            Stop::Failed(e.into_error(step, job.uuid()))
         }
     }
 
@@ -223,14 +238,16 @@ impl Provisioner {
         _lock: &Held,
         snapshot: Snapshot,
         was_new: bool,
-    ) -> Result<Outcome, ProvisionError> {
+    ) -> Result<Outcome, Stop> {
         let assessment = self.assess(job, &snapshot, job.mode);
         if assessment.healthy() && !job.rotate {
             return Ok(Outcome::plain(Status::AlreadyProvisioned, job));
         }
         if assessment.usable.is_some() && !job.rotate {
             // The stored credential is good; only stale ones need to go.
-            self.revoke_all(job, &assessment.extras).await?;
+            self.revoke_all(job, &assessment.extras)
+                .await
+                .map_err(|e| self.stop(job, "revoking an old credential", e))?;
             return Ok(Outcome::plain(Status::Repaired, job));
         }
         let status = if job.rotate && assessment.usable.is_some() {
@@ -249,7 +266,8 @@ impl Provisioner {
                 &snapshot.state,
                 material.material(),
             )
-            .await?;
+            .await
+            .map_err(|e| self.stop(job, "registering the credential", e))?;
         let mut journal = Journal::new(snapshot.target);
         journal.registered(&registration);
         let credential = &registration.credential;
@@ -307,8 +325,11 @@ impl Provisioner {
             .find_map(Result::err);
         let failure = match (activated, store_failure) {
             (Ok(()), None) => None,
-            (Err(e), _) => Some(e),
-            (Ok(()), Some(f)) => Some(ProvisionError::balena("storing the variables", f)),
+            (Err(e), _) => Some(self.stop(job, "activating the credential", e)),
+            (Ok(()), Some(f)) => Some(Stop::Failed(ProvisionError::balena(
+                "storing the variables",
+                f,
+            ))),
         };
         if let Some(e) = failure {
             // The variables back as they were, then the new credential dropped.
@@ -332,7 +353,7 @@ impl Provisioner {
             // next request clears; the device has what it needs.
             if self.still_active(job, &snapshot.state.credentials).await {
                 journal.unwind(self, job).await;
-                return Err(e);
+                return Err(self.stop(job, "revoking an old credential", e));
             }
             tracing::warn!(error = %e, "an old credential is disabled but not yet deleted; the next request removes it");
         }
@@ -347,21 +368,18 @@ impl Provisioner {
     }
 }
 
-/// The registry entry changed under a request that held the lock: made, changed or removed by
-/// a request that did not need the lock for it (a DELETE finishing after its lock was
-/// released, a fast path that lost the race for the lock). Worth one more attempt.
-fn entry_changed(e: &ProvisionError) -> bool {
-    matches!(
-        e,
-        ProvisionError::Upstream {
-            system: crate::error::Upstream::Cloud,
-            failure: UpstreamFailure::Refused {
-                status: 404 | 409 | 412,
-                ..
-            },
-            ..
-        }
-    )
+/// Why provisioning under the lock stopped short.
+enum Stop {
+    /// The registry entry changed under this request, which held the lock: made, changed or
+    /// removed by a request that did not need the lock for it. Worth one more attempt.
+    EntryChanged(RegistryError),
+    Failed(ProvisionError),
+}
+
+impl From<ProvisionError> for Stop {
+    fn from(e: ProvisionError) -> Stop {
+        Stop::Failed(e)
+    }
 }
 
 /// Why the fast path did not finish.

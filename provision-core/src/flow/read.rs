@@ -102,7 +102,7 @@ impl Provisioner {
                 .inspect_named(job.deadline, &job.device_id, &record.values())
                 .await
         }
-        .map_err(|f| ProvisionError::cloud("reading the registry", f))?;
+        .map_err(|e| e.into_error("reading the registry", job.uuid()))?;
         let state = self.owned(state, &record);
         Ok(Snapshot {
             record,
@@ -149,7 +149,7 @@ impl Provisioner {
             self.registry.inspect(job.deadline, &job.device_id)
         );
         let (record, target) = record?;
-        let state = state.map_err(|f| ProvisionError::cloud("reading the registry", f))?;
+        let state = state.map_err(|e| e.into_error("reading the registry", job.uuid()))?;
         let state = self.owned(state, &record);
         Ok(Snapshot {
             record,
@@ -163,7 +163,7 @@ impl Provisioner {
     fn owned(&self, mut state: RegistryState, record: &DeviceRecord) -> RegistryState {
         let vars = record.values();
         for c in &mut state.credentials {
-            if c.foreign == Some(Foreign::MadeElsewhere) && self.registry.names(&vars, c) {
+            if c.foreign == Some(Foreign::MadeElsewhere) && self.registry.is_named_by(&vars, c) {
                 c.foreign = None;
             }
         }

@@ -8,15 +8,19 @@ pub mod aws;
 pub mod azure;
 #[cfg(feature = "gcp")]
 pub mod clearblade;
+mod error;
 
+pub use error::RegistryError;
+
+use std::any::Any;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::credentials::{DeviceCsr, DeviceKey, PublicKeyId};
-use crate::error::{ProvisionError, UpstreamFailure};
-use crate::ids::DeviceUuid;
+use crate::ids::{DeviceUuid, RegistryDeviceId};
 use crate::retry::Deadline;
 use crate::secret::Secret;
 
@@ -43,13 +47,11 @@ impl Cloud {
 pub struct RegisteredCredential {
     /// The registry's own name for it (AWS certificate id, IoT Hub thumbprint, ...).
     pub id: String,
-    /// The registry's full reference, where it has one beside the id (the AWS certificate ARN).
-    pub locator: Option<String>,
     pub public_key: Option<PublicKeyId>,
-    /// The certificate, where the registry issues or keeps one.
-    pub certificate_pem: Option<String>,
-    /// The public key as the registry holds it, where it registers keys (ClearBlade).
-    pub key_pem: Option<crate::credentials::PublicKeyPem>,
+    /// What the registry that made this value keeps of the credential for its own later calls
+    /// (AWS: the certificate's ARN and PEM; IoT Hub: its slot or its new certificate;
+    /// ClearBlade: the public key as registered). The flow never looks inside.
+    pub handle: Handle,
     /// The registry accepts it for authentication.
     pub active: bool,
     /// Everything a device needs is attached (AWS: the policy and the thing).
@@ -64,6 +66,28 @@ impl RegisteredCredential {
     /// The function's to replace and revoke (see [`Foreign`]).
     pub fn is_ours(&self) -> bool {
         self.foreign.is_none()
+    }
+}
+
+/// A registry's own value for one credential, of a type of that registry's (see
+/// [`RegisteredCredential::handle`]): one registry's handle cannot be read as another's.
+#[derive(Clone)]
+pub struct Handle(Arc<dyn Any + Send + Sync>);
+
+impl Handle {
+    pub fn new<T: Any + Send + Sync>(value: T) -> Self {
+        Handle(Arc::new(value))
+    }
+
+    /// The value, when it is a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handle(..)")
     }
 }
 
@@ -102,19 +126,13 @@ pub(crate) fn stored_certificate(
 #[cfg(any(feature = "aws", feature = "azure"))]
 pub(crate) fn certificate_variables(
     (cert_var, key_var): (&'static str, &'static str),
-    credential: &RegisteredCredential,
+    certificate_pem: &str,
     private_key: Option<&Secret>,
 ) -> Vec<(&'static str, Secret)> {
     use crate::codec::base64_encode;
     let mut vars = vec![(
         cert_var,
-        Secret::new(base64_encode(
-            credential
-                .certificate_pem
-                .as_deref()
-                .unwrap_or("")
-                .as_bytes(),
-        )),
+        Secret::new(base64_encode(certificate_pem.as_bytes())),
     )];
     if let Some(key) = private_key {
         vars.push((key_var, Secret::new(base64_encode(key.expose().as_bytes()))));
@@ -152,7 +170,7 @@ pub trait Registry: Send + Sync {
     fn cloud(&self) -> Cloud;
 
     /// The registry's id for a device (AWS thing name, IoT Hub device id, ClearBlade device id).
-    fn device_id(&self, uuid: &DeviceUuid) -> String;
+    fn device_id(&self, uuid: &DeviceUuid) -> RegistryDeviceId;
 
     /// Every variable name this registry writes, the private key's included.
     fn variable_names(&self) -> &'static [&'static str];
@@ -165,7 +183,11 @@ pub trait Registry: Send + Sync {
 
     /// Whether the stored variables name this registered credential. By default: the same
     /// public key.
-    fn names(&self, vars: &BTreeMap<String, Secret>, credential: &RegisteredCredential) -> bool {
+    fn is_named_by(
+        &self,
+        vars: &BTreeMap<String, Secret>,
+        credential: &RegisteredCredential,
+    ) -> bool {
         credential.public_key.is_some() && self.stored_public_key(vars) == credential.public_key
     }
 
@@ -200,14 +222,14 @@ pub trait Registry: Send + Sync {
     /// One read-only call showing that the registry can be reached and accepts the function's
     /// credentials (the operator's `--check`). It writes nothing. `Ok` says, in a few words for
     /// the operator and never with a secret, what answered.
-    async fn probe(&self, deadline: Deadline) -> Result<String, UpstreamFailure>;
+    async fn probe(&self, deadline: Deadline) -> Result<String, RegistryError>;
 
     /// The device's entry and credentials.
     async fn inspect(
         &self,
         deadline: Deadline,
-        device_id: &str,
-    ) -> Result<RegistryState, UpstreamFailure>;
+        device_id: &RegistryDeviceId,
+    ) -> Result<RegistryState, RegistryError>;
 
     /// [`Registry::inspect`], told the variables balenaCloud stores for the device: a registry
     /// that needs a second round trip to describe a credential (AWS) may describe the one they
@@ -215,15 +237,15 @@ pub trait Registry: Send + Sync {
     async fn inspect_named(
         &self,
         deadline: Deadline,
-        device_id: &str,
+        device_id: &RegistryDeviceId,
         _vars: &BTreeMap<String, Secret>,
-    ) -> Result<RegistryState, UpstreamFailure> {
+    ) -> Result<RegistryState, RegistryError> {
         self.inspect(deadline, device_id).await
     }
 
     /// First half of adding a credential: creates the entry when `state` says there is none,
     /// and the credential itself, not yet usable (AWS: the certificate, inactive). It depends
-    /// on nothing the flow has to write first, so the flow runs it beside taking the lease. On
+    /// on nothing the flow has to write first, so the flow runs it beside taking the lock. On
     /// failure, whatever this call created is undone before it returns.
     async fn register(
         &self,
@@ -231,7 +253,7 @@ pub trait Registry: Send + Sync {
         uuid: &DeviceUuid,
         state: &RegistryState,
         material: Material<'_>,
-    ) -> Result<Registration, ProvisionError>;
+    ) -> Result<Registration, RegistryError>;
 
     /// Second half: makes a registered credential usable (AWS: active, policy and thing
     /// attached) beside `keep`, the credential the stored variables name until they change
@@ -244,23 +266,23 @@ pub trait Registry: Send + Sync {
         state: &RegistryState,
         keep: Option<&RegisteredCredential>,
         credential: &RegisteredCredential,
-    ) -> Result<(), ProvisionError>;
+    ) -> Result<(), RegistryError>;
 
     /// Makes these credentials unusable and removes them. Removing what is already gone
     /// succeeds. When none would remain, the registry may remove the entry too.
     async fn revoke(
         &self,
         deadline: Deadline,
-        device_id: &str,
+        device_id: &RegistryDeviceId,
         credentials: &[RegisteredCredential],
-    ) -> Result<(), UpstreamFailure>;
+    ) -> Result<(), RegistryError>;
 
     /// Removes the device's entry (after its credentials). Removing what is gone succeeds.
     async fn remove_entry(
         &self,
         deadline: Deadline,
-        device_id: &str,
-    ) -> Result<(), UpstreamFailure>;
+        device_id: &RegistryDeviceId,
+    ) -> Result<(), RegistryError>;
 
     /// DELETE's first registry step, run beside deleting the variables: every credential in
     /// `state` stops authenticating (AWS: inactive and detached from the thing; IoT Hub and
@@ -269,9 +291,9 @@ pub trait Registry: Send + Sync {
     async fn retire(
         &self,
         deadline: Deadline,
-        device_id: &str,
+        device_id: &RegistryDeviceId,
         state: &RegistryState,
-    ) -> Result<(), UpstreamFailure> {
+    ) -> Result<(), RegistryError> {
         if state.entry {
             self.remove_entry(deadline, device_id).await
         } else {
@@ -284,10 +306,10 @@ pub trait Registry: Send + Sync {
     async fn unretire(
         &self,
         deadline: Deadline,
-        device_id: &str,
+        device_id: &RegistryDeviceId,
         state: &RegistryState,
         vars: &BTreeMap<String, Secret>,
-    ) -> Result<(), UpstreamFailure>;
+    ) -> Result<(), RegistryError>;
 
     /// DELETE's last registry step, once the variables are gone and `retire` succeeded: removes
     /// what is left (AWS: the certificates and the thing; nothing where the entry held the
@@ -296,9 +318,9 @@ pub trait Registry: Send + Sync {
     async fn purge(
         &self,
         _deadline: Deadline,
-        _device_id: &str,
+        _device_id: &RegistryDeviceId,
         _state: &RegistryState,
-    ) -> Result<bool, UpstreamFailure> {
+    ) -> Result<bool, RegistryError> {
         Ok(true)
     }
 }

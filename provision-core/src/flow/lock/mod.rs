@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use crate::error::{ProvisionError, UpstreamFailure};
-use crate::ids::DeviceUuid;
+use crate::ids::{BalenaDeviceId, DeviceUuid};
 use crate::retry::Deadline;
 
 mod value;
@@ -24,7 +24,7 @@ use super::{Job, Provisioner};
 
 /// A lock this request is about to take: the generation after the latest it read.
 pub(super) struct Claim {
-    device: i64,
+    device: BalenaDeviceId,
     pub(super) generation: u64,
     value: LockValue,
 }
@@ -306,7 +306,7 @@ impl Provisioner {
                     c.public_key
                         .as_ref()
                         .is_some_and(|k| k.fingerprint() == *key)
-                        || (named_is_key && self.registry.names(&vars, c))
+                        || (named_is_key && self.registry.is_named_by(&vars, c))
                 });
                 // For DELETE the variables naming the key stand for it.
                 written && (holds_key || (removal && named_is_key) || disturbed)

@@ -8,11 +8,11 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::credentials::{PublicKeyId, certificate_facts, certificate_for_csr};
-use crate::error::{ProvisionError, UpstreamFailure};
-use crate::ids::DeviceUuid;
+use crate::error::UpstreamFailure;
+use crate::ids::{DeviceUuid, RegistryDeviceId};
 use crate::registry::{
-    Cloud, Material, RegisteredCredential, Registration, Registry, RegistryState,
-    certificate_variables, stored_certificate,
+    Cloud, Handle, Material, RegisteredCredential, Registration, Registry, RegistryError,
+    RegistryState, certificate_variables, stored_certificate,
 };
 use crate::retry::Deadline;
 use crate::secret::Secret;
@@ -54,15 +54,15 @@ impl MemoryRegistry {
             .extend(std::iter::repeat_n(step, times));
     }
 
-    fn step(&self, step: Step) -> Result<(), UpstreamFailure> {
+    fn step(&self, step: Step) -> Result<(), RegistryError> {
         self.calls.lock().unwrap().push(step);
         let mut faults = self.faults.lock().unwrap();
         match faults.iter().position(|s| *s == step) {
             Some(i) => {
                 faults.remove(i);
-                Err(UpstreamFailure::Unavailable {
+                Err(RegistryError::Upstream(UpstreamFailure::Unavailable {
                     detail: format!("{step:?} made to fail"),
-                })
+                }))
             }
             None => Ok(()),
         }
@@ -92,8 +92,8 @@ impl Registry for MemoryRegistry {
         Cloud::Azure
     }
 
-    fn device_id(&self, uuid: &DeviceUuid) -> String {
-        format!("mem-{uuid}")
+    fn device_id(&self, uuid: &DeviceUuid) -> RegistryDeviceId {
+        RegistryDeviceId::new(format!("mem-{uuid}"))
     }
 
     fn variable_names(&self) -> &'static [&'static str] {
@@ -118,18 +118,19 @@ impl Registry for MemoryRegistry {
         credential: &RegisteredCredential,
         private_key: Option<&Secret>,
     ) -> Vec<(&'static str, Secret)> {
-        certificate_variables((CERT, KEY), credential, private_key)
+        let pem = credential.handle.get::<String>().map_or("", String::as_str);
+        certificate_variables((CERT, KEY), pem, private_key)
     }
 
-    async fn probe(&self, _deadline: Deadline) -> Result<String, UpstreamFailure> {
+    async fn probe(&self, _deadline: Deadline) -> Result<String, RegistryError> {
         Ok("memory".into())
     }
 
     async fn inspect(
         &self,
         _deadline: Deadline,
-        _device_id: &str,
-    ) -> Result<RegistryState, UpstreamFailure> {
+        _device_id: &RegistryDeviceId,
+    ) -> Result<RegistryState, RegistryError> {
         let held = self.held.lock().unwrap();
         Ok(RegistryState {
             entry: held.entry,
@@ -144,34 +145,25 @@ impl Registry for MemoryRegistry {
         uuid: &DeviceUuid,
         state: &RegistryState,
         material: Material<'_>,
-    ) -> Result<Registration, ProvisionError> {
-        self.step(Step::Register)
-            .map_err(|f| ProvisionError::cloud("registering", f))?;
+    ) -> Result<Registration, RegistryError> {
+        self.step(Step::Register)?;
         let pem = match material {
             Material::Generated(key) => key.self_signed_pem(uuid, 365),
             Material::Csr(csr) => certificate_for_csr(csr, 365),
         }
-        .map_err(ProvisionError::Internal)?;
-        let facts = certificate_facts(&pem).map_err(ProvisionError::Internal)?;
+        .map_err(RegistryError::Local)?;
+        let facts = certificate_facts(&pem).map_err(RegistryError::Local)?;
         let mut held = self.held.lock().unwrap();
         if held.entry && !state.entry {
             // As IoT Hub: creating an entry that exists is refused.
-            return Err(ProvisionError::cloud(
-                "registering",
-                UpstreamFailure::Refused {
-                    status: 409,
-                    detail: "the entry exists".into(),
-                },
-            ));
+            return Err(RegistryError::Changed("the entry exists".into()));
         }
         let created_entry = !held.entry;
         held.entry = true;
         let credential = RegisteredCredential {
             id: facts.sha256_thumbprint,
-            locator: None,
             public_key: Some(facts.public_key),
-            certificate_pem: Some(pem),
-            key_pem: None,
+            handle: Handle::new(pem),
             active: false,
             complete: false,
             foreign: None,
@@ -190,9 +182,8 @@ impl Registry for MemoryRegistry {
         _state: &RegistryState,
         _keep: Option<&RegisteredCredential>,
         credential: &RegisteredCredential,
-    ) -> Result<(), ProvisionError> {
-        self.step(Step::Activate)
-            .map_err(|f| ProvisionError::cloud("activating", f))?;
+    ) -> Result<(), RegistryError> {
+        self.step(Step::Activate)?;
         let mut held = self.held.lock().unwrap();
         match held.credentials.iter_mut().find(|c| c.id == credential.id) {
             Some(c) => {
@@ -200,22 +191,16 @@ impl Registry for MemoryRegistry {
                 c.complete = true;
                 Ok(())
             }
-            None => Err(ProvisionError::cloud(
-                "activating",
-                UpstreamFailure::Refused {
-                    status: 404,
-                    detail: "no such credential".into(),
-                },
-            )),
+            None => Err(RegistryError::Gone("no such credential".into())),
         }
     }
 
     async fn revoke(
         &self,
         _deadline: Deadline,
-        _device_id: &str,
+        _device_id: &RegistryDeviceId,
         credentials: &[RegisteredCredential],
-    ) -> Result<(), UpstreamFailure> {
+    ) -> Result<(), RegistryError> {
         self.step(Step::Revoke)?;
         let mut held = self.held.lock().unwrap();
         held.credentials
@@ -226,8 +211,8 @@ impl Registry for MemoryRegistry {
     async fn remove_entry(
         &self,
         _deadline: Deadline,
-        _device_id: &str,
-    ) -> Result<(), UpstreamFailure> {
+        _device_id: &RegistryDeviceId,
+    ) -> Result<(), RegistryError> {
         self.step(Step::RemoveEntry)?;
         let mut held = self.held.lock().unwrap();
         held.entry = false;
@@ -238,10 +223,10 @@ impl Registry for MemoryRegistry {
     async fn unretire(
         &self,
         _deadline: Deadline,
-        _device_id: &str,
+        _device_id: &RegistryDeviceId,
         state: &RegistryState,
         _vars: &BTreeMap<String, Secret>,
-    ) -> Result<(), UpstreamFailure> {
+    ) -> Result<(), RegistryError> {
         let mut held = self.held.lock().unwrap();
         held.entry = state.entry;
         held.credentials = state.credentials.clone();

@@ -120,11 +120,7 @@ impl Bench {
             vars.get(CERT).map(String::as_str),
             Some(
                 crate::codec::base64_encode(
-                    credentials[0]
-                        .certificate_pem
-                        .as_deref()
-                        .unwrap()
-                        .as_bytes()
+                    credentials[0].handle.get::<String>().unwrap().as_bytes()
                 )
                 .as_str()
             ),
@@ -151,7 +147,7 @@ async fn a_new_device_is_created_on_the_fast_path_and_its_lock_says_so() {
     let bench = Bench::start().await;
     let outcome = bench.post().await.expect("created");
     assert_eq!(outcome.status, Status::Created);
-    assert_eq!(outcome.device_id, format!("mem-{}", bench.uuid));
+    assert_eq!(outcome.device_id.as_str(), format!("mem-{}", bench.uuid));
     bench.assert_provisioned();
     assert!(bench.vars().contains_key(KEY));
     let locks = bench.locks();

@@ -2,8 +2,8 @@
 
 use super::*;
 
-/// Runs one SDK call within the request's deadline and turns its error into an
-/// [`UpstreamFailure`] (the SDK has already retried what it retries).
+/// Runs one SDK call within the request's deadline and keeps its error's AWS code beside what
+/// it means as an [`UpstreamFailure`] (the SDK has already retried what it retries).
 pub(super) async fn call<T, E, R>(
     deadline: Deadline,
     fut: impl Future<Output = Result<T, SdkError<E, R>>>,
@@ -61,20 +61,6 @@ pub(super) fn classify<E: ProvideErrorMetadata + std::error::Error, R: std::fmt:
                     | "InternalFailureException"
                     | "InternalException",
                 ) => UpstreamFailure::Unavailable { detail },
-                // The HTTP status AWS IoT answers these with, so the flow can tell "gone" and
-                // "changed meanwhile" from other refusals.
-                Some(NOT_FOUND) => UpstreamFailure::Refused {
-                    status: 404,
-                    detail,
-                },
-                Some(
-                    "ResourceAlreadyExistsException"
-                    | "ConflictException"
-                    | "VersionConflictException",
-                ) => UpstreamFailure::Refused {
-                    status: 409,
-                    detail,
-                },
                 _ => UpstreamFailure::Refused {
                     status: 400,
                     detail,
@@ -112,11 +98,26 @@ pub(super) fn classify<E: ProvideErrorMetadata + std::error::Error, R: std::fmt:
 pub(super) const NOT_FOUND: &str = "ResourceNotFoundException";
 
 /// Success, or "it is already gone", which is what removal wanted.
-pub(super) fn ok_if_gone<T>(result: Result<T, AwsFailure>) -> Result<(), UpstreamFailure> {
+pub(super) fn ok_if_gone<T>(result: Result<T, AwsFailure>) -> Result<(), RegistryError> {
     match result {
         Ok(_) => Ok(()),
         Err(f) if f.is(NOT_FOUND) => Ok(()),
-        Err(f) => Err(f.failure),
+        Err(f) => Err(f.into()),
+    }
+}
+
+/// What an AWS error code means to the flow: a resource not found is gone, one that exists
+/// already or changed is the entry changed meanwhile; the rest as classified.
+impl From<AwsFailure> for RegistryError {
+    fn from(f: AwsFailure) -> RegistryError {
+        let detail = || f.failure.to_string();
+        match f.code.as_deref() {
+            Some(NOT_FOUND) => RegistryError::Gone(detail()),
+            Some(
+                "ResourceAlreadyExistsException" | "ConflictException" | "VersionConflictException",
+            ) => RegistryError::Changed(detail()),
+            _ => RegistryError::Upstream(f.failure),
+        }
     }
 }
 

@@ -8,24 +8,9 @@ impl AwsIotRegistry {
         deadline: Deadline,
         thing: &str,
         credential: &RegisteredCredential,
-    ) -> Result<(), UpstreamFailure> {
+    ) -> Result<(), RegistryError> {
         let id = credential.id.as_str();
-        let arn = match &credential.locator {
-            Some(arn) => arn.clone(),
-            None => match call(
-                deadline,
-                self.client.describe_certificate().certificate_id(id).send(),
-            )
-            .await
-            {
-                Ok(out) => match out.certificate_description.and_then(|d| d.certificate_arn) {
-                    Some(arn) => arn,
-                    None => return Ok(()),
-                },
-                Err(f) if f.is(NOT_FOUND) => return Ok(()),
-                Err(f) => return Err(f.failure),
-            },
-        };
+        let arn = certificate(credential)?.arn.clone();
         let detach = || async {
             ok_if_gone(
                 call(
@@ -67,7 +52,7 @@ impl AwsIotRegistry {
         &self,
         deadline: Deadline,
         id: &str,
-    ) -> Result<(), UpstreamFailure> {
+    ) -> Result<(), RegistryError> {
         // Detaching a thing propagates asynchronously in AWS: a DeleteConflict right after it is
         // expected and worth a few short retries.
         let mut wait = Duration::from_millis(100);
@@ -92,7 +77,7 @@ impl AwsIotRegistry {
                     tokio::time::sleep(wait).await;
                     wait *= 2;
                 }
-                Err(f) => return Err(f.failure),
+                Err(f) => return Err(f.into()),
             }
         }
     }

@@ -30,7 +30,7 @@ impl AwsIotRegistry {
         thing: &str,
         id: &str,
         arn: &str,
-    ) -> Result<Option<RegisteredCredential>, UpstreamFailure> {
+    ) -> Result<Option<RegisteredCredential>, RegistryError> {
         let (described, policies, things) = tokio::join!(
             call(
                 deadline,
@@ -48,12 +48,12 @@ impl AwsIotRegistry {
         let attached_elsewhere = match things {
             Ok(out) => out.things().iter().any(|t| t != thing),
             Err(f) if f.is(NOT_FOUND) => false,
-            Err(f) => return Err(f.failure),
+            Err(f) => return Err(f.into()),
         };
         let description = match described {
             Ok(out) => out.certificate_description,
             Err(f) if f.is(NOT_FOUND) => None,
-            Err(f) => return Err(f.failure),
+            Err(f) => return Err(f.into()),
         };
         let policy_attached = match policies {
             Ok(out) => out
@@ -61,7 +61,7 @@ impl AwsIotRegistry {
                 .iter()
                 .any(|p| p.policy_name() == Some(self.policy.as_str())),
             Err(f) if f.is(NOT_FOUND) => false,
-            Err(f) => return Err(f.failure),
+            Err(f) => return Err(f.into()),
         };
         let Some(description) = description else {
             return Ok(None);
@@ -84,10 +84,11 @@ impl AwsIotRegistry {
         };
         Ok(Some(RegisteredCredential {
             id: id.to_owned(),
-            locator: Some(arn.to_owned()),
             public_key: facts.map(|f| f.public_key),
-            certificate_pem: pem,
-            key_pem: None,
+            handle: Handle::new(Certificate {
+                arn: arn.to_owned(),
+                pem,
+            }),
             active,
             complete: active && policy_attached,
             foreign,
@@ -101,7 +102,7 @@ impl AwsIotRegistry {
         deadline: Deadline,
         thing: &str,
         known: Option<(String, String)>,
-    ) -> Result<RegistryState, UpstreamFailure> {
+    ) -> Result<RegistryState, RegistryError> {
         let list = call(
             deadline,
             self.client.list_thing_principals().thing_name(thing).send(),
@@ -116,7 +117,7 @@ impl AwsIotRegistry {
         let principals = match listed {
             Ok(out) => out.principals().to_vec(),
             Err(f) if f.is(NOT_FOUND) => return Ok(RegistryState::default()),
-            Err(f) => return Err(f.failure),
+            Err(f) => return Err(f.into()),
         };
         if let Some(arn) = principals.first() {
             self.learn_arn(arn);

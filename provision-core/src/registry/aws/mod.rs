@@ -12,12 +12,13 @@ use aws_sdk_iot::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
 
 use super::{
-    Cloud, Foreign, Material, RegisteredCredential, Registration, Registry, RegistryState,
+    Cloud, Foreign, Handle, Material, RegisteredCredential, Registration, Registry, RegistryError,
+    RegistryState,
 };
 use crate::codec::base64_decode;
 use crate::credentials::{PublicKeyId, certificate_facts};
-use crate::error::{ProvisionError, UpstreamFailure};
-use crate::ids::DeviceUuid;
+use crate::error::UpstreamFailure;
+use crate::ids::{DeviceUuid, RegistryDeviceId};
 use crate::retry::Deadline;
 use crate::secret::Secret;
 
@@ -31,6 +32,22 @@ pub const CERT_VAR: &str = "AWS_CERT";
 pub const KEY_VAR: &str = "AWS_PRIVATE_KEY";
 /// The attribute every thing this function makes carries.
 pub const MADE_BY: (&str, &str) = ("provisioned-by", "balena-provision");
+
+/// What the registry keeps of a certificate: its ARN, which every call on it needs, and its
+/// PEM where AWS described it.
+#[derive(Clone, Debug)]
+pub(super) struct Certificate {
+    arn: String,
+    pem: Option<String>,
+}
+
+/// The certificate behind a credential this registry made.
+fn certificate(credential: &RegisteredCredential) -> Result<&Certificate, RegistryError> {
+    credential
+        .handle
+        .get::<Certificate>()
+        .ok_or_else(|| RegistryError::Local("a credential that is not an AWS certificate".into()))
+}
 
 pub struct AwsIotRegistry {
     client: Client,
@@ -47,8 +64,8 @@ impl Registry for AwsIotRegistry {
         Cloud::Aws
     }
 
-    fn device_id(&self, uuid: &DeviceUuid) -> String {
-        uuid.as_str().to_owned()
+    fn device_id(&self, uuid: &DeviceUuid) -> RegistryDeviceId {
+        RegistryDeviceId::new(uuid.as_str().to_owned())
     }
 
     fn variable_names(&self) -> &'static [&'static str] {
@@ -65,12 +82,17 @@ impl Registry for AwsIotRegistry {
 
     /// The stored certificate is the registered one (AWS issues a new certificate even for a
     /// key it has seen, so the key alone does not say which).
-    fn names(&self, vars: &BTreeMap<String, Secret>, credential: &RegisteredCredential) -> bool {
+    fn is_named_by(
+        &self,
+        vars: &BTreeMap<String, Secret>,
+        credential: &RegisteredCredential,
+    ) -> bool {
         let stored = vars
             .get(CERT_VAR)
             .and_then(|v| base64_decode(v.expose()))
             .and_then(|pem| String::from_utf8(pem).ok());
-        match (stored, &credential.certificate_pem) {
+        let registered = certificate(credential).ok().and_then(|c| c.pem.as_deref());
+        match (stored, registered) {
             (Some(stored), Some(registered)) => same_pem(&stored, registered),
             _ => false,
         }
@@ -82,12 +104,16 @@ impl Registry for AwsIotRegistry {
         credential: &RegisteredCredential,
         private_key: Option<&Secret>,
     ) -> Vec<(&'static str, Secret)> {
-        super::certificate_variables((CERT_VAR, KEY_VAR), credential, private_key)
+        let pem = certificate(credential)
+            .ok()
+            .and_then(|c| c.pem.as_deref())
+            .unwrap_or("");
+        super::certificate_variables((CERT_VAR, KEY_VAR), pem, private_key)
     }
 
     /// DescribeEndpoint (the account's device data endpoint): allowed to the function's role,
     /// and it needs the region and credentials to be right.
-    async fn probe(&self, deadline: Deadline) -> Result<String, UpstreamFailure> {
+    async fn probe(&self, deadline: Deadline) -> Result<String, RegistryError> {
         let sent = tokio::time::timeout(
             deadline.remaining(),
             self.client
@@ -98,30 +124,32 @@ impl Registry for AwsIotRegistry {
         .await;
         let answer = match sent {
             Err(_) => {
-                return Err(UpstreamFailure::Unavailable {
+                return Err(RegistryError::Upstream(UpstreamFailure::Unavailable {
                     detail: "the request's time budget was used up".into(),
-                });
+                }));
             }
             Ok(Ok(answer)) => answer,
             // Beside AWS's own refusals, say why the call could not be made at all (no
             // credentials, no connection): that is what the operator fixes next.
             Ok(Err(err)) => {
-                return Err(match (classify(&err).failure, &err) {
-                    (UpstreamFailure::Unavailable { detail }, e)
-                        if !matches!(e, SdkError::ServiceError(_)) =>
-                    {
-                        let cause: String = aws_sdk_iot::error::DisplayErrorContext(e)
-                            .to_string()
-                            .chars()
-                            .filter(|c| !c.is_control())
-                            .take(300)
-                            .collect();
-                        UpstreamFailure::Unavailable {
-                            detail: format!("{detail} ({cause})"),
+                return Err(RegistryError::Upstream(
+                    match (classify(&err).failure, &err) {
+                        (UpstreamFailure::Unavailable { detail }, e)
+                            if !matches!(e, SdkError::ServiceError(_)) =>
+                        {
+                            let cause: String = aws_sdk_iot::error::DisplayErrorContext(e)
+                                .to_string()
+                                .chars()
+                                .filter(|c| !c.is_control())
+                                .take(300)
+                                .collect();
+                            UpstreamFailure::Unavailable {
+                                detail: format!("{detail} ({cause})"),
+                            }
                         }
-                    }
-                    (failure, _) => failure,
-                });
+                        (failure, _) => failure,
+                    },
+                ));
             }
         };
         let region = self
@@ -140,8 +168,9 @@ impl Registry for AwsIotRegistry {
     async fn inspect(
         &self,
         deadline: Deadline,
-        thing: &str,
-    ) -> Result<RegistryState, UpstreamFailure> {
+        thing: &RegistryDeviceId,
+    ) -> Result<RegistryState, RegistryError> {
+        let thing = thing.as_str();
         self.inspect_with(deadline, thing, None).await
     }
 
@@ -152,9 +181,10 @@ impl Registry for AwsIotRegistry {
     async fn inspect_named(
         &self,
         deadline: Deadline,
-        thing: &str,
+        thing: &RegistryDeviceId,
         vars: &BTreeMap<String, Secret>,
-    ) -> Result<RegistryState, UpstreamFailure> {
+    ) -> Result<RegistryState, RegistryError> {
+        let thing = thing.as_str();
         let known = super::stored_certificate(vars, CERT_VAR).and_then(|facts| {
             let id = facts.sha256_thumbprint.to_ascii_lowercase();
             let arn = format!("{}{id}", self.cert_arn_prefix.get()?);
@@ -169,10 +199,11 @@ impl Registry for AwsIotRegistry {
         uuid: &DeviceUuid,
         state: &RegistryState,
         material: Material<'_>,
-    ) -> Result<Registration, ProvisionError> {
-        let thing = self.device_id(uuid);
+    ) -> Result<Registration, RegistryError> {
+        let device_id = self.device_id(uuid);
+        let thing = device_id.as_str();
         let csr = match material {
-            Material::Generated(key) => key.csr_pem(uuid).map_err(ProvisionError::Internal)?,
+            Material::Generated(key) => key.csr_pem(uuid).map_err(RegistryError::Local)?,
             Material::Csr(csr) => csr.pem().to_owned(),
         };
         // The thing and the certificate do not depend on each other: make them together. The
@@ -191,7 +222,7 @@ impl Registry for AwsIotRegistry {
                     deadline,
                     self.client
                         .create_thing()
-                        .thing_name(&thing)
+                        .thing_name(thing)
                         .attribute_payload(mark)
                         .send(),
                 )
@@ -215,10 +246,11 @@ impl Registry for AwsIotRegistry {
         let issued = made_cert.as_ref().ok().and_then(|cert| {
             Some(RegisteredCredential {
                 id: cert.certificate_id()?.to_owned(),
-                locator: Some(cert.certificate_arn()?.to_owned()),
                 public_key: Some(material.public_key()),
-                certificate_pem: Some(cert.certificate_pem()?.to_owned()),
-                key_pem: None,
+                handle: Handle::new(Certificate {
+                    arn: cert.certificate_arn()?.to_owned(),
+                    pem: Some(cert.certificate_pem()?.to_owned()),
+                }),
                 active: false,
                 complete: false,
                 foreign: None,
@@ -232,21 +264,17 @@ impl Registry for AwsIotRegistry {
             (thing_result, cert_result, issued) => {
                 if let Some(stray) = &issued {
                     tracing::warn!(certificate = %stray.id, "deleting the certificate this request made: the thing could not be made");
-                    let _ = self.revoke_certificate(deadline, &thing, stray).await;
+                    let _ = self.revoke_certificate(deadline, thing, stray).await;
                 }
                 if created_entry {
                     tracing::warn!(thing = %thing, "deleting the thing this request made: the certificate could not be made");
-                    let _ = self.remove_entry(deadline, &thing).await;
+                    let _ = self.remove_entry(deadline, &device_id).await;
                 }
                 Err(match (thing_result, cert_result) {
-                    (Err(f), _) => ProvisionError::cloud("CreateThing", f.failure),
-                    (_, Err(f)) => ProvisionError::cloud("CreateCertificateFromCsr", f.failure),
-                    _ => ProvisionError::cloud(
-                        "CreateCertificateFromCsr",
-                        UpstreamFailure::Unavailable {
-                            detail: "answer without certificate ARN, id or PEM".into(),
-                        },
-                    ),
+                    (Err(f), _) | (_, Err(f)) => f.into(),
+                    _ => RegistryError::Upstream(UpstreamFailure::Unavailable {
+                        detail: "CreateCertificateFromCsr answered without ARN, id or PEM".into(),
+                    }),
                 })
             }
         }
@@ -259,12 +287,10 @@ impl Registry for AwsIotRegistry {
         _state: &RegistryState,
         _keep: Option<&RegisteredCredential>,
         credential: &RegisteredCredential,
-    ) -> Result<(), ProvisionError> {
+    ) -> Result<(), RegistryError> {
         let thing = self.device_id(uuid);
-        let arn = credential
-            .locator
-            .as_deref()
-            .ok_or_else(|| ProvisionError::Internal("certificate without ARN".into()))?;
+        let thing = thing.as_str();
+        let arn = certificate(credential)?.arn.as_str();
         let (active, policy, principal) = tokio::join!(
             call(
                 deadline,
@@ -286,30 +312,36 @@ impl Registry for AwsIotRegistry {
                 deadline,
                 self.client
                     .attach_thing_principal()
-                    .thing_name(&thing)
+                    .thing_name(thing)
                     .principal(arn)
                     .send()
             ),
         );
-        active.map_err(|f| ProvisionError::cloud("UpdateCertificate", f.failure))?;
-        policy.map_err(|f| ProvisionError::cloud("AttachPolicy", f.failure))?;
-        principal.map_err(|f| ProvisionError::cloud("AttachThingPrincipal", f.failure))?;
+        active?;
+        policy?;
+        principal?;
         Ok(())
     }
 
     async fn revoke(
         &self,
         deadline: Deadline,
-        thing: &str,
+        thing: &RegistryDeviceId,
         credentials: &[RegisteredCredential],
-    ) -> Result<(), UpstreamFailure> {
+    ) -> Result<(), RegistryError> {
+        let thing = thing.as_str();
         let revocations = credentials
             .iter()
             .map(|c| self.revoke_certificate(deadline, thing, c));
         futures::future::try_join_all(revocations).await.map(|_| ())
     }
 
-    async fn remove_entry(&self, deadline: Deadline, thing: &str) -> Result<(), UpstreamFailure> {
+    async fn remove_entry(
+        &self,
+        deadline: Deadline,
+        thing: &RegistryDeviceId,
+    ) -> Result<(), RegistryError> {
+        let thing = thing.as_str();
         match call(
             deadline,
             self.client.delete_thing().thing_name(thing).send(),
@@ -318,7 +350,7 @@ impl Registry for AwsIotRegistry {
         {
             Ok(_) => Ok(()),
             Err(f) if f.is(NOT_FOUND) => Ok(()),
-            Err(f) => Err(f.failure),
+            Err(f) => Err(f.into()),
         }
     }
 
@@ -328,10 +360,11 @@ impl Registry for AwsIotRegistry {
     async fn retire(
         &self,
         deadline: Deadline,
-        thing: &str,
+        thing: &RegistryDeviceId,
         state: &RegistryState,
-    ) -> Result<(), UpstreamFailure> {
-        let steps = state.credentials.iter().filter_map(|c| Some((c.id.as_str(), c.locator.as_deref()?, !c.is_ours()))).map(|(id, arn, hands_off)| async move {
+    ) -> Result<(), RegistryError> {
+        let thing = thing.as_str();
+        let steps = state.credentials.iter().filter_map(|c| Some((c.id.as_str(), certificate(c).ok()?.arn.as_str(), !c.is_ours()))).map(|(id, arn, hands_off)| async move {
             let deactivate = async {
                 if hands_off {
                     return Ok(());
@@ -360,17 +393,18 @@ impl Registry for AwsIotRegistry {
     async fn unretire(
         &self,
         deadline: Deadline,
-        thing: &str,
+        thing: &RegistryDeviceId,
         state: &RegistryState,
         vars: &BTreeMap<String, Secret>,
-    ) -> Result<(), UpstreamFailure> {
+    ) -> Result<(), RegistryError> {
+        let thing = thing.as_str();
         // AWS IoT's certificate id is the SHA-256 of the certificate's DER.
         let named = super::stored_certificate(vars, CERT_VAR)
             .map(|f| f.sha256_thumbprint.to_ascii_lowercase());
         let steps = state
             .credentials
             .iter()
-            .filter_map(|c| Some((c.id.as_str(), c.locator.as_deref()?)))
+            .filter_map(|c| Some((c.id.as_str(), certificate(c).ok()?.arn.as_str())))
             .map(|(id, arn)| {
                 let named = named.as_deref() == Some(id);
                 async move {
@@ -419,9 +453,10 @@ impl Registry for AwsIotRegistry {
     async fn purge(
         &self,
         deadline: Deadline,
-        thing: &str,
+        thing: &RegistryDeviceId,
         state: &RegistryState,
-    ) -> Result<bool, UpstreamFailure> {
+    ) -> Result<bool, RegistryError> {
+        let thing = thing.as_str();
         let certificates = state
             .credentials
             .iter()
@@ -451,7 +486,7 @@ impl Registry for AwsIotRegistry {
                         tokio::time::sleep(wait).await;
                         wait *= 2;
                     }
-                    Err(f) => return Err(f.failure),
+                    Err(f) => return Err(f.into()),
                 }
             }
         };

@@ -16,12 +16,15 @@ use azure_core::http::{
 use azure_core::http::{ExponentialRetryOptions, RetryOptions};
 use serde_json::{Value, json};
 
-use super::{Cloud, Material, RegisteredCredential, Registration, Registry, RegistryState};
+use super::{
+    Cloud, Handle, Material, RegisteredCredential, Registration, Registry, RegistryError,
+    RegistryState,
+};
 use crate::codec::{base64_decode, base64_encode};
 use crate::config::ConfigError;
 use crate::credentials::{PublicKeyId, certificate_facts, certificate_for_csr};
-use crate::error::{ProvisionError, UpstreamFailure};
-use crate::ids::DeviceUuid;
+use crate::error::UpstreamFailure;
+use crate::ids::{DeviceUuid, RegistryDeviceId};
 use crate::retry::Deadline;
 use crate::secret::Secret;
 use crate::text::uri_component;
@@ -36,6 +39,30 @@ mod settings;
 
 pub use settings::ConnectionString;
 use settings::*;
+
+/// What the hub registry keeps of a credential: the slot its thumbprint sits in, or, for one
+/// made here and not yet registered, its certificate.
+#[derive(Clone, Debug)]
+enum Thumbprint {
+    InSlot(&'static str),
+    Made { pem: String },
+}
+
+/// What the hub's answers mean to the flow: its 404 is gone, its 409 (made meanwhile) and 412
+/// (the etag changed) the entry changed meanwhile.
+fn hub_error(failure: UpstreamFailure) -> RegistryError {
+    match failure {
+        UpstreamFailure::Refused {
+            status: 404,
+            detail,
+        } => RegistryError::Gone(detail),
+        UpstreamFailure::Refused {
+            status: 409 | 412,
+            detail,
+        } => RegistryError::Changed(detail),
+        other => RegistryError::Upstream(other),
+    }
+}
 
 pub struct IotHubRegistry {
     pipeline: Pipeline,
@@ -230,8 +257,8 @@ impl Registry for IotHubRegistry {
         Cloud::Azure
     }
 
-    fn device_id(&self, uuid: &DeviceUuid) -> String {
-        uuid.as_str().to_owned()
+    fn device_id(&self, uuid: &DeviceUuid) -> RegistryDeviceId {
+        RegistryDeviceId::new(uuid.as_str().to_owned())
     }
 
     fn variable_names(&self) -> &'static [&'static str] {
@@ -251,7 +278,11 @@ impl Registry for IotHubRegistry {
     }
 
     /// The stored certificate's thumbprint is the registered one (SHA-256 or SHA-1).
-    fn names(&self, vars: &BTreeMap<String, Secret>, credential: &RegisteredCredential) -> bool {
+    fn is_named_by(
+        &self,
+        vars: &BTreeMap<String, Secret>,
+        credential: &RegisteredCredential,
+    ) -> bool {
         super::stored_certificate(vars, CERT_VAR).is_some_and(|f| {
             f.sha256_thumbprint == credential.id || f.sha1_thumbprint == credential.id
         })
@@ -263,23 +294,28 @@ impl Registry for IotHubRegistry {
         credential: &RegisteredCredential,
         private_key: Option<&Secret>,
     ) -> Vec<(&'static str, Secret)> {
-        super::certificate_variables((CERT_VAR, KEY_VAR), credential, private_key)
+        let pem = match credential.handle.get::<Thumbprint>() {
+            Some(Thumbprint::Made { pem }) => pem.as_str(),
+            _ => "",
+        };
+        super::certificate_variables((CERT_VAR, KEY_VAR), pem, private_key)
     }
 
     /// Lists at most one device identity (`GET /devices?top=1`): it needs the policy's
     /// registry read right, and the SAS token the connection string signs.
-    async fn probe(&self, deadline: Deadline) -> Result<String, UpstreamFailure> {
+    async fn probe(&self, deadline: Deadline) -> Result<String, RegistryError> {
         let mut url = self.base.clone();
         url.set_path("/devices");
         url.set_query(Some(&format!("top=1&api-version={API_VERSION}")));
         let reply = self
             .send_request(deadline, Request::new(url, Method::Get), None, None)
-            .await?;
+            .await
+            .map_err(hub_error)?;
         if reply.status == 404 {
-            return Err(UpstreamFailure::Refused {
-                status: 404,
-                detail: format!("no device registry at {}", self.base),
-            });
+            return Err(RegistryError::Gone(format!(
+                "no device registry at {}",
+                self.base
+            )));
         }
         let hub = self.base.host_str().unwrap_or("the hub");
         Ok(format!(
@@ -290,9 +326,13 @@ impl Registry for IotHubRegistry {
     async fn inspect(
         &self,
         deadline: Deadline,
-        device: &str,
-    ) -> Result<RegistryState, UpstreamFailure> {
-        let reply = self.call(deadline, Method::Get, device, None, None).await?;
+        device: &RegistryDeviceId,
+    ) -> Result<RegistryState, RegistryError> {
+        let device = device.as_str();
+        let reply = self
+            .call(deadline, Method::Get, device, None, None)
+            .await
+            .map_err(hub_error)?;
         if reply.status == 404 {
             return Ok(RegistryState::default());
         }
@@ -302,10 +342,8 @@ impl Registry for IotHubRegistry {
             .into_iter()
             .map(|(slot, id)| RegisteredCredential {
                 id,
-                locator: Some(slot.to_owned()),
                 public_key: None,
-                certificate_pem: None,
-                key_pem: None,
+                handle: Handle::new(Thumbprint::InSlot(slot)),
                 active: usable,
                 complete: usable,
                 foreign: None,
@@ -325,20 +363,18 @@ impl Registry for IotHubRegistry {
         uuid: &DeviceUuid,
         state: &RegistryState,
         material: Material<'_>,
-    ) -> Result<Registration, ProvisionError> {
+    ) -> Result<Registration, RegistryError> {
         let pem = match material {
             Material::Generated(key) => key.self_signed_pem(uuid, CERT_DAYS),
             Material::Csr(csr) => certificate_for_csr(csr, CERT_DAYS),
         }
-        .map_err(ProvisionError::Internal)?;
-        let facts = certificate_facts(&pem).map_err(|e| ProvisionError::Internal(e.to_string()))?;
+        .map_err(RegistryError::Local)?;
+        let facts = certificate_facts(&pem).map_err(RegistryError::Local)?;
         Ok(Registration {
             credential: RegisteredCredential {
                 id: facts.sha256_thumbprint,
-                locator: None,
                 public_key: Some(facts.public_key),
-                certificate_pem: Some(pem),
-                key_pem: None,
+                handle: Handle::new(Thumbprint::Made { pem }),
                 active: false,
                 complete: false,
                 foreign: None,
@@ -356,7 +392,7 @@ impl Registry for IotHubRegistry {
         state: &RegistryState,
         keep: Option<&RegisteredCredential>,
         credential: &RegisteredCredential,
-    ) -> Result<(), ProvisionError> {
+    ) -> Result<(), RegistryError> {
         let device = self.device_id(uuid);
         let slots = match keep {
             Some(old) => (old.id.as_str(), Some(credential.id.as_str())),
@@ -365,18 +401,22 @@ impl Registry for IotHubRegistry {
         let if_match = state
             .entry
             .then(|| state.revision.as_deref().unwrap_or("*"));
-        self.put(deadline, &device, slots, if_match)
+        self.put(deadline, device.as_str(), slots, if_match)
             .await
-            .map_err(|f| ProvisionError::cloud("registering the certificate thumbprint", f))
+            .map_err(hub_error)
     }
 
     async fn revoke(
         &self,
         deadline: Deadline,
-        device: &str,
+        device: &RegistryDeviceId,
         credentials: &[RegisteredCredential],
-    ) -> Result<(), UpstreamFailure> {
-        let reply = self.call(deadline, Method::Get, device, None, None).await?;
+    ) -> Result<(), RegistryError> {
+        let device = device.as_str();
+        let reply = self
+            .call(deadline, Method::Get, device, None, None)
+            .await
+            .map_err(hub_error)?;
         if reply.status == 404 {
             return Ok(());
         }
@@ -401,38 +441,51 @@ impl Registry for IotHubRegistry {
                         None,
                         Some(etag.as_deref().unwrap_or("*")),
                     )
-                    .await?;
+                    .await
+                    .map_err(hub_error)?;
                 let _ = reply;
                 Ok(())
             }
-            [first, rest @ ..] => {
-                self.put(
+            [first, rest @ ..] => self
+                .put(
                     deadline,
                     device,
                     (first, rest.first().copied()),
                     Some(etag.as_deref().unwrap_or("*")),
                 )
                 .await
-            }
+                .map_err(hub_error),
         }
     }
 
-    async fn remove_entry(&self, deadline: Deadline, device: &str) -> Result<(), UpstreamFailure> {
+    async fn remove_entry(
+        &self,
+        deadline: Deadline,
+        device: &RegistryDeviceId,
+    ) -> Result<(), RegistryError> {
+        let device = device.as_str();
         self.call(deadline, Method::Delete, device, None, Some("*"))
             .await
             .map(|_| ())
+            .map_err(hub_error)
     }
 
     /// Creates the device again with the thumbprints it had (a device made since stays).
     async fn unretire(
         &self,
         deadline: Deadline,
-        device: &str,
+        device: &RegistryDeviceId,
         state: &RegistryState,
         _vars: &BTreeMap<String, Secret>,
-    ) -> Result<(), UpstreamFailure> {
+    ) -> Result<(), RegistryError> {
+        let device = device.as_str();
         let mut slots: Vec<&RegisteredCredential> = state.credentials.iter().collect();
-        slots.sort_by_key(|c| c.locator.as_deref() != Some("primary"));
+        slots.sort_by_key(|c| {
+            !matches!(
+                c.handle.get::<Thumbprint>(),
+                Some(Thumbprint::InSlot("primary"))
+            )
+        });
         let Some(first) = slots.first() else {
             return Ok(());
         };
@@ -446,7 +499,7 @@ impl Registry for IotHubRegistry {
             .await
         {
             Err(UpstreamFailure::Refused { status: 409, .. }) => Ok(()),
-            other => other,
+            other => other.map_err(hub_error),
         }
     }
 }

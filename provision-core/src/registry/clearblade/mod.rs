@@ -20,12 +20,15 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Cloud, Material, RegisteredCredential, Registration, Registry, RegistryState};
+use super::{
+    Cloud, Handle, Material, RegisteredCredential, Registration, Registry, RegistryError,
+    RegistryState,
+};
 use crate::codec::{base64_decode, base64_encode};
 use crate::config::ConfigError;
 use crate::credentials::{PublicKeyId, PublicKeyPem, public_key_of_pem, public_key_of_private_pem};
-use crate::error::{ProvisionError, UpstreamFailure};
-use crate::ids::DeviceUuid;
+use crate::error::UpstreamFailure;
+use crate::ids::{DeviceUuid, RegistryDeviceId};
 use crate::retry::{Deadline, RetryPolicy};
 use crate::secret::Secret;
 use crate::text::uri_component;
@@ -80,6 +83,22 @@ fn google_failure(answer: &Answer) -> UpstreamFailure {
     }
 }
 
+/// What ClearBlade's answers mean to the flow: its 404 is gone, its 409 (made meanwhile) the
+/// entry changed meanwhile.
+fn google_error(failure: UpstreamFailure) -> RegistryError {
+    match failure {
+        UpstreamFailure::Refused {
+            status: 404,
+            detail,
+        } => RegistryError::Gone(detail),
+        UpstreamFailure::Refused {
+            status: 409,
+            detail,
+        } => RegistryError::Changed(detail),
+        other => RegistryError::Upstream(other),
+    }
+}
+
 /// The credential JSON for a public key.
 fn credential_json(key: &PublicKeyPem) -> Value {
     let format = if key.rsa { "RSA_PEM" } else { "ES256_PEM" };
@@ -117,10 +136,8 @@ fn registered(
     let usable = key_id.is_some() && !blocked && !expired;
     Some(RegisteredCredential {
         id,
-        locator: None,
         public_key: key_id,
-        certificate_pem: None,
-        key_pem: Some(PublicKeyPem {
+        handle: Handle::new(PublicKeyPem {
             pem: public.key.clone(),
             rsa: public.format.starts_with("RSA"),
         }),
@@ -150,8 +167,8 @@ impl Registry for ClearBladeRegistry {
     }
 
     /// `balena-<uuid>`, as balena's published function names them, so fleets migrate in place.
-    fn device_id(&self, uuid: &DeviceUuid) -> String {
-        format!("balena-{}", uuid.as_str())
+    fn device_id(&self, uuid: &DeviceUuid) -> RegistryDeviceId {
+        RegistryDeviceId::new(format!("balena-{}", uuid.as_str()))
     }
 
     fn variable_names(&self) -> &'static [&'static str] {
@@ -169,7 +186,11 @@ impl Registry for ClearBladeRegistry {
 
     /// The stored private key's public half is the registered key; with no private key stored
     /// (the device sent a CSR and keeps its key) any registered key may be the device's.
-    fn names(&self, vars: &BTreeMap<String, Secret>, credential: &RegisteredCredential) -> bool {
+    fn is_named_by(
+        &self,
+        vars: &BTreeMap<String, Secret>,
+        credential: &RegisteredCredential,
+    ) -> bool {
         match self.stored_public_key(vars) {
             Some(stored) => credential.public_key.as_ref() == Some(&stored),
             None => !vars.contains_key(KEY_VAR),
@@ -187,7 +208,7 @@ impl Registry for ClearBladeRegistry {
     fn fixed_variables(&self, uuid: &DeviceUuid) -> Vec<(&'static str, String)> {
         let id = self.device_id(uuid);
         vec![
-            (CLIENT_PATH_VAR, self.device_path(&id)),
+            (CLIENT_PATH_VAR, self.device_path(id.as_str())),
             (TOPIC_ROOT_VAR, format!("/devices/{id}")),
             (PROJECT_VAR, self.path.project.clone()),
         ]
@@ -214,8 +235,8 @@ impl Registry for ClearBladeRegistry {
     /// Fetches the registry's own credentials afresh with the service account
     /// (`getRegistryCredentials`: a POST that only reads): it needs the service account to be
     /// accepted and the registry to exist where the settings say.
-    async fn probe(&self, deadline: Deadline) -> Result<String, UpstreamFailure> {
-        let access = self.access(deadline, true).await?;
+    async fn probe(&self, deadline: Deadline) -> Result<String, RegistryError> {
+        let access = self.access(deadline, true).await.map_err(google_error)?;
         Ok(format!(
             "the service account fetched the credentials of {} (regional API {})",
             self.path.path(),
@@ -226,9 +247,14 @@ impl Registry for ClearBladeRegistry {
     async fn inspect(
         &self,
         deadline: Deadline,
-        device_id: &str,
-    ) -> Result<RegistryState, UpstreamFailure> {
-        let Some(device) = self.get_device(deadline, device_id).await? else {
+        device_id: &RegistryDeviceId,
+    ) -> Result<RegistryState, RegistryError> {
+        let device_id = device_id.as_str();
+        let Some(device) = self
+            .get_device(deadline, device_id)
+            .await
+            .map_err(google_error)?
+        else {
             return Ok(RegistryState::default());
         };
         let now = utc_now();
@@ -252,17 +278,15 @@ impl Registry for ClearBladeRegistry {
         _uuid: &DeviceUuid,
         state: &RegistryState,
         material: Material<'_>,
-    ) -> Result<Registration, ProvisionError> {
+    ) -> Result<Registration, RegistryError> {
         let key = match material {
             Material::Generated(key) => key.public_key_pem(),
             Material::Csr(csr) => csr.public_key_pem().clone(),
         };
         let credential = RegisteredCredential {
             id: material.public_key().fingerprint(),
-            locator: None,
             public_key: Some(material.public_key()),
-            certificate_pem: None,
-            key_pem: Some(key),
+            handle: Handle::new(key),
             active: false,
             complete: false,
             foreign: None,
@@ -283,33 +307,30 @@ impl Registry for ClearBladeRegistry {
         state: &RegistryState,
         keep: Option<&RegisteredCredential>,
         credential: &RegisteredCredential,
-    ) -> Result<(), ProvisionError> {
+    ) -> Result<(), RegistryError> {
         let keys: Vec<Value> = keep
             .filter(|k| k.id != credential.id)
             .into_iter()
             .chain(std::iter::once(credential))
-            .filter_map(|c| c.key_pem.as_ref().map(credential_json))
+            .filter_map(|c| c.handle.get::<PublicKeyPem>().map(credential_json))
             .collect();
         let device_id = self.device_id(uuid);
         if state.entry {
             return self
-                .set_credentials(deadline, &device_id, &keys)
+                .set_credentials(deadline, device_id.as_str(), &keys)
                 .await
-                .map_err(|f| ProvisionError::cloud("adding the new key to the device", f));
+                .map_err(google_error);
         }
         let body = json!({"id": device_id, "credentials": keys});
         let answer = self
             .devices_call(deadline, reqwest::Method::POST, &[], Some(&body))
             .await
-            .map_err(|f| ProvisionError::cloud("creating the device", f))?;
+            .map_err(google_error)?;
         if answer.status.is_success() {
             Ok(())
         } else {
             // 409: made since the state was read; the flow undoes this attempt and re-reads.
-            Err(ProvisionError::cloud(
-                "creating the device",
-                google_failure(&answer),
-            ))
+            Err(google_error(google_failure(&answer)))
         }
     }
 
@@ -318,10 +339,15 @@ impl Registry for ClearBladeRegistry {
     async fn revoke(
         &self,
         deadline: Deadline,
-        device_id: &str,
+        device_id: &RegistryDeviceId,
         credentials: &[RegisteredCredential],
-    ) -> Result<(), UpstreamFailure> {
-        let Some(device) = self.get_device(deadline, device_id).await? else {
+    ) -> Result<(), RegistryError> {
+        let device_id = device_id.as_str();
+        let Some(device) = self
+            .get_device(deadline, device_id)
+            .await
+            .map_err(google_error)?
+        else {
             return Ok(());
         };
         let now = utc_now();
@@ -334,7 +360,10 @@ impl Registry for ClearBladeRegistry {
             return Ok(());
         }
         if kept.is_empty() {
-            return self.delete_device(deadline, device_id).await;
+            return self
+                .delete_device(deadline, device_id)
+                .await
+                .map_err(google_error);
         }
         let keys: Vec<Value> = kept
             .into_iter()
@@ -348,29 +377,34 @@ impl Registry for ClearBladeRegistry {
                 Some(credential)
             })
             .collect();
-        self.set_credentials(deadline, device_id, &keys).await
+        self.set_credentials(deadline, device_id, &keys)
+            .await
+            .map_err(google_error)
     }
 
     async fn remove_entry(
         &self,
         deadline: Deadline,
-        device_id: &str,
-    ) -> Result<(), UpstreamFailure> {
-        self.delete_device(deadline, device_id).await
+        device_id: &RegistryDeviceId,
+    ) -> Result<(), RegistryError> {
+        self.delete_device(deadline, device_id.as_str())
+            .await
+            .map_err(google_error)
     }
 
     /// Creates the device again with the keys it had (a device made since stays).
     async fn unretire(
         &self,
         deadline: Deadline,
-        device_id: &str,
+        device_id: &RegistryDeviceId,
         state: &RegistryState,
         _vars: &BTreeMap<String, Secret>,
-    ) -> Result<(), UpstreamFailure> {
+    ) -> Result<(), RegistryError> {
+        let device_id = device_id.as_str();
         let keys: Vec<Value> = state
             .credentials
             .iter()
-            .filter_map(|c| c.key_pem.as_ref().map(credential_json))
+            .filter_map(|c| c.handle.get::<PublicKeyPem>().map(credential_json))
             .collect();
         if !state.entry || keys.is_empty() {
             return Ok(());
@@ -378,11 +412,12 @@ impl Registry for ClearBladeRegistry {
         let body = json!({"id": device_id, "credentials": keys});
         let answer = self
             .devices_call(deadline, reqwest::Method::POST, &[], Some(&body))
-            .await?;
+            .await
+            .map_err(google_error)?;
         match answer.status {
             s if s.is_success() => Ok(()),
             StatusCode::CONFLICT => Ok(()),
-            _ => Err(google_failure(&answer)),
+            _ => Err(google_error(google_failure(&answer))),
         }
     }
 }
