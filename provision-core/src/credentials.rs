@@ -69,12 +69,12 @@ pub struct DeviceKey {
 }
 
 impl DeviceKey {
-    /// A fresh EC P-256 key pair.
+    /// A new EC P-256 key pair.
     pub fn generate() -> Result<Self, String> {
         Self::generate_with(KeyAlgorithm::EcP256)
     }
 
-    /// A fresh key pair of the given kind.
+    /// A new key pair of the given kind.
     pub fn generate_with(algorithm: KeyAlgorithm) -> Result<Self, String> {
         let key = match algorithm {
             KeyAlgorithm::EcP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),

@@ -121,9 +121,8 @@ impl BalenaClient {
         self.delete_var_rows(deadline, target, &ours).await
     }
 
-    /// Deletes these variables of the target, in one request. Deleting what is not there succeeds.
-    /// Deletes exactly these variable rows (by id): a variable stored again since they were
-    /// read is a new row and stays.
+    /// Deletes exactly these variable rows (by id), in one request: a variable stored again
+    /// since they were read is a new row and stays.
     pub async fn delete_var_rows(
         &self,
         deadline: Deadline,
@@ -152,6 +151,8 @@ impl BalenaClient {
         }
     }
 
+    /// Deletes the target's variables of these names, whatever their rows, in one request.
+    /// Deleting what is not there succeeds.
     pub async fn delete_vars(
         &self,
         deadline: Deadline,

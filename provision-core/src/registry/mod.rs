@@ -165,6 +165,10 @@ impl Material<'_> {
     }
 }
 
+/// One cloud's IoT registry, as the flow drives it. Its removal verbs, one meaning each:
+/// `revoke` (these credentials unusable and gone), `remove_entry` (the device's entry gone),
+/// and DELETE's three steps: `retire` (every credential unusable, still there), `unretire`
+/// (retire undone) and `purge` (what retire left, gone).
 #[async_trait]
 pub trait Registry: Send + Sync {
     fn cloud(&self) -> Cloud;

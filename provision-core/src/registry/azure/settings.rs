@@ -3,7 +3,7 @@
 
 use super::*;
 
-/// Lifetime of one SAS token, and how long before expiry a fresh one is made.
+/// Lifetime of one SAS token, and how long before expiry the next one is made.
 pub(super) const TOKEN_LIFETIME: u64 = 3600;
 pub(super) const TOKEN_REFRESH: u64 = 300;
 

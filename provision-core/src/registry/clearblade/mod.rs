@@ -271,7 +271,7 @@ impl Registry for ClearBladeRegistry {
     }
 
     /// Only prepares the key: the device is created or changed by `activate`, which the flow
-    /// runs beside taking the device's lock (a fresh device) or once it holds it.
+    /// runs beside taking the device's lock (a device with nothing provisioned) or once it holds it.
     async fn register(
         &self,
         _deadline: Deadline,
