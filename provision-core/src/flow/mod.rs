@@ -52,7 +52,7 @@ use crate::balena::BalenaClient;
 use crate::credentials::{DeviceCsr, KeyAlgorithm};
 use crate::error::ProvisionError;
 use crate::ids::{DeviceUuid, RegistryDeviceId, ServiceName};
-use crate::registry::{RegisteredCredential, Registry, RegistryError};
+use crate::registry::{Device, RegisteredCredential, Registry, RegistryError};
 use crate::rejected_keys::RejectedKeys;
 use crate::retry::Deadline;
 
@@ -156,6 +156,14 @@ pub(crate) struct Job<'a> {
 impl Job<'_> {
     fn uuid(&self) -> &DeviceUuid {
         &self.request.uuid
+    }
+
+    /// The device as registry calls name it.
+    fn device(&self) -> Device<'_> {
+        Device {
+            uuid: &self.request.uuid,
+            id: &self.device_id,
+        }
     }
 }
 

@@ -68,7 +68,7 @@ impl Provisioner {
             self.take_for_goal(job, snapshot, claim),
             self.registry.register(
                 job.deadline,
-                job.uuid(),
+                job.device(),
                 &snapshot.state,
                 material.material()
             ),
@@ -154,8 +154,13 @@ impl Provisioner {
                 .create_var(job.deadline, snapshot.target, name, value)
         });
         let (activated, created) = tokio::join!(
-            self.registry
-                .activate(job.deadline, job.uuid(), &snapshot.state, None, credential),
+            self.registry.activate(
+                job.deadline,
+                job.device(),
+                &snapshot.state,
+                None,
+                credential
+            ),
             futures::future::join_all(creates),
         );
         for ((name, value), result) in vars.iter().zip(&created) {
@@ -262,7 +267,7 @@ impl Provisioner {
             .registry
             .register(
                 job.deadline,
-                job.uuid(),
+                job.device(),
                 &snapshot.state,
                 material.material(),
             )
@@ -311,7 +316,7 @@ impl Provisioner {
         let (activated, written, removed) = tokio::join!(
             self.registry.activate(
                 job.deadline,
-                job.uuid(),
+                job.device(),
                 &snapshot.state,
                 assessment.named.as_ref(),
                 credential

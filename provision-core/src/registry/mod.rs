@@ -140,6 +140,14 @@ pub(crate) fn certificate_variables(
     vars
 }
 
+/// The device a registry call is about: its UUID, and the registry's id for it, worked out
+/// once (see [`Registry::device_id`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Device<'a> {
+    pub uuid: &'a DeviceUuid,
+    pub id: &'a RegistryDeviceId,
+}
+
 /// A credential [`Registry::register`] made, and whether it made the device's entry too.
 #[derive(Clone, Debug)]
 pub struct Registration {
@@ -254,7 +262,7 @@ pub trait Registry: Send + Sync {
     async fn register(
         &self,
         deadline: Deadline,
-        uuid: &DeviceUuid,
+        device: Device<'_>,
         state: &RegistryState,
         material: Material<'_>,
     ) -> Result<Registration, RegistryError>;
@@ -266,7 +274,7 @@ pub trait Registry: Send + Sync {
     async fn activate(
         &self,
         deadline: Deadline,
-        uuid: &DeviceUuid,
+        device: Device<'_>,
         state: &RegistryState,
         keep: Option<&RegisteredCredential>,
         credential: &RegisteredCredential,

@@ -11,7 +11,7 @@ use crate::credentials::{PublicKeyId, certificate_facts, certificate_for_csr};
 use crate::error::UpstreamFailure;
 use crate::ids::{DeviceUuid, RegistryDeviceId};
 use crate::registry::{
-    Cloud, Handle, Material, RegisteredCredential, Registration, Registry, RegistryError,
+    Cloud, Device, Handle, Material, RegisteredCredential, Registration, Registry, RegistryError,
     RegistryState, certificate_variables, stored_certificate,
 };
 use crate::retry::Deadline;
@@ -142,13 +142,13 @@ impl Registry for MemoryRegistry {
     async fn register(
         &self,
         _deadline: Deadline,
-        uuid: &DeviceUuid,
+        device: Device<'_>,
         state: &RegistryState,
         material: Material<'_>,
     ) -> Result<Registration, RegistryError> {
         self.step(Step::Register)?;
         let pem = match material {
-            Material::Generated(key) => key.self_signed_pem(uuid, 365),
+            Material::Generated(key) => key.self_signed_pem(device.uuid, 365),
             Material::Csr(csr) => certificate_for_csr(csr, 365),
         }
         .map_err(RegistryError::Local)?;
@@ -178,7 +178,7 @@ impl Registry for MemoryRegistry {
     async fn activate(
         &self,
         _deadline: Deadline,
-        _uuid: &DeviceUuid,
+        _device: Device<'_>,
         _state: &RegistryState,
         _keep: Option<&RegisteredCredential>,
         credential: &RegisteredCredential,

@@ -12,8 +12,8 @@ use aws_sdk_iot::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_iot::types::{AttributePayload, CertificateStatus};
 
 use super::{
-    Cloud, Foreign, Handle, Material, RegisteredCredential, Registration, Registry, RegistryError,
-    RegistryState,
+    Cloud, Device, Foreign, Handle, Material, RegisteredCredential, Registration, Registry,
+    RegistryError, RegistryState,
 };
 use crate::codec::base64_decode;
 use crate::credentials::{PublicKeyId, certificate_facts};
@@ -196,14 +196,14 @@ impl Registry for AwsIotRegistry {
     async fn register(
         &self,
         deadline: Deadline,
-        uuid: &DeviceUuid,
+        device: Device<'_>,
         state: &RegistryState,
         material: Material<'_>,
     ) -> Result<Registration, RegistryError> {
-        let device_id = self.device_id(uuid);
+        let device_id = device.id;
         let thing = device_id.as_str();
         let csr = match material {
-            Material::Generated(key) => key.csr_pem(uuid).map_err(RegistryError::Local)?,
+            Material::Generated(key) => key.csr_pem(device.uuid).map_err(RegistryError::Local)?,
             Material::Csr(csr) => csr.pem().to_owned(),
         };
         // The thing and the certificate do not depend on each other: make them together. The
@@ -268,7 +268,7 @@ impl Registry for AwsIotRegistry {
                 }
                 if created_entry {
                     tracing::warn!(thing = %thing, "deleting the thing this request made: the certificate could not be made");
-                    let _ = self.remove_entry(deadline, &device_id).await;
+                    let _ = self.remove_entry(deadline, device_id).await;
                 }
                 Err(match (thing_result, cert_result) {
                     (Err(f), _) | (_, Err(f)) => f.into(),
@@ -283,12 +283,12 @@ impl Registry for AwsIotRegistry {
     async fn activate(
         &self,
         deadline: Deadline,
-        uuid: &DeviceUuid,
+        device: Device<'_>,
         _state: &RegistryState,
         _keep: Option<&RegisteredCredential>,
         credential: &RegisteredCredential,
     ) -> Result<(), RegistryError> {
-        let thing = self.device_id(uuid);
+        let thing = device.id;
         let thing = thing.as_str();
         let arn = certificate(credential)?.arn.as_str();
         let (active, policy, principal) = tokio::join!(

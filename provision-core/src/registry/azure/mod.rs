@@ -17,7 +17,7 @@ use azure_core::http::{ExponentialRetryOptions, RetryOptions};
 use serde_json::{Value, json};
 
 use super::{
-    Cloud, Handle, Material, RegisteredCredential, Registration, Registry, RegistryError,
+    Cloud, Device, Handle, Material, RegisteredCredential, Registration, Registry, RegistryError,
     RegistryState,
 };
 use crate::codec::{base64_decode, base64_encode};
@@ -360,12 +360,12 @@ impl Registry for IotHubRegistry {
     async fn register(
         &self,
         _deadline: Deadline,
-        uuid: &DeviceUuid,
+        device: Device<'_>,
         state: &RegistryState,
         material: Material<'_>,
     ) -> Result<Registration, RegistryError> {
         let pem = match material {
-            Material::Generated(key) => key.self_signed_pem(uuid, CERT_DAYS),
+            Material::Generated(key) => key.self_signed_pem(device.uuid, CERT_DAYS),
             Material::Csr(csr) => certificate_for_csr(csr, CERT_DAYS),
         }
         .map_err(RegistryError::Local)?;
@@ -388,12 +388,12 @@ impl Registry for IotHubRegistry {
     async fn activate(
         &self,
         deadline: Deadline,
-        uuid: &DeviceUuid,
+        device: Device<'_>,
         state: &RegistryState,
         keep: Option<&RegisteredCredential>,
         credential: &RegisteredCredential,
     ) -> Result<(), RegistryError> {
-        let device = self.device_id(uuid);
+        let device = device.id;
         let slots = match keep {
             Some(old) => (old.id.as_str(), Some(credential.id.as_str())),
             None => (credential.id.as_str(), None),

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    Cloud, Handle, Material, RegisteredCredential, Registration, Registry, RegistryError,
+    Cloud, Device, Handle, Material, RegisteredCredential, Registration, Registry, RegistryError,
     RegistryState,
 };
 use crate::codec::{base64_decode, base64_encode};
@@ -275,7 +275,7 @@ impl Registry for ClearBladeRegistry {
     async fn register(
         &self,
         _deadline: Deadline,
-        _uuid: &DeviceUuid,
+        _device: Device<'_>,
         state: &RegistryState,
         material: Material<'_>,
     ) -> Result<Registration, RegistryError> {
@@ -303,7 +303,7 @@ impl Registry for ClearBladeRegistry {
     async fn activate(
         &self,
         deadline: Deadline,
-        uuid: &DeviceUuid,
+        device: Device<'_>,
         state: &RegistryState,
         keep: Option<&RegisteredCredential>,
         credential: &RegisteredCredential,
@@ -314,7 +314,7 @@ impl Registry for ClearBladeRegistry {
             .chain(std::iter::once(credential))
             .filter_map(|c| c.handle.get::<PublicKeyPem>().map(credential_json))
             .collect();
-        let device_id = self.device_id(uuid);
+        let device_id = device.id;
         if state.entry {
             return self
                 .set_credentials(deadline, device_id.as_str(), &keys)
