@@ -24,6 +24,7 @@ use crate::secret::Secret;
 mod calls;
 mod certificates;
 mod client;
+mod settings;
 
 use calls::*;
 
