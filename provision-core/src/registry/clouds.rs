@@ -27,13 +27,16 @@ pub trait FromEnv: Registry + Sized + 'static {
     fn from_env() -> impl Future<Output = Result<Self, ConfigError>> + Send;
 }
 
+/// A registry being read from the environment, as the flow takes it.
+pub type Loading = BoxFuture<'static, Result<Arc<dyn Registry>, ConfigError>>;
+
 /// One cloud of the table.
 pub struct CloudRow {
     pub cloud: Cloud,
     pub product: &'static str,
     pub settings: &'static [Setting],
     /// [`FromEnv::from_env`], behind the trait object the flow takes.
-    pub from_env: fn() -> BoxFuture<'static, Result<Arc<dyn Registry>, ConfigError>>,
+    pub from_env: fn() -> Loading,
 }
 
 impl CloudRow {
@@ -53,7 +56,7 @@ impl CloudRow {
     }
 }
 
-fn from_env<R: FromEnv>() -> BoxFuture<'static, Result<Arc<dyn Registry>, ConfigError>> {
+fn from_env<R: FromEnv>() -> Loading {
     Box::pin(async { Ok(Arc::new(R::from_env().await?) as Arc<dyn Registry>) })
 }
 
