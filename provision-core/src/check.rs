@@ -182,7 +182,7 @@ pub async fn run(
                 "registry {cloud} did not accept the function's read-only probe: {failure}"
             )),
         },
-        entry_line(cloud, &device_id, request.uuid.is_some(), entry),
+        entry_line(&cloud, &device_id, request.uuid.is_some(), entry),
     ]
 }
 
@@ -192,11 +192,11 @@ fn random_uuid() -> DeviceUuid {
         .expect("a v4 UUID in simple form is 32 lowercase hex characters")
 }
 
-fn registry_name(cloud: Cloud) -> &'static str {
-    match cloud {
-        Cloud::Aws => "aws (AWS IoT Core)",
-        Cloud::Azure => "azure (Azure IoT Hub)",
-        Cloud::Gcp => "gcp (ClearBlade IoT Core)",
+/// `aws (AWS IoT Core)`: the cloud's name and its product, from the table of clouds.
+fn registry_name(cloud: Cloud) -> String {
+    match crate::registry::clouds::row(cloud) {
+        Some(row) => format!("{} ({})", row.name(), row.product),
+        None => cloud.as_str().to_owned(),
     }
 }
 

@@ -38,6 +38,40 @@ pub struct Settings {
     pub upstream_timeout: Duration,
 }
 
+/// One environment variable as the hosts' `--help` lists it: its name (or a few names read
+/// together) and what it is for.
+pub type Setting = (&'static str, &'static str);
+
+/// What [`Settings`] reads, for every host's `--help`.
+pub const SETTINGS: &[Setting] = &[
+    (
+        "BALENA_API_KEY",
+        "the function's own balenaCloud API key (required)",
+    ),
+    ("BALENA_API_URL", "default https://api.balena-cloud.com"),
+    (
+        "PROVISION_OPERATOR_TOKEN",
+        "optional operator bearer token (16+ characters)",
+    ),
+    (
+        "PROVISION_ALLOW_UNAUTHENTICATED",
+        "'true': callers without credentials may get a device provisioned (no csr, rotate or DELETE)",
+    ),
+    (
+        "PROVISION_ACCEPT_USER_KEYS",
+        "'true': a user's or fleet's key that sees the device may act on it",
+    ),
+    (
+        "PROVISION_REQUEST_BUDGET_MS",
+        "time budget of one request (default 25000)",
+    ),
+    (
+        "PROVISION_UPSTREAM_TIMEOUT_MS",
+        "time limit of one attempt of one upstream call (default 8000)",
+    ),
+    ("PROVISION_KEY_TYPE", "ec-p256 (default) or rsa-2048"),
+];
+
 pub const DEFAULT_BALENA_API_URL: &str = "https://api.balena-cloud.com";
 const MIN_OPERATOR_TOKEN: usize = 16;
 

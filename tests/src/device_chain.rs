@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use provision_core::Cloud;
 use provision_emulators::mqtt::azure::AzureAuthenticator;
 use provision_emulators::mqtt::clearblade::ClearBladeAuthenticator;
 use provision_emulators::mqtt::{MqttStandIn, Received};
@@ -19,14 +20,6 @@ use crate::world::{
     AwsWorld, AzureWorld, Device, Fleet, GCP_REGION, GCP_REGISTRY, GcpWorld, Host, Options,
 };
 
-/// The clouds a chain can be built for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChainCloud {
-    Aws,
-    Azure,
-    Gcp,
-}
-
 enum AnyWorld {
     Aws(Box<AwsWorld>),
     Azure(Box<AzureWorld>),
@@ -35,7 +28,7 @@ enum AnyWorld {
 
 /// One cloud's chain with one device, its relay not started yet.
 pub struct Chain {
-    pub cloud: ChainCloud,
+    pub cloud: Cloud,
     world: AnyWorld,
     pub stand_in: MqttStandIn,
     pub broker: Mosquitto,
@@ -57,11 +50,11 @@ pub struct ChainPorts {
 }
 
 impl Chain {
-    pub async fn start(cloud: ChainCloud) -> anyhow::Result<Chain> {
+    pub async fn start(cloud: Cloud) -> anyhow::Result<Chain> {
         Self::start_with(cloud, ChainPorts::default()).await
     }
 
-    pub async fn start_with(cloud: ChainCloud, ports: ChainPorts) -> anyhow::Result<Chain> {
+    pub async fn start_with(cloud: Cloud, ports: ChainPorts) -> anyhow::Result<Chain> {
         let stand_in_at = |auth: Arc<dyn provision_emulators::mqtt::Authenticator>,
                            name: &'static str| async move {
             match ports.stand_in {
@@ -77,7 +70,7 @@ impl Chain {
             AnyWorld::Gcp(w) => w.logs.clone(),
         };
         let (world, stand_in, url) = match cloud {
-            ChainCloud::Aws => {
+            Cloud::Aws => {
                 // Served over HTTP (provision-cloudrun with the AWS registry), as a device
                 // calls the function URL.
                 let world = AwsWorld::start_with(Options {
@@ -93,7 +86,7 @@ impl Chain {
                 let url = http.url("/provision");
                 (AnyWorld::Aws(Box::new(world)), stand_in, url)
             }
-            ChainCloud::Azure => {
+            Cloud::Azure => {
                 // The hub's name must resolve to the stand-in: localhost.
                 let world = AzureWorld::start_with(Options {
                     hub_host: "localhost",
@@ -105,7 +98,7 @@ impl Chain {
                 let url = world.http.url("/provision");
                 (AnyWorld::Azure(Box::new(world)), stand_in, url)
             }
-            ChainCloud::Gcp => {
+            Cloud::Gcp => {
                 let world = GcpWorld::start().await?;
                 let auth = ClearBladeAuthenticator::new(
                     world.clearblade.clone(),
@@ -138,9 +131,9 @@ impl Chain {
         let port = stand_in.port();
         base_env.extend(
             match cloud {
-                ChainCloud::Aws => vec![("AWS_DATA_ENDPOINT", format!("127.0.0.1:{port}"))],
-                ChainCloud::Azure => vec![("AZURE_HUB_HOST", format!("localhost:{port}"))],
-                ChainCloud::Gcp => vec![
+                Cloud::Aws => vec![("AWS_DATA_ENDPOINT", format!("127.0.0.1:{port}"))],
+                Cloud::Azure => vec![("AZURE_HUB_HOST", format!("localhost:{port}"))],
+                Cloud::Gcp => vec![
                     ("CLOUD_PROVIDER", "GCP".to_string()),
                     ("MESSAGING_HOST", format!("127.0.0.1:{port}")),
                 ],
@@ -190,17 +183,17 @@ impl Chain {
     /// The device id the cloud knows the device by (what the stand-in authenticates).
     pub fn cloud_device_id(&self) -> String {
         match self.cloud {
-            ChainCloud::Aws | ChainCloud::Azure => self.device.uuid.clone(),
-            ChainCloud::Gcp => format!("balena-{}", self.device.uuid),
+            Cloud::Aws | Cloud::Azure => self.device.uuid.clone(),
+            Cloud::Gcp => format!("balena-{}", self.device.uuid),
         }
     }
 
     /// The topic every relayed message must arrive on.
     pub fn expected_topic(&self) -> String {
         match self.cloud {
-            ChainCloud::Aws => format!("balena/{}/sensors", self.device.uuid),
-            ChainCloud::Azure => format!("devices/{}/messages/events/", self.device.uuid),
-            ChainCloud::Gcp => format!("/devices/{}/events", self.cloud_device_id()),
+            Cloud::Aws => format!("balena/{}/sensors", self.device.uuid),
+            Cloud::Azure => format!("devices/{}/messages/events/", self.device.uuid),
+            Cloud::Gcp => format!("/devices/{}/events", self.cloud_device_id()),
         }
     }
 
@@ -255,7 +248,7 @@ impl Chain {
                     r.device
                 );
                 anyhow::ensure!(r.topic == topic, "topic {} not {topic}", r.topic);
-                if self.cloud == ChainCloud::Azure {
+                if self.cloud == Cloud::Azure {
                     anyhow::ensure!(
                         r.properties
                             .iter()

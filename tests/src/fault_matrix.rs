@@ -25,6 +25,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
+use provision_core::Cloud;
 use provision_emulators::fault_proxy::{Exchange, FaultKind, PlannedFault, Traffic};
 
 use crate::checks::{self, Target};
@@ -119,7 +120,7 @@ pub async fn run<S: Stack>() -> Vec<Cell> {
 }
 
 /// The table of one cloud's cells: one row per call, one column per fault kind.
-pub fn table(cloud: &str, cells: &[Cell]) -> String {
+pub fn table(cloud: Cloud, cells: &[Cell]) -> String {
     let mut out = String::new();
     let passed = cells.iter().filter(|c| c.passed()).count();
     let _ = writeln!(
@@ -310,7 +311,7 @@ async fn prepare<S: Stack>(world: &S, op: Operation) -> Device {
     if op == Operation::Repair {
         // Variables that no longer match the credential, while still naming it: a private key
         // that is not the certificate's (AWS, Azure), a wrong registry path (GCP).
-        if S::CLOUD == "gcp" {
+        if S::CLOUD == Cloud::Gcp {
             world
                 .balena
                 .set_device_var(device.id, "GCP_CLIENT_PATH", "projects/elsewhere")

@@ -171,7 +171,7 @@ pub async fn lifecycle<S: Stack>(target: Target) {
         .unwrap();
     assert_eq!(created.status, 201, "{}", created.raw_body);
     assert_eq!(created.status_text(), "created");
-    assert_eq!(created.body["cloud"], S::CLOUD);
+    assert_eq!(created.body["cloud"], S::CLOUD.as_str());
     assert_eq!(created.body["uuid"], device.uuid.as_str());
     assert_eq!(created.body["device_id"], S::device_id(&device.uuid));
     assert_eq!(created.body["variables"], json!(S::all_variables()));

@@ -4,6 +4,7 @@
 
 use std::ops::Deref;
 
+use provision_core::Cloud;
 use serde_json::json;
 
 use crate::balena::Backend;
@@ -35,7 +36,7 @@ pub struct Registered {
 #[allow(async_fn_in_trait)]
 pub trait Stack: Sized + Deref<Target = Fleet> {
     /// The `cloud` field of every answer.
-    const CLOUD: &'static str;
+    const CLOUD: Cloud;
     /// The variables written when the device sends a CSR (sorted), i.e. all but the key.
     const CSR_VARS: &'static [&'static str];
     const KEY_VAR: &'static str;
@@ -177,7 +178,7 @@ pub trait Stack: Sized + Deref<Target = Fleet> {
 }
 
 impl Stack for AwsWorld {
-    const CLOUD: &'static str = "aws";
+    const CLOUD: Cloud = Cloud::Aws;
     const CSR_VARS: &'static [&'static str] = &["AWS_CERT"];
     const KEY_VAR: &'static str = "AWS_PRIVATE_KEY";
 
@@ -327,7 +328,7 @@ impl Stack for AwsWorld {
 }
 
 impl Stack for AzureWorld {
-    const CLOUD: &'static str = "azure";
+    const CLOUD: Cloud = Cloud::Azure;
     const CSR_VARS: &'static [&'static str] = &["AZURE_CERT"];
     const KEY_VAR: &'static str = "AZURE_PRIVATE_KEY";
 
@@ -465,7 +466,7 @@ impl Stack for AzureWorld {
 }
 
 impl Stack for GcpWorld {
-    const CLOUD: &'static str = "gcp";
+    const CLOUD: Cloud = Cloud::Gcp;
     const CSR_VARS: &'static [&'static str] =
         &["GCP_CLIENT_PATH", "GCP_DATA_TOPIC_ROOT", "GCP_PROJECT_ID"];
     const KEY_VAR: &'static str = "GCP_PRIVATE_KEY";
@@ -629,7 +630,7 @@ impl<W: Stack> Deref for OnOpenBalena<W> {
 }
 
 impl<W: Stack> Stack for OnOpenBalena<W> {
-    const CLOUD: &'static str = W::CLOUD;
+    const CLOUD: Cloud = W::CLOUD;
     const CSR_VARS: &'static [&'static str] = W::CSR_VARS;
     const KEY_VAR: &'static str = W::KEY_VAR;
 

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use provision_core::Cloud;
 use provision_emulators::balena::BalenaEmulator;
 use provision_emulators::clearblade::ClearBladeEmulator;
 use provision_emulators::fault_proxy::{FaultProxy, Flavour, Traffic};
@@ -250,14 +251,14 @@ impl Fleet {
     /// where access logs keep it.
     fn audit(
         &self,
-        world: &str,
+        world: Cloud,
         logs: &LogBook,
         registry_secrets: &[String],
         registry_requests: Vec<String>,
     ) {
         let mut known = self.secret_strings(&[]);
         known.extend(registry_secrets.iter().cloned());
-        crate::secrets::assert_none(world, logs, &known);
+        crate::secrets::assert_none(world.as_str(), logs, &known);
         let upstream = LogBook::default();
         for line in self
             .balena
@@ -488,13 +489,13 @@ pub enum Host {
 
 /// Starts `provision-cloudrun` serving `cloud` with `env`.
 async fn start_cloudrun(
-    cloud: &str,
+    cloud: Cloud,
     env: &[(String, String)],
     options: &Options,
     logs: &LogBook,
 ) -> anyhow::Result<(HttpFunctions, Functions)> {
     let mut env = env.to_vec();
-    env.push(("PROVISION_CLOUD".into(), cloud.into()));
+    env.push(("PROVISION_CLOUD".into(), cloud.as_str().into()));
     HttpFunctions::start("provision-cloudrun", &env, "PORT", "", options, logs).await
 }
 
@@ -548,7 +549,7 @@ impl AwsWorld {
         env.extend(fleet.function_env(&options, &faults));
         env.push(("AWS_IOT_POLICY".into(), aws::POLICY.to_string()));
         let (host, functions) = if options.cloudrun {
-            let (http, functions) = start_cloudrun("aws", &env, &options, &logs).await?;
+            let (http, functions) = start_cloudrun(Cloud::Aws, &env, &options, &logs).await?;
             (Host::Http(http), functions)
         } else {
             let runtime = LambdaRuntimeEmulator::start().await?;
@@ -621,7 +622,8 @@ impl AwsWorld {
             .map(|(_, v)| v)
             .collect();
         // moto keeps no request log; its calls go through the SDK, whose URLs hold ids only.
-        self.fleet.audit("aws", &self.logs, &moto_keys, Vec::new());
+        self.fleet
+            .audit(Cloud::Aws, &self.logs, &moto_keys, Vec::new());
         if let Host::Lambda(runtime) = self.host {
             runtime.shutdown().await;
         }
@@ -690,7 +692,7 @@ impl AzureWorld {
             ),
         ]);
         let (http, functions) = if options.cloudrun {
-            start_cloudrun("azure", &env, &options, &logs).await?
+            start_cloudrun(Cloud::Azure, &env, &options, &logs).await?
         } else {
             HttpFunctions::start(
                 "provision-azure",
@@ -721,7 +723,7 @@ impl AzureWorld {
     pub async fn stop(self) {
         self.functions.stop_and_wait().await;
         self.fleet.audit(
-            "azure",
+            Cloud::Azure,
             &self.logs,
             &[
                 self.policy_key.clone(),
@@ -801,7 +803,7 @@ impl GcpWorld {
             ("CB_REGISTRY_ID".to_string(), GCP_REGISTRY.to_string()),
             ("CB_SERVICE_ACCOUNT".to_string(), service_account),
         ]);
-        let (http, functions) = start_cloudrun("gcp", &env, &options, &logs).await?;
+        let (http, functions) = start_cloudrun(Cloud::Gcp, &env, &options, &logs).await?;
         Ok(GcpWorld {
             fleet,
             clearblade,
@@ -848,7 +850,7 @@ impl GcpWorld {
             })
             .collect();
         self.fleet
-            .audit("gcp", &self.logs, &registry_secrets, requests);
+            .audit(Cloud::Gcp, &self.logs, &registry_secrets, requests);
         self.clearblade.shutdown().await;
         self.fleet.balena.shutdown().await;
     }

@@ -332,7 +332,7 @@ async fn check_of<W: CheckedWorld>() {
     );
 
     // provision-cloudrun serving this cloud checks the same.
-    let cloudrun_env = with(&env, "PROVISION_CLOUD", W::CLOUD);
+    let cloudrun_env = with(&env, "PROVISION_CLOUD", W::CLOUD.as_str());
     let cloudrun = run(
         "provision-cloudrun",
         &["--check", "--uuid", uuid],

@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
+use provision_core::Cloud;
 use provision_testkit::device::{Relay, ScratchDir, produce};
-use provision_testkit::device_chain::{Chain, ChainCloud, stored_variable_names};
+use provision_testkit::device_chain::{Chain, stored_variable_names};
 use provision_testkit::events::Call;
 use provision_testkit::process::LogBook;
 use provision_testkit::world::CallerRole;
@@ -32,7 +33,7 @@ async fn assert_no_secret_logged(chain: &Chain, relay: &Relay) {
 /// The chain for one cloud: provisioning by the relay itself, 1,000 messages (half queued
 /// before the credentials arrived), then a rotation and a DELETE whose old credentials the
 /// cloud refuses while the new ones deliver.
-async fn whole_chain(cloud: ChainCloud) {
+async fn whole_chain(cloud: Cloud) {
     let chain = Chain::start(cloud).await.expect("chain starts");
     // Messages produced before the device is provisioned are queued, not lost.
     let mut relay = Relay::start("cloud-relay", &chain.env_with(&[]), &chain.logs).unwrap();
@@ -119,22 +120,22 @@ async fn whole_chain(cloud: ChainCloud) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_whole_chain() {
-    whole_chain(ChainCloud::Aws).await;
+    whole_chain(Cloud::Aws).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_whole_chain() {
-    whole_chain(ChainCloud::Azure).await;
+    whole_chain(Cloud::Azure).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcp_whole_chain() {
-    whole_chain(ChainCloud::Gcp).await;
+    whole_chain(Cloud::Gcp).await;
 }
 
 /// `PROVISION_KEEP_KEY=true`: no private key variable in balenaCloud, and the relay connects
 /// with the key it kept.
-async fn kept_key(cloud: ChainCloud) {
+async fn kept_key(cloud: Cloud) {
     let chain = Chain::start(cloud).await.expect("chain starts");
     let relay = chain
         .provisioned_relay(&[("PROVISION_KEEP_KEY", "true")])
@@ -197,24 +198,24 @@ async fn kept_key(cloud: ChainCloud) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_kept_key() {
-    kept_key(ChainCloud::Aws).await;
+    kept_key(Cloud::Aws).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_kept_key() {
-    kept_key(ChainCloud::Azure).await;
+    kept_key(Cloud::Azure).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcp_kept_key() {
-    kept_key(ChainCloud::Gcp).await;
+    kept_key(Cloud::Gcp).await;
 }
 
 /// The cloud down while messages keep coming, the relay killed with SIGKILL mid-stream, the
 /// local broker restarted: every message arrives (duplicates counted, as QoS 1 allows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outages_and_kills_lose_nothing() {
-    let mut chain = Chain::start(ChainCloud::Azure).await.expect("chain starts");
+    let mut chain = Chain::start(Cloud::Azure).await.expect("chain starts");
     let mut relay = chain.provisioned_relay(&[]).await.unwrap();
     let env = chain.env_with_variables(&[]).await;
 
@@ -259,7 +260,7 @@ async fn outages_and_kills_lose_nothing() {
 /// logged, and the newest arrive once the cloud is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_drops_the_oldest_and_says_so() {
-    let chain = Chain::start(ChainCloud::Gcp).await.expect("chain starts");
+    let chain = Chain::start(Cloud::Gcp).await.expect("chain starts");
     let bound = [("RELAY_QUEUE_MAX_BYTES", "65536")];
     let mut relay = chain.provisioned_relay(&bound).await.unwrap();
     chain.stand_in.go_down().await;
@@ -315,7 +316,7 @@ async fn publish_padded(port: u16, seqs: std::ops::Range<u64>) {
 /// The function's refusals and silences: one clear log line each, a backoff, and no exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_refusals_back_off_without_exiting() {
-    let chain = Chain::start(ChainCloud::Azure).await.expect("chain starts");
+    let chain = Chain::start(Cloud::Azure).await.expect("chain starts");
     let member_key = chain.fleet().caller_key(CallerRole::Member).await;
     let busy = BusyFunction::start().await;
     let closed_port = provision_testkit::process::free_port().unwrap();
@@ -477,7 +478,7 @@ fn help_names_every_setting_and_bad_arguments_are_refused() {
 /// connection before that (here every 3 s of a 6 s token), and nothing is lost across renewals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcp_tokens_are_renewed_before_they_expire() {
-    let chain = Chain::start(ChainCloud::Gcp).await.expect("chain starts");
+    let chain = Chain::start(Cloud::Gcp).await.expect("chain starts");
     let short = [("GCP_TOKEN_LIFETIME", "0.1"), ("GCP_RENEWAL_START", "0.05")];
     let relay = chain.provisioned_relay(&short).await.unwrap();
     let mut next = 0;

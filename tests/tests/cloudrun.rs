@@ -28,7 +28,7 @@ async fn serves<S: Stack>() {
         .unwrap();
     assert_eq!(
         (created.status, created.body["cloud"].as_str()),
-        (201, Some(S::CLOUD)),
+        (201, Some(S::CLOUD.as_str())),
         "{}",
         created.raw_body
     );

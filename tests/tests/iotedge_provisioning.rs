@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use provision_core::Cloud;
 use provision_testkit::device::{Relay, ScratchDir};
-use provision_testkit::device_chain::{Chain, ChainCloud, stored_variable_names};
+use provision_testkit::device_chain::{Chain, stored_variable_names};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -129,7 +130,7 @@ fn spki_of_key(pem: &str) -> Vec<u8> {
 /// the device was deleted from the hub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iotedged_over_the_unix_socket() {
-    let chain = Chain::start(ChainCloud::Azure).await.expect("chain starts");
+    let chain = Chain::start(Cloud::Azure).await.expect("chain starts");
     let socket_dir = ScratchDir::new("iotedge-socket").unwrap();
     let socket = socket_dir.0.join("external.sock");
     let url = format!("unix://{}", socket.display());
@@ -269,7 +270,7 @@ async fn iotedged_over_the_unix_socket() {
 /// written beside it (mode 0600), and no private key in balenaCloud.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iotedged_over_tcp_with_a_kept_key() {
-    let chain = Chain::start(ChainCloud::Azure).await.expect("chain starts");
+    let chain = Chain::start(Cloud::Azure).await.expect("chain starts");
     let port = provision_testkit::process::free_port().unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let args = ["iotedge-provisioning", "--listen", url.as_str()];

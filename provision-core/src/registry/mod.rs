@@ -8,6 +8,7 @@ pub mod aws;
 pub mod azure;
 #[cfg(feature = "gcp")]
 pub mod clearblade;
+pub mod clouds;
 mod error;
 
 pub use error::RegistryError;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt;
+use provision_core::Cloud;
 use provision_core::credentials::{DeviceKey, KeyAlgorithm};
 use provision_core::ids::DeviceUuid;
 use provision_emulators::fault_proxy::{Exchange, Traffic, sequential_depth};
@@ -72,7 +73,7 @@ struct Config {
     batch: usize,
     cold_runs: usize,
     release_dir: PathBuf,
-    clouds: Vec<&'static str>,
+    clouds: Vec<Cloud>,
     calls: bool,
 }
 
@@ -82,7 +83,7 @@ fn parse_args() -> Result<Config, String> {
     let mut args = std::env::args().skip(1);
     let (mut smoke, mut calls) = (false, false);
     let (mut runs, mut batch, mut cold_runs, mut release_dir) = (None, None, None, None);
-    let mut clouds: Vec<&'static str> = Vec::new();
+    let mut clouds: Vec<Cloud> = Vec::new();
     let number = |flag: &str, value: Option<String>| -> Result<usize, String> {
         value
             .and_then(|v| v.parse::<usize>().ok())
@@ -105,15 +106,15 @@ fn parse_args() -> Result<Config, String> {
                     args.next().ok_or("--release-dir takes a directory")?,
                 ))
             }
-            "aws" => clouds.push("aws"),
-            "azure" => clouds.push("azure"),
-            "gcp" => clouds.push("gcp"),
-            "all" => clouds.extend(["aws", "azure", "gcp"]),
-            other => return Err(format!("unknown argument '{other}' (see --help)")),
+            "all" => clouds.extend(Cloud::ALL),
+            other => match other.parse::<Cloud>() {
+                Ok(cloud) => clouds.push(cloud),
+                Err(_) => return Err(format!("unknown argument '{other}' (see --help)")),
+            },
         }
     }
     if clouds.is_empty() {
-        clouds = vec!["aws", "azure", "gcp"];
+        clouds = Cloud::ALL.to_vec();
     }
     clouds.dedup();
     let release_dir = match release_dir
@@ -170,9 +171,9 @@ async fn main() {
     let mut failures = Vec::new();
     for cloud in config.clouds.clone() {
         let outcome = match cloud {
-            "aws" => bench::<AwsWorld>(&config).await,
-            "azure" => bench::<AzureWorld>(&config).await,
-            _ => bench::<GcpWorld>(&config).await,
+            Cloud::Aws => bench::<AwsWorld>(&config).await,
+            Cloud::Azure => bench::<AzureWorld>(&config).await,
+            Cloud::Gcp => bench::<GcpWorld>(&config).await,
         };
         match outcome {
             Ok(problems) => failures.extend(problems.into_iter().map(|p| format!("{cloud}: {p}"))),

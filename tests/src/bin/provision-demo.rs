@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use provision_core::Cloud;
 use provision_testkit::checks::{Target, vars};
 use provision_testkit::device::{Relay, produce};
-use provision_testkit::device_chain::{Chain, ChainCloud};
+use provision_testkit::device_chain::Chain;
 use provision_testkit::events::{Answer, Call};
 use provision_testkit::stack::Stack;
 use provision_testkit::world::{AwsWorld, AzureWorld, Device, GcpWorld};
@@ -39,27 +40,25 @@ async fn main() {
         return;
     }
     let which = match args.first().map(String::as_str) {
-        None | Some("all") => vec!["aws", "azure", "gcp"],
-        Some(cloud @ ("aws" | "azure" | "gcp")) => vec![cloud],
-        Some(other) => {
-            eprintln!(
-                "provision-demo: unknown cloud '{other}': use aws, azure, gcp or all (see --help)"
-            );
-            std::process::exit(2);
-        }
+        None | Some("all") => Cloud::ALL.to_vec(),
+        Some(name) => match name.parse::<Cloud>() {
+            Ok(cloud) => vec![cloud],
+            Err(_) => {
+                eprintln!(
+                    "provision-demo: unknown cloud '{name}': use aws, azure, gcp or all (see --help)"
+                );
+                std::process::exit(2);
+            }
+        },
     };
     for cloud in which {
         let result = match cloud {
-            "aws" => run::<AwsWorld>("AWS IoT Core").await,
-            "azure" => run::<AzureWorld>("Azure IoT Hub").await,
-            _ => run::<GcpWorld>("GCP: ClearBlade IoT Core").await,
+            Cloud::Aws => run::<AwsWorld>("AWS IoT Core").await,
+            Cloud::Azure => run::<AzureWorld>("Azure IoT Hub").await,
+            Cloud::Gcp => run::<GcpWorld>("GCP: ClearBlade IoT Core").await,
         };
         let result = match result {
-            Ok(()) => match cloud {
-                "aws" => device_side(ChainCloud::Aws).await,
-                "azure" => device_side(ChainCloud::Azure).await,
-                _ => device_side(ChainCloud::Gcp).await,
-            },
+            Ok(()) => device_side(cloud).await,
             Err(e) => Err(e),
         };
         if let Err(e) = result {
@@ -169,7 +168,7 @@ async fn step<S: Stack>(
         .iter()
         .map(|r| format!("{} {}", r.method, r.resource))
         .collect();
-    let unit = if S::CLOUD == "aws" {
+    let unit = if S::CLOUD == Cloud::Aws {
         "new connections to AWS"
     } else {
         "registry requests"
@@ -196,7 +195,7 @@ async fn step<S: Stack>(
 }
 
 /// The device half: cloud-relay provisions its device and relays to the cloud's stand-in.
-async fn device_side(cloud: ChainCloud) -> anyhow::Result<()> {
+async fn device_side(cloud: Cloud) -> anyhow::Result<()> {
     println!("######## the device side ({cloud:?}): cloud-relay");
     if !mosquitto_installed() {
         println!("skipped: mosquitto is not installed (scripts/setup installs it)\n");

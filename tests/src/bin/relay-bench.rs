@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use provision_core::Cloud;
 use provision_testkit::device::{Relay, delivered_variables, delivery, payload};
-use provision_testkit::device_chain::{Chain, ChainCloud, ChainPorts};
+use provision_testkit::device_chain::{Chain, ChainPorts};
 use provision_testkit::events::Call;
 
 const HELP: &str = "relay-bench: measure cloud-relay against the local chain
@@ -301,7 +302,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 broker: Some(1883),
                 stand_in: Some(8883),
             };
-            let chain = Chain::start_with(ChainCloud::Aws, ports).await?;
+            let chain = Chain::start_with(Cloud::Aws, ports).await?;
             let subject = start_node(&chain, dir).await?;
             (
                 chain,
@@ -311,7 +312,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
         None => {
             let binary = provision_testkit::paths::binary("cloud-relay")?;
-            let chain = Chain::start(ChainCloud::Aws).await?;
+            let chain = Chain::start(Cloud::Aws).await?;
             let relay: Relay = chain.provisioned_relay(&[]).await?;
             (
                 chain,

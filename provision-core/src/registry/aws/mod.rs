@@ -25,6 +25,7 @@ use crate::secret::Secret;
 mod calls;
 mod certificates;
 mod client;
+mod settings;
 
 use calls::*;
 

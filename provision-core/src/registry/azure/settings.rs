@@ -127,3 +127,46 @@ pub(super) fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+impl crate::registry::clouds::FromEnv for IotHubRegistry {
+    const CLOUD: crate::registry::Cloud = crate::registry::Cloud::Azure;
+    const PRODUCT: &'static str = "Azure IoT Hub";
+    const SETTINGS: &'static [crate::config::Setting] = &[
+        (
+            "CONNECTION_STRING",
+            "IoT Hub connection string of a shared access policy with registry write (required)",
+        ),
+        (
+            "AZURE_IOTHUB_ENDPOINT",
+            "base URL override (emulators); tokens stay signed for the HostName",
+        ),
+    ];
+
+    /// The registry from `CONNECTION_STRING` (a service policy's, never a device's) and the
+    /// optional `AZURE_IOTHUB_ENDPOINT` override.
+    async fn from_env() -> Result<Self, ConfigError> {
+        use crate::config;
+        let lookup = |name: &str| std::env::var(name).ok();
+        let connection = config::required(&lookup, "CONNECTION_STRING")?;
+        let connection = ConnectionString::parse(connection.expose())?;
+        let endpoint = lookup("AZURE_IOTHUB_ENDPOINT").filter(|v| !v.trim().is_empty());
+        if let Some(url) = &endpoint {
+            config::url_setting("AZURE_IOTHUB_ENDPOINT", url)?;
+        }
+        let attempt = config::upstream_timeout(&lookup)?;
+        // azure_core's pipeline has no per-try limit of its own: the transport's timeout is one.
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .timeout(attempt)
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .user_agent(concat!("balena-provision/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                ConfigError::new(
+                    "PROVISION_UPSTREAM_TIMEOUT_MS",
+                    format!("cannot build the HTTP client: {e}"),
+                )
+            })?;
+        IotHubRegistry::new(http, connection, endpoint.as_deref())
+    }
+}

@@ -122,3 +122,34 @@ impl RegistryPath {
         )
     }
 }
+
+impl crate::registry::clouds::FromEnv for ClearBladeRegistry {
+    const CLOUD: crate::registry::Cloud = crate::registry::Cloud::Gcp;
+    const PRODUCT: &'static str = "ClearBlade IoT Core";
+    const SETTINGS: &'static [crate::config::Setting] = &[
+        (
+            "GCP_PROJECT_ID, GCP_REGION, CB_REGISTRY_ID",
+            "where the ClearBlade registry is (required)",
+        ),
+        (
+            "CB_SERVICE_ACCOUNT",
+            "base64 of the ClearBlade service-account JSON (required)",
+        ),
+    ];
+
+    /// The registry from `GCP_PROJECT_ID`, `GCP_REGION`, `CB_REGISTRY_ID` and
+    /// `CB_SERVICE_ACCOUNT` (base64 of the service-account JSON), as balena's published function.
+    async fn from_env() -> Result<Self, ConfigError> {
+        use crate::config::{required, upstream_timeout};
+        let lookup = |name: &str| std::env::var(name).ok();
+        let project = required(&lookup, "GCP_PROJECT_ID")?;
+        let region = required(&lookup, "GCP_REGION")?;
+        let registry = required(&lookup, "CB_REGISTRY_ID")?;
+        let path = RegistryPath::new(project.expose(), region.expose(), registry.expose())?;
+        let account =
+            ServiceAccount::from_base64(required(&lookup, "CB_SERVICE_ACCOUNT")?.expose())?;
+        let attempt = upstream_timeout(&lookup)?;
+        Ok(ClearBladeRegistry::new(crate::http_client(), account, path)
+            .with_retry(crate::retry::RetryPolicy::with_attempt_timeout(attempt)))
+    }
+}
