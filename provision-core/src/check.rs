@@ -152,7 +152,7 @@ pub async fn run(
 ) -> Vec<CheckLine> {
     // The client exactly as the function builds it (`crate::build`).
     let balena = BalenaClient::new(
-        crate::http_client(),
+        crate::upstream::http_client(),
         &settings.balena_api_url,
         settings.balena_api_key.clone(),
         RetryPolicy::with_attempt_timeout(settings.upstream_timeout),

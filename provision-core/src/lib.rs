@@ -28,21 +28,11 @@ pub mod text;
 mod upstream;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use api::{RequestId, Service};
 pub use config::{ConfigError, Settings};
 pub use registry::{Cloud, Registry};
-
-/// One HTTP client for the whole process: connection pools and TLS set up once.
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(3))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .user_agent(concat!("balena-provision/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
-}
+pub use upstream::http_client;
 
 /// Builds the service from settings and a registry.
 pub fn build(settings: &Settings, registry: Arc<dyn Registry>) -> Service {

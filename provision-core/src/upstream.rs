@@ -2,6 +2,8 @@
 //! 429, 503, other 5xx and transport errors are retried inside the request's deadline; any
 //! other answer is handed back for the client to read.
 
+use std::time::Duration;
+
 use http::StatusCode;
 
 use crate::error::UpstreamFailure;
@@ -99,4 +101,14 @@ pub(crate) fn transport_detail(e: &reqwest::Error) -> String {
         text = text.replace(url.as_str(), "<url>");
     }
     format!("{kind}: {text}")
+}
+
+/// One HTTP client for the whole process: connection pools and TLS set up once.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("balena-provision/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
 }

@@ -4,28 +4,13 @@
 //! name is answered with the names it holds. A registry joins the table by implementing
 //! [`FromEnv`] (in its `settings.rs`) and adding its row to [`CLOUDS`].
 
-use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use super::{Cloud, Registry};
+use super::{Cloud, FromEnv, Registry};
 use crate::config::{ConfigError, Setting};
-
-/// A registry that configures itself from the process environment.
-pub trait FromEnv: Registry + Sized + 'static {
-    /// The cloud it serves; its name (`Cloud::as_str`) is the one `PROVISION_CLOUD` takes.
-    const CLOUD: Cloud;
-    /// The product, as the `--help` and `--check` name it.
-    const PRODUCT: &'static str;
-    /// The variables [`FromEnv::from_env`] reads, for the hosts' `--help`.
-    const SETTINGS: &'static [Setting];
-
-    /// The registry from the environment; a missing or malformed setting is a
-    /// [`ConfigError`] naming it.
-    fn from_env() -> impl Future<Output = Result<Self, ConfigError>> + Send;
-}
 
 /// A registry being read from the environment, as the flow takes it.
 pub type Loading = BoxFuture<'static, Result<Arc<dyn Registry>, ConfigError>>;

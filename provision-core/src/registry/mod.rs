@@ -20,6 +20,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::config::{ConfigError, Setting};
 use crate::credentials::{DeviceCsr, DeviceKey, PublicKeyId};
 use crate::ids::{DeviceUuid, RegistryDeviceId};
 use crate::retry::Deadline;
@@ -336,4 +337,18 @@ pub trait Registry: Send + Sync {
     ) -> Result<bool, RegistryError> {
         Ok(true)
     }
+}
+
+/// A registry that configures itself from the process environment.
+pub trait FromEnv: Registry + Sized + 'static {
+    /// The cloud it serves; its name (`Cloud::as_str`) is the one `PROVISION_CLOUD` takes.
+    const CLOUD: Cloud;
+    /// The product, as the `--help` and `--check` name it.
+    const PRODUCT: &'static str;
+    /// The variables [`FromEnv::from_env`] reads, for the hosts' `--help`.
+    const SETTINGS: &'static [Setting];
+
+    /// The registry from the environment; a missing or malformed setting is a
+    /// [`ConfigError`] naming it.
+    fn from_env() -> impl Future<Output = Result<Self, ConfigError>> + Send;
 }

@@ -3,7 +3,7 @@
 
 use crate::config::{self, ConfigError, Setting};
 use crate::registry::Cloud;
-use crate::registry::clouds::FromEnv;
+use crate::registry::FromEnv;
 
 use super::AwsIotRegistry;
 

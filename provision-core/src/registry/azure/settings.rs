@@ -128,7 +128,7 @@ pub(super) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-impl crate::registry::clouds::FromEnv for IotHubRegistry {
+impl crate::registry::FromEnv for IotHubRegistry {
     const CLOUD: crate::registry::Cloud = crate::registry::Cloud::Azure;
     const PRODUCT: &'static str = "Azure IoT Hub";
     const SETTINGS: &'static [crate::config::Setting] = &[

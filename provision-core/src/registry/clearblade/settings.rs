@@ -123,7 +123,7 @@ impl RegistryPath {
     }
 }
 
-impl crate::registry::clouds::FromEnv for ClearBladeRegistry {
+impl crate::registry::FromEnv for ClearBladeRegistry {
     const CLOUD: crate::registry::Cloud = crate::registry::Cloud::Gcp;
     const PRODUCT: &'static str = "ClearBlade IoT Core";
     const SETTINGS: &'static [crate::config::Setting] = &[
@@ -149,7 +149,9 @@ impl crate::registry::clouds::FromEnv for ClearBladeRegistry {
         let account =
             ServiceAccount::from_base64(required(&lookup, "CB_SERVICE_ACCOUNT")?.expose())?;
         let attempt = upstream_timeout(&lookup)?;
-        Ok(ClearBladeRegistry::new(crate::http_client(), account, path)
-            .with_retry(crate::retry::RetryPolicy::with_attempt_timeout(attempt)))
+        Ok(
+            ClearBladeRegistry::new(crate::upstream::http_client(), account, path)
+                .with_retry(crate::retry::RetryPolicy::with_attempt_timeout(attempt)),
+        )
     }
 }
