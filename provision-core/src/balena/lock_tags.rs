@@ -100,14 +100,6 @@ impl BalenaClient {
         }
         let list: Vec<String> = ids.iter().map(|id| format!("id eq {id}")).collect();
         let filter = format!("device eq {device_id} and ({})", list.join(" or "));
-        let url = format!("{}/device_tag?$filter={}", self.api, expression(&filter));
-        let answer = self
-            .send(deadline, reqwest::Method::DELETE, &url, &self.key, None)
-            .await?;
-        if answer.status.is_success() {
-            Ok(())
-        } else {
-            Err(refused(&answer))
-        }
+        self.delete_where(deadline, "device_tag", &filter).await
     }
 }

@@ -336,6 +336,25 @@ impl BalenaClient {
         }))
     }
 
+    /// Deletes the rows of `resource` that the OData `filter` selects, in one request (none
+    /// selected succeeds).
+    async fn delete_where(
+        &self,
+        deadline: Deadline,
+        resource: &str,
+        filter: &str,
+    ) -> Result<(), UpstreamFailure> {
+        let url = format!("{}/{resource}?$filter={}", self.api, expression(filter));
+        let answer = self
+            .send(deadline, reqwest::Method::DELETE, &url, &self.key, None)
+            .await?;
+        if answer.status.is_success() {
+            Ok(())
+        } else {
+            Err(refused(&answer))
+        }
+    }
+
     /// One logical call with retries (see [`upstream::send`]).
     async fn send(
         &self,

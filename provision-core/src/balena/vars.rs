@@ -135,20 +135,8 @@ impl BalenaClient {
         let (parent, parent_id) = target.parent();
         let list: Vec<String> = ids.iter().map(|id| format!("id eq {id}")).collect();
         let filter = format!("{parent} eq {parent_id} and ({})", list.join(" or "));
-        let url = format!(
-            "{}/{}?$filter={}",
-            self.api,
-            target.resource(),
-            expression(&filter)
-        );
-        let answer = self
-            .send(deadline, reqwest::Method::DELETE, &url, &self.key, None)
-            .await?;
-        if answer.status.is_success() {
-            Ok(())
-        } else {
-            Err(refused(&answer))
-        }
+        self.delete_where(deadline, target.resource(), &filter)
+            .await
     }
 
     /// Deletes the target's variables of these names, whatever their rows, in one request.
@@ -161,19 +149,7 @@ impl BalenaClient {
     ) -> Result<(), UpstreamFailure> {
         let (parent, parent_id) = target.parent();
         let filter = format!("{parent} eq {parent_id} and ({})", any_name("name", names));
-        let url = format!(
-            "{}/{}?$filter={}",
-            self.api,
-            target.resource(),
-            expression(&filter)
-        );
-        let answer = self
-            .send(deadline, reqwest::Method::DELETE, &url, &self.key, None)
-            .await?;
-        if answer.status.is_success() {
-            Ok(())
-        } else {
-            Err(refused(&answer))
-        }
+        self.delete_where(deadline, target.resource(), &filter)
+            .await
     }
 }
