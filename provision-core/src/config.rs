@@ -36,6 +36,9 @@ pub struct Settings {
     /// How long one attempt of one upstream call may take before it is abandoned and retried
     /// (`PROVISION_UPSTREAM_TIMEOUT_MS`).
     pub upstream_timeout: Duration,
+    /// How long start-up may spend opening connections and fetching credentials before the
+    /// host serves (`PROVISION_WARMUP_MS`; zero: none, the first request does it).
+    pub warm_up: Duration,
 }
 
 /// One environment variable as the hosts' `--help` lists it: its name (or a few names read
@@ -70,6 +73,10 @@ pub const SETTINGS: &[Setting] = &[
         "time limit of one attempt of one upstream call (default 8000)",
     ),
     ("PROVISION_KEY_TYPE", "ec-p256 (default) or rsa-2048"),
+    (
+        "PROVISION_WARMUP_MS",
+        "start-up's bound for connecting to the upstreams before serving (default 2000; 0: none)",
+    ),
 ];
 
 pub const DEFAULT_BALENA_API_URL: &str = "https://api.balena-cloud.com";
@@ -130,6 +137,18 @@ impl Settings {
             })?,
         };
         let upstream_timeout = upstream_timeout(&lookup)?;
+        let warm_up = match lookup("PROVISION_WARMUP_MS").filter(|v| !v.trim().is_empty()) {
+            None => Duration::from_secs(2),
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(ms) if ms <= 10_000 => Duration::from_millis(ms),
+                _ => {
+                    return Err(ConfigError::new(
+                        "PROVISION_WARMUP_MS",
+                        "must be a whole number of milliseconds from 0 to 10000",
+                    ));
+                }
+            },
+        };
         Ok(Settings {
             balena_api_key,
             balena_api_url,
@@ -141,6 +160,7 @@ impl Settings {
             request_budget,
             key_algorithm,
             upstream_timeout,
+            warm_up,
         })
     }
 }

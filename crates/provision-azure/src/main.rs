@@ -23,15 +23,15 @@ const HOST: Host = Host {
 
 #[tokio::main]
 async fn main() {
-    let loaded = HOST
+    let started = HOST
         .start(|_| {
             number_setting("FUNCTIONS_CUSTOMHANDLER_PORT", 8080, 0, u16::MAX.into())
                 .map(|port| port as u16)
         })
         .await;
     // The Functions host stops a worker with SIGTERM; requests in flight get their budget.
-    let limits = Limits::for_budget(loaded.settings.request_budget);
+    let limits = Limits::for_budget(started.settings.request_budget);
     let grace = limits.request_timeout;
-    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, loaded.own));
-    HOST.serve(address, loaded.service(), limits, grace).await;
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, started.own));
+    HOST.serve(address, started.service, limits, grace).await;
 }

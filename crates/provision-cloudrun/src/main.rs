@@ -33,15 +33,15 @@ const HOST: Host = Host {
 
 #[tokio::main]
 async fn main() {
-    let loaded = HOST
+    let started = HOST
         .start(|_| {
             let port = number_setting("PORT", 8080, 1, u16::MAX.into())? as u16;
             let grace = number_setting("PROVISION_SHUTDOWN_GRACE_MS", 9_000, 0, 3_600_000)?;
             Ok((port, Duration::from_millis(grace)))
         })
         .await;
-    let (port, grace) = loaded.own;
-    let limits = Limits::for_budget(loaded.settings.request_budget);
+    let (port, grace) = started.own;
+    let limits = Limits::for_budget(started.settings.request_budget);
     let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-    HOST.serve(address, loaded.service(), limits, grace).await;
+    HOST.serve(address, started.service, limits, grace).await;
 }

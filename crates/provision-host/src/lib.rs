@@ -57,11 +57,11 @@ pub struct Loaded<T> {
     pub own: T,
 }
 
-impl<T> Loaded<T> {
-    /// The core's service over these settings and this registry.
-    pub fn service(&self) -> Service {
-        provision_core::build(&self.settings, self.registry.clone())
-    }
+/// A host ready to serve: its settings, its own, and the core's service, warmed up.
+pub struct Started<T> {
+    pub settings: Settings,
+    pub service: Service,
+    pub own: T,
 }
 
 /// The logs' setting, read by every host.
@@ -77,7 +77,11 @@ impl Host {
     /// argument). Otherwise the logs are set up and the settings, the registry and the host's
     /// own settings (`own`) are loaded; a bad one stops the process with one line naming it and
     /// exit code 2.
-    pub async fn start<T>(&self, own: impl Fn(&Settings) -> Result<T, ConfigError>) -> Loaded<T> {
+    ///
+    /// Then start-up does the first request's per-process work (`PROVISION_WARMUP_MS`, see
+    /// [`Service::warm`]) and says in one log line what it did; an upstream that does not
+    /// answer in time delays start-up by that bound at most and is left to the first request.
+    pub async fn start<T>(&self, own: impl Fn(&Settings) -> Result<T, ConfigError>) -> Started<T> {
         let args: Vec<String> = std::env::args().skip(1).collect();
         if args.iter().any(|a| a == "--help" || a == "-h") {
             // Not println!: a reader that stops early (`| head`) is no reason to panic.
@@ -94,11 +98,30 @@ impl Host {
             Err(e) => self.exit(EXIT_CONFIG, e),
         }
         self.logs("info", false);
-        match self.load(own).await {
+        let loaded = match self.load(own).await {
             Ok(loaded) => loaded,
             // Lambda reports the initialisation as failed and shows this line in its log; the
             // Functions host and Cloud Run show it as the process's last words.
             Err(e) => self.exit(EXIT_CONFIG, e),
+        };
+        let service = provision_core::build(&loaded.settings, loaded.registry);
+        if !loaded.settings.warm_up.is_zero() {
+            let warm = service.warm(loaded.settings.warm_up).await;
+            match warm.complete() {
+                true => tracing::info!(
+                    elapsed_ms = warm.elapsed.as_millis() as u64,
+                    "warmed up in {warm}"
+                ),
+                false => tracing::warn!(
+                    elapsed_ms = warm.elapsed.as_millis() as u64,
+                    "warm-up incomplete after {warm}"
+                ),
+            }
+        }
+        Started {
+            settings: loaded.settings,
+            service,
+            own: loaded.own,
         }
     }
 

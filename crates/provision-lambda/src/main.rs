@@ -22,7 +22,7 @@ const HOST: Host = Host {
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let service = Arc::new(HOST.start(|_| Ok(())).await.service());
+    let service = Arc::new(HOST.start(|_| Ok(())).await.service);
     lambda_http::run(service_fn(move |request: Request| {
         let service = service.clone();
         async move {

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::auth::{self, AuthPolicy};
 use crate::error::ProvisionError;
-use crate::flow::{Operation, Outcome, Provisioner};
+use crate::flow::{Operation, Outcome, Provisioner, WarmUp};
 use request::{Route, route};
 
 /// A request id a host already has (the Lambda request id, the Functions invocation id); put
@@ -30,6 +30,11 @@ pub struct Service {
 impl Service {
     pub fn new(provisioner: Provisioner, auth: AuthPolicy) -> Self {
         Service { provisioner, auth }
+    }
+
+    /// Start-up's share of the first request's work, within `budget` (see [`WarmUp`]).
+    pub async fn warm(&self, budget: std::time::Duration) -> WarmUp {
+        self.provisioner.warm(budget).await
     }
 
     pub fn cloud(&self) -> &'static str {

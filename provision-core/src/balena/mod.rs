@@ -212,6 +212,43 @@ impl BalenaClient {
         }
     }
 
+    /// Opens `connections` connections to the API at once (`GET /ping`, which needs no key),
+    /// which the client's pool keeps for the requests that follow. One attempt each: start-up
+    /// does not wait on an API that refuses.
+    pub async fn warm(
+        &self,
+        deadline: Deadline,
+        connections: usize,
+    ) -> Result<(), UpstreamFailure> {
+        let url = format!("{}/ping", self.root);
+        let pings = (0..connections).map(|_| async {
+            let sent = tokio::time::timeout(deadline.remaining(), self.http.get(&url).send()).await;
+            match sent {
+                Ok(Ok(answer)) if answer.status().is_success() => {
+                    // Read to the end, so the connection goes back to the pool.
+                    answer
+                        .bytes()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| UpstreamFailure::Unavailable {
+                            detail: upstream::transport_detail(&e),
+                        })
+                }
+                Ok(Ok(answer)) => Err(UpstreamFailure::Refused {
+                    status: answer.status().as_u16(),
+                    detail: "GET /ping".into(),
+                }),
+                Ok(Err(e)) => Err(UpstreamFailure::Unavailable {
+                    detail: upstream::transport_detail(&e),
+                }),
+                Err(_) => Err(UpstreamFailure::Unavailable {
+                    detail: "no answer in time".into(),
+                }),
+            }
+        });
+        futures::future::try_join_all(pings).await.map(|_| ())
+    }
+
     /// Who holds `key` (a caller's key), as balenaCloud's `GET /actor/v1/whoami` says: the
     /// proof that the caller is a device. `None`: balenaCloud does not know the key.
     pub async fn whoami(

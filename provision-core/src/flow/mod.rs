@@ -11,7 +11,8 @@
 //!   and rotation under the lock;
 //! * `deprovision.rs`: DELETE;
 //! * `lock.rs`: the device lock, its tag values and the guards that end it;
-//! * `undo.rs`: the journal of this request's writes, unwound in one place when a step fails.
+//! * `undo.rs`: the journal of this request's writes, unwound in one place when a step fails;
+//! * `warm.rs`: start-up's share, done before the first request (credentials, connections).
 //!
 //! Changes to one device are serialised by a lock: generation `n + 1` of the device's
 //! `provision-lock-<n>` tag, which balenaCloud lets only one request create, so of all the
@@ -38,6 +39,7 @@ mod provision;
 mod read;
 mod snapshot;
 mod undo;
+mod warm;
 
 #[cfg(test)]
 mod tests;
@@ -57,6 +59,7 @@ use crate::rejected_keys::RejectedKeys;
 use crate::retry::Deadline;
 
 use assess::KeyMode;
+pub use warm::WarmUp;
 
 /// What the caller asks for.
 #[derive(Debug)]

@@ -175,6 +175,9 @@ impl Material<'_> {
     }
 }
 
+/// The device [`Registry::warm`] looks up: balena makes UUIDs at random, and none is all zeros.
+const WARM_UP_UUID: &str = "00000000000000000000000000000000";
+
 /// One cloud's IoT registry, as the flow drives it. Its removal verbs, one meaning each:
 /// `revoke` (these credentials unusable and gone), `remove_entry` (the device's entry gone),
 /// and DELETE's three steps: `retire` (every credential unusable, still there), `unretire`
@@ -237,6 +240,18 @@ pub trait Registry: Send + Sync {
     /// credentials (the operator's `--check`). It writes nothing. `Ok` says, in a few words for
     /// the operator and never with a secret, what answered.
     async fn probe(&self, deadline: Deadline) -> Result<String, RegistryError>;
+
+    /// Start-up's call (`flow::warm`): makes the client do, before the first request, what that
+    /// request's first call would (fetch or resolve the function's own credentials, load the
+    /// TLS roots, open the connection its pool keeps). It writes nothing. By default, `inspect`
+    /// of a device no balena UUID names: the very call a request starts with, whose answer
+    /// ("no such device") is of no interest.
+    async fn warm(&self, deadline: Deadline) -> Result<(), RegistryError> {
+        let nobody = DeviceUuid::parse(WARM_UP_UUID).expect("a valid UUID");
+        self.inspect(deadline, &self.device_id(&nobody))
+            .await
+            .map(|_| ())
+    }
 
     /// The device's entry and credentials.
     async fn inspect(
