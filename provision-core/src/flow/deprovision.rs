@@ -125,7 +125,7 @@ impl Provisioner {
         removed: Vec<String>,
     ) -> Result<Outcome, ProvisionError> {
         let result = self
-            .locked(job, wait, None, async |lock, snapshot| {
+            .locked(job, wait, async |lock, snapshot| {
                 self.deprovision_locked(job, lock, snapshot).await
             })
             .await;

@@ -40,10 +40,7 @@ impl Provisioner {
                 .flatten(),
             disturbed: false,
         };
-        // The state read first is judged again (and taken from, when the lock is free): it holds
-        // the registry's view unless the device was new, when the registry was not read.
-        let first = (!was_new).then_some(snapshot);
-        self.locked(job, wait, first, async |lock, snapshot| {
+        self.locked(job, wait, async |lock, snapshot| {
             self.provision_locked(job, lock, snapshot, was_new).await
         })
         .await
@@ -201,7 +198,7 @@ impl Provisioner {
     /// Provisioning under a lock taken afresh, after the fast path gave way: the device had
     /// nothing provisioned when this request first read it, so a repair from here makes it.
     async fn provision_again(&self, job: &Job<'_>) -> Result<Outcome, ProvisionError> {
-        self.locked(job, Wait::default(), None, async |lock, snapshot| {
+        self.locked(job, Wait::default(), async |lock, snapshot| {
             self.provision_locked(job, lock, snapshot, true).await
         })
         .await

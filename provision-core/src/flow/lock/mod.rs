@@ -198,21 +198,12 @@ impl Provisioner {
 
     /// Waits, within half the remaining budget, until the device's lock is free, and takes it.
     /// Returns it with the state read just before taking it, which is current: any change
-    /// since would have taken the lock first. `first`: a state this request has just read
-    /// (balenaCloud's and the registry's), judged before reading again.
-    async fn acquire(
-        &self,
-        job: &Job<'_>,
-        wait: Wait,
-        mut first: Option<Snapshot>,
-    ) -> Result<(Held, Snapshot), ProvisionError> {
+    /// since would have taken the lock first.
+    async fn acquire(&self, job: &Job<'_>, wait: Wait) -> Result<(Held, Snapshot), ProvisionError> {
         let give_up = tokio::time::Instant::now() + job.deadline.remaining() / 2;
         let mut pause_base = Duration::from_millis(20);
         loop {
-            let snapshot = match first.take() {
-                Some(snapshot) => snapshot,
-                None => self.read(job).await?,
-            };
+            let snapshot = self.read(job).await?;
             let head = snapshot.record.head_lock().map(|h| h.generation);
             if (head.is_some() && head == wait.seen_free)
                 || self.lock_free_as(&snapshot, false, wait.disturbed)
@@ -243,16 +234,14 @@ impl Provisioner {
     }
 
     /// Waits for the lock, runs `work` under it with the state read just before taking it,
-    /// and releases it, whatever the work came to. `first`: see [`Provisioner::acquire`] (a
-    /// lock free in it is taken without a second read: the take itself proves it current).
+    /// and releases it, whatever the work came to.
     pub(super) async fn locked<T>(
         &self,
         job: &Job<'_>,
         wait: Wait,
-        first: Option<Snapshot>,
         work: impl AsyncFnOnce(&Held, Snapshot) -> Result<T, ProvisionError>,
     ) -> Result<T, ProvisionError> {
-        let (lock, snapshot) = self.acquire(job, wait, first).await?;
+        let (lock, snapshot) = self.acquire(job, wait).await?;
         let result = work(&lock, snapshot).await;
         lock.release(self, job.deadline).await;
         result
