@@ -39,6 +39,11 @@ impl CountingProxy {
         self.connections.load(Ordering::SeqCst)
     }
 
+    /// Counts from zero again (what start-up did is not a test's).
+    pub fn reset(&self) {
+        self.connections.store(0, Ordering::SeqCst);
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -518,6 +518,37 @@ impl std::ops::Deref for AwsWorld {
     }
 }
 
+/// Waits until each of the world's `processes` function processes has logged the end of its
+/// start-up warm-up (complete or not; at most 30 s), so that a test's first request meets a
+/// ready process and the upstreams' logs hold only what tests cause: the caller of this then
+/// clears them. A world whose `extra_env` turns the warm-up off (`PROVISION_WARMUP_MS=0`), or
+/// whose functions are to fail at start-up, has nothing to wait for.
+async fn warmed_up(logs: &LogBook, options: &Options, processes: usize) -> anyhow::Result<()> {
+    let off = options
+        .extra_env
+        .iter()
+        .any(|(k, v)| k == "PROVISION_WARMUP_MS" && v.trim() == "0");
+    if off || options.startup_fails {
+        return Ok(());
+    }
+    let ended = |logs: &LogBook| {
+        logs.lines()
+            .iter()
+            .filter(|l| l.contains("warmed up in ") || l.contains("warm-up incomplete after "))
+            .count()
+    };
+    for _ in 0..3000 {
+        if ended(logs) >= processes {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!(
+        "{} of {processes} function processes logged the end of their warm-up within 30 s",
+        ended(logs)
+    )
+}
+
 impl AwsWorld {
     pub async fn start() -> anyhow::Result<AwsWorld> {
         Self::start_with(Options::default()).await
@@ -567,6 +598,12 @@ impl AwsWorld {
             }
             (Host::Lambda(runtime), Functions::new(functions))
         };
+        warmed_up(&logs, &options, options.instances.max(1)).await?;
+        fleet.balena.clear_requests();
+        aws_proxy.reset();
+        if let Some(faults) = &faults {
+            faults.traffic.clear();
+        }
         Ok(AwsWorld {
             fleet,
             moto,
@@ -704,6 +741,12 @@ impl AzureWorld {
             )
             .await?
         };
+        warmed_up(&logs, &options, options.instances.max(1)).await?;
+        fleet.balena.clear_requests();
+        hub.clear_requests();
+        if let Some(faults) = &faults {
+            faults.traffic.clear();
+        }
         Ok(AzureWorld {
             fleet,
             hub,
@@ -804,6 +847,12 @@ impl GcpWorld {
             ("CB_SERVICE_ACCOUNT".to_string(), service_account),
         ]);
         let (http, functions) = start_cloudrun(Cloud::Gcp, &env, &options, &logs).await?;
+        warmed_up(&logs, &options, options.instances.max(1)).await?;
+        fleet.balena.clear_requests();
+        clearblade.clear_requests();
+        if let Some(faults) = &faults {
+            faults.traffic.clear();
+        }
         Ok(GcpWorld {
             fleet,
             clearblade,

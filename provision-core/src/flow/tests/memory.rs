@@ -44,6 +44,8 @@ pub(super) struct MemoryRegistry {
     faults: Mutex<Vec<Step>>,
     /// Every step called, in order.
     pub(super) calls: Mutex<Vec<Step>>,
+    /// The registry ids `inspect` was asked about, in order.
+    pub(super) inspected: Mutex<Vec<RegistryDeviceId>>,
 }
 
 impl MemoryRegistry {
@@ -129,8 +131,9 @@ impl Registry for MemoryRegistry {
     async fn inspect(
         &self,
         _deadline: Deadline,
-        _device_id: &RegistryDeviceId,
+        device_id: &RegistryDeviceId,
     ) -> Result<RegistryState, RegistryError> {
+        self.inspected.lock().unwrap().push(device_id.clone());
         let held = self.held.lock().unwrap();
         Ok(RegistryState {
             entry: held.entry,

@@ -446,3 +446,62 @@ async fn another_devices_key_changes_nothing() {
     assert!(bench.registry.calls.lock().unwrap().is_empty());
     assert!(bench.locks().is_empty());
 }
+
+#[tokio::test]
+async fn warm_up_opens_balena_and_reads_the_registry_and_writes_nothing() {
+    let bench = Bench::start().await;
+    let warm = bench.flow.warm(Duration::from_secs(2)).await;
+    assert!(warm.complete(), "{warm}");
+    let requests = bench.balena.requests();
+    let pings = requests
+        .iter()
+        .filter(|r| r.method == "GET" && r.path_and_query == "/ping")
+        .count();
+    assert_eq!(pings, 2, "{requests:?}");
+    assert!(
+        requests.iter().all(|r| r.method == "GET"),
+        "warm-up wrote to balenaCloud: {requests:?}"
+    );
+    // One registry read, for a device no UUID names; no registry write.
+    let inspected = bench.registry.inspected.lock().unwrap().clone();
+    assert_eq!(inspected.len(), 1, "{inspected:?}");
+    assert_ne!(inspected[0], bench.flow.registry().device_id(&bench.uuid));
+    assert!(bench.registry.calls.lock().unwrap().is_empty());
+    assert!(bench.balena.device_tags(bench.device).is_empty());
+    assert!(bench.balena.device_vars(bench.device).is_empty());
+}
+
+#[tokio::test]
+async fn warm_up_never_waits_past_its_bound_on_an_upstream_that_does_not_answer() {
+    // A balenaCloud that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let client = BalenaClient::new(
+        reqwest::Client::new(),
+        &url,
+        Secret::new("function-key".to_string()),
+        RetryPolicy::default(),
+    );
+    let registry = Arc::new(MemoryRegistry::default());
+    let flow = Provisioner::new(client, registry.clone(), Duration::from_secs(8));
+    let warm = flow.warm(Duration::from_millis(300)).await;
+    held.abort();
+    assert!(!warm.complete(), "{warm}");
+    let balena = warm
+        .balena
+        .as_ref()
+        .expect_err("balenaCloud never answered");
+    assert!(balena.contains("in time"), "{balena}");
+    // What could be done was: the registry read and the key pair.
+    assert!(warm.registry.is_ok() && warm.crypto.is_ok(), "{warm}");
+    assert!(
+        warm.to_string().contains("left to the first request"),
+        "{warm}"
+    );
+}
