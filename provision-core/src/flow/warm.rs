@@ -15,10 +15,6 @@ use super::Provisioner;
 use crate::credentials::DeviceKey;
 use crate::retry::Deadline;
 
-/// Connections to balenaCloud opened ahead: a request's first round trip makes two calls to it
-/// at once (the caller's proof and the device read), each on a connection of its own.
-const BALENA_CONNECTIONS: usize = 2;
-
 /// What start-up did ahead of the first request, for its one log line.
 #[derive(Debug)]
 pub struct WarmUp {
@@ -67,8 +63,11 @@ impl Provisioner {
                 .await
                 .map_err(|e| e.to_string())?
         };
+        // As many connections to balenaCloud as a request uses at once: two for its first round
+        // trip (the caller's proof and the device read), one per variable created together.
+        let balena_at_once = self.registry.variable_names().len().max(2);
         let (balena, registry, crypto) = tokio::join!(
-            within(deadline, self.balena.warm(deadline, BALENA_CONNECTIONS)),
+            within(deadline, self.balena.warm(deadline, balena_at_once)),
             within(deadline, self.registry.warm(deadline)),
             within(deadline, crypto),
         );

@@ -246,11 +246,18 @@ pub trait Registry: Send + Sync {
     /// TLS roots, open the connection its pool keeps). It writes nothing. By default, `inspect`
     /// of a device no balena UUID names: the very call a request starts with, whose answer
     /// ("no such device") is of no interest.
+    /// It makes [`Registry::calls_at_once`] of them side by side, so that the pool holds a
+    /// connection for each call a request makes at once.
     async fn warm(&self, deadline: Deadline) -> Result<(), RegistryError> {
-        let nobody = DeviceUuid::parse(WARM_UP_UUID).expect("a valid UUID");
-        self.inspect(deadline, &self.device_id(&nobody))
-            .await
-            .map(|_| ())
+        let nobody = self.device_id(&DeviceUuid::parse(WARM_UP_UUID).expect("a valid UUID"));
+        let reads = (0..self.calls_at_once().max(1)).map(|_| self.inspect(deadline, &nobody));
+        futures::future::try_join_all(reads).await.map(|_| ())
+    }
+
+    /// The most calls a request makes to the registry at once (AWS activates a certificate
+    /// with three); start-up opens that many connections.
+    fn calls_at_once(&self) -> usize {
+        1
     }
 
     /// The device's entry and credentials.

@@ -10,7 +10,7 @@
 //! placeholders: the same step of the same operation gets the same label for any device, so a
 //! plan made from one run applies to the next.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,6 +94,13 @@ struct State {
     epoch: Option<Instant>,
     /// Added before every request is relayed or faulted (a far-away upstream).
     latency: Duration,
+    /// Connections the client opened to each proxy (by its upstream's name) since the log was
+    /// last cleared.
+    connections: BTreeMap<&'static str, usize>,
+    /// The proxies keep the client's connection open even when the upstream closes its own
+    /// after an answer (moto answers every request `Connection: close`), as the real services
+    /// do: the client's new connections are then its own doing.
+    keep_alive: bool,
 }
 
 impl State {
@@ -125,6 +132,7 @@ impl Traffic {
         state.invocation = None;
         state.seen.clear();
         state.log.clear();
+        state.connections.clear();
         state.epoch = Some(Instant::now());
     }
 
@@ -136,6 +144,7 @@ impl Traffic {
         state.invocation = None;
         state.seen.clear();
         state.log.clear();
+        state.connections.clear();
         state.epoch = Some(Instant::now());
     }
 
@@ -146,6 +155,26 @@ impl Traffic {
 
     fn latency(&self) -> Duration {
         self.lock().latency
+    }
+
+    /// From now on (kept by `plan` and `clear`), whether the client's connections stay open
+    /// when the upstream closes its own after an answer (see `State::keep_alive`).
+    pub fn set_keep_alive(&self, keep_alive: bool) {
+        self.lock().keep_alive = keep_alive;
+    }
+
+    fn keep_alive(&self) -> bool {
+        self.lock().keep_alive
+    }
+
+    /// The connections the client opened to each proxy since the log was last cleared, by the
+    /// proxy's upstream name.
+    pub fn connections(&self) -> BTreeMap<&'static str, usize> {
+        self.lock().connections.clone()
+    }
+
+    fn connected(&self, upstream: &'static str) {
+        *self.lock().connections.entry(upstream).or_default() += 1;
     }
 
     /// How many requests the plan has failed so far.
@@ -238,6 +267,7 @@ impl FaultProxy {
         let port = listener.local_addr()?.port();
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
+                traffic.connected(upstream);
                 let traffic = traffic.clone();
                 tokio::spawn(async move {
                     let _ = relay(inbound, upstream, target_port, flavour, traffic).await;
@@ -481,7 +511,7 @@ async fn relay(
                 conn.stream.write_all(&head).await?;
                 conn.stream.write_all(&body).await?;
                 // Interim (1xx) answers are relayed and the final one awaited.
-                let (status, response_close) = loop {
+                let (status, response_close, upstream_closes) = loop {
                     let Some(response_head) = conn.head().await? else {
                         traffic.finish(index, None);
                         return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -504,18 +534,27 @@ async fn relay(
                     } else {
                         framing(response.headers, Framing::UntilClose)
                     };
-                    let close =
-                        wants_close(response.headers) || matches!(frame, Framing::UntilClose);
+                    let until_close = matches!(frame, Framing::UntilClose);
+                    let close = wants_close(response.headers) || until_close;
                     let body = conn.body(frame).await?;
+                    // The upstream's connection goes; the client's stays, when asked.
+                    let reconnect = close && !until_close && traffic.keep_alive();
+                    let response_head = match reconnect {
+                        true => without_connection_header(&response_head),
+                        false => response_head,
+                    };
                     inbound.stream.write_all(&response_head).await?;
                     inbound.stream.write_all(&body).await?;
                     if !(100..200).contains(&status) {
-                        break (status, close);
+                        break (status, close && !reconnect, reconnect);
                     }
                 };
                 traffic.finish(index, Some(status));
                 if response_close {
                     return Ok(());
+                }
+                if upstream_closes {
+                    outbound = None;
                 }
             }
         }
@@ -523,6 +562,19 @@ async fn relay(
             return Ok(());
         }
     }
+}
+
+/// An answer's head without its `Connection` header.
+fn without_connection_header(head: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let mut kept = String::with_capacity(text.len());
+    for line in text.split_inclusive("\r\n") {
+        let name = line.split(':').next().unwrap_or("");
+        if !name.trim().eq_ignore_ascii_case("connection") {
+            kept.push_str(line);
+        }
+    }
+    kept.into_bytes()
 }
 
 /// The sequential depth of a log: the longest chain of exchanges each of which started only

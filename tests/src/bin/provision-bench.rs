@@ -569,6 +569,8 @@ async fn measure<S: Bench>(
         .context("the world has no fault proxies")?
         .traffic
         .clone();
+    // As the real services do, whatever the stand-in behind the proxy does (moto closes).
+    traffic.set_keep_alive(true);
 
     // The first request of a process also fetches what it then caches (ClearBlade's registry
     // credentials): one POST first, so the operations below are a warm process's.
@@ -676,6 +678,7 @@ async fn fresh_first_post<S: Bench>(
             let wall = started.elapsed();
             let log = settled(traffic).await;
             traffic.set_latency(Duration::ZERO);
+            measured.connections.push(traffic.connections());
             fresh.stop().await;
             let answer = answer.context("the fresh process's first POST got no answer")?;
             if (answer.status, answer.status_text()) != (201, "created") {
@@ -705,9 +708,30 @@ async fn fresh_first_post<S: Bench>(
     if range(&d0) != depth {
         depth = format!("{depth} (at 0 ms: {})", range(&d0));
     }
+    // Every run is a fresh process's first request: the connections its warm-up opened serve
+    // it, and what it opens on top shows what the warm-up left out.
+    let opened: Vec<String> = {
+        let mut all: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for run in &measured.connections {
+            for (u, n) in run {
+                all.entry(u).or_default().push(*n);
+            }
+        }
+        all.iter()
+            .map(|(u, n)| format!("{u} {}", range(n)))
+            .collect()
+    };
     let mut rows = vec![
         row(format!("{name}: upstream calls"), range(&calls)),
         row(format!("{name}: sequential depth"), depth).target("≤ 3", deepest <= 3),
+        row(
+            format!("{name}: new connections after start-up"),
+            if opened.is_empty() {
+                "none".to_string()
+            } else {
+                opened.join(", ")
+            },
+        ),
     ];
     for latency in LATENCIES {
         let walls = measured
@@ -744,9 +768,44 @@ struct Measured {
     answers: Vec<String>,
     /// The calls of the last run with latency.
     timeline: Vec<Exchange>,
+    /// The connections the function opened to each upstream's proxy, per run in order.
+    connections: Vec<BTreeMap<&'static str, usize>>,
 }
 
 impl Measured {
+    /// New connections per upstream: the first run's, and the most any later run opened (a
+    /// warm process reuses its connections: the target is none after the first).
+    fn connections_row(&self, name: &str) -> Option<Row> {
+        let (first, later) = self.connections.split_first()?;
+        let upstreams: std::collections::BTreeSet<&str> = self
+            .connections
+            .iter()
+            .flat_map(|c| c.keys().copied())
+            .collect();
+        let most_later = |u: &str| later.iter().filter_map(|c| c.get(u)).max().copied();
+        let text: Vec<String> = upstreams
+            .iter()
+            .map(|u| match most_later(u) {
+                Some(n) => format!("{u} {} then ≤ {n}", first.get(u).unwrap_or(&0)),
+                None => format!("{u} {}", first.get(u).unwrap_or(&0)),
+            })
+            .collect();
+        let warm_opens_none = upstreams.iter().all(|u| most_later(u).unwrap_or(0) == 0);
+        let text = if text.is_empty() {
+            "none".to_string()
+        } else {
+            text.join(", ")
+        };
+        let r = row(
+            format!("{name}: new connections (first run, then later runs)"),
+            text,
+        );
+        Some(match later.is_empty() {
+            true => r,
+            false => r.target("none after the first", warm_opens_none),
+        })
+    }
+
     fn rows<S: Bench>(&self, op: Op, direct: Option<Duration>) -> Vec<Row> {
         let name = op.name();
         let at = |map: &BTreeMap<u128, Vec<usize>>, latency: u128| {
@@ -784,6 +843,7 @@ impl Measured {
             Op::Refused => depth_row.target("≤ 1", deepest <= 1),
         };
         rows.push(depth_row);
+        rows.extend(self.connections_row(name));
         for latency in LATENCIES {
             let walls = self
                 .wall
@@ -866,6 +926,7 @@ async fn operation<S: Bench>(
                 .push(sequential_depth(&log));
             measured.wall.entry(key).or_default().push(wall);
             measured.answers.push(answered(&answer));
+            measured.connections.push(traffic.connections());
             if !latency.is_zero() {
                 measured.timeline = log;
             }
@@ -966,7 +1027,7 @@ async fn cold_starts<S: Bench>(
         let device = world.add_device().await;
         let fresh = Fresh::start(&binary, &env, S::HOST).await?;
         ready.push(fresh.ready);
-        match fresh.warm_up() {
+        match fresh.warm_up().await {
             Some(took) => warm_up.push(took),
             None => failures.push(format!(
                 "cold start: no complete warm-up logged; the process's last lines:\n{}",
@@ -1127,13 +1188,22 @@ impl Fresh {
     }
 
     /// How long start-up's warm-up took, as the process logged it (`warmed up in N ms`);
-    /// `None` when it logged none, or an incomplete one.
-    fn warm_up(&self) -> Option<Duration> {
-        self.logs.lines().iter().find_map(|line| {
-            let rest = line.split("warmed up in ").nth(1)?;
-            let ms: u64 = rest.split(' ').next()?.parse().ok()?;
-            Some(Duration::from_millis(ms))
-        })
+    /// `None` when it logged none within two seconds of being ready (the line is written
+    /// before the process serves, but read from its output by a task of this one), or an
+    /// incomplete one.
+    async fn warm_up(&self) -> Option<Duration> {
+        for _ in 0..200 {
+            let logged = self.logs.lines().iter().find_map(|line| {
+                let rest = line.split("warmed up in ").nth(1)?;
+                let ms: u64 = rest.split(' ').next()?.parse().ok()?;
+                Some(Duration::from_millis(ms))
+            });
+            if logged.is_some() {
+                return logged;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
     }
 
     fn tail(&self) -> String {

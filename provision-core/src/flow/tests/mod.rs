@@ -457,6 +457,7 @@ async fn warm_up_opens_balena_and_reads_the_registry_and_writes_nothing() {
         .iter()
         .filter(|r| r.method == "GET" && r.path_and_query == "/ping")
         .count();
+    // Two for a request's first round trip; the memory registry's two variables need no more.
     assert_eq!(pings, 2, "{requests:?}");
     assert!(
         requests.iter().all(|r| r.method == "GET"),

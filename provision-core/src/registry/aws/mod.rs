@@ -73,6 +73,11 @@ impl Registry for AwsIotRegistry {
         &[CERT_VAR, KEY_VAR]
     }
 
+    /// Activating a certificate: its status, the policy and the thing, at once.
+    fn calls_at_once(&self) -> usize {
+        3
+    }
+
     fn private_key_variable(&self) -> &'static str {
         KEY_VAR
     }
