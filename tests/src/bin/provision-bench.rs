@@ -678,7 +678,7 @@ async fn fresh_first_post<S: Bench>(
             let wall = started.elapsed();
             let log = settled(traffic).await;
             traffic.set_latency(Duration::ZERO);
-            measured.connections.push(traffic.connections());
+            measured.record(latency, &log, wall, traffic.connections());
             fresh.stop().await;
             let answer = answer.context("the fresh process's first POST got no answer")?;
             if (answer.status, answer.status_text()) != (201, "created") {
@@ -687,14 +687,6 @@ async fn fresh_first_post<S: Bench>(
                     answer.status, answer.raw_body
                 ));
             }
-            let key = latency.as_millis();
-            measured.calls.entry(key).or_default().push(log.len());
-            measured
-                .depth
-                .entry(key)
-                .or_default()
-                .push(sequential_depth(&log));
-            measured.wall.entry(key).or_default().push(wall);
         }
     }
     let name = "POST new, first of a fresh process";
@@ -773,6 +765,25 @@ struct Measured {
 }
 
 impl Measured {
+    /// One run at `latency`: its upstream calls (`log`), their depth, its wall time and the
+    /// connections it opened.
+    fn record(
+        &mut self,
+        latency: Duration,
+        log: &[Exchange],
+        wall: Duration,
+        connections: BTreeMap<&'static str, usize>,
+    ) {
+        let key = latency.as_millis();
+        self.calls.entry(key).or_default().push(log.len());
+        self.depth
+            .entry(key)
+            .or_default()
+            .push(sequential_depth(log));
+        self.wall.entry(key).or_default().push(wall);
+        self.connections.push(connections);
+    }
+
     /// New connections per upstream: the first run's, and the most any later run opened (a
     /// warm process reuses its connections: the target is none after the first).
     fn connections_row(&self, name: &str) -> Option<Row> {
@@ -917,16 +928,8 @@ async fn operation<S: Bench>(
                     op.name()
                 ));
             }
-            let key = latency.as_millis();
-            measured.calls.entry(key).or_default().push(log.len());
-            measured
-                .depth
-                .entry(key)
-                .or_default()
-                .push(sequential_depth(&log));
-            measured.wall.entry(key).or_default().push(wall);
+            measured.record(latency, &log, wall, traffic.connections());
             measured.answers.push(answered(&answer));
-            measured.connections.push(traffic.connections());
             if !latency.is_zero() {
                 measured.timeline = log;
             }
