@@ -590,10 +590,10 @@ async fn measure<S: Bench>(
     for op in Op::ALL {
         let measured = operation(world, &traffic, op, config.runs, failures).await?;
         if op == Op::New {
-            warm_new = measured.wall.get(&0).and_then(|w| median(w));
+            warm_new = measured.wall_median(Duration::ZERO);
         }
         rows.extend(measured.rows::<S>(op, direct.get(op.name()).copied()));
-        let proxied = measured.wall.get(&0).and_then(|w| median(w));
+        let proxied = measured.wall_median(Duration::ZERO);
         if let (Some(proxied), Some(plain)) = (proxied, direct.get(op.name())) {
             let added = proxied.saturating_sub(*plain);
             let depth = measured
@@ -646,6 +646,17 @@ async fn measure<S: Bench>(
     Ok(notes)
 }
 
+/// The process id of the world's (first) function process.
+async fn function_pid<S: Bench>(world: &S) -> anyhow::Result<u32> {
+    world
+        .functions()
+        .pids()
+        .await
+        .first()
+        .copied()
+        .context("no function process")
+}
+
 /// The first POST new of fresh processes (the world's function's environment, through the
 /// proxies), each once ready: its upstream calls, their depth and its wall time at 0 and +50 ms
 /// per call, against `warm`, the same POST of the warm process at 0 ms. What start-up did
@@ -657,13 +668,7 @@ async fn fresh_first_post<S: Bench>(
     warm: Option<Duration>,
     failures: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Row>> {
-    let pid = *world
-        .functions()
-        .pids()
-        .await
-        .first()
-        .context("no function process")?;
-    let env = environ(pid)?;
+    let env = environ(function_pid(world).await?)?;
     let binary = paths::binary(S::BINARY)?;
     let mut measured = Measured::default();
     for latency in LATENCIES {
@@ -726,12 +731,9 @@ async fn fresh_first_post<S: Bench>(
         ),
     ];
     for latency in LATENCIES {
-        let walls = measured
-            .wall
-            .get(&latency.as_millis())
-            .cloned()
-            .unwrap_or_default();
-        let Some(m) = median(&walls) else { continue };
+        let Some(m) = measured.wall_median(latency) else {
+            continue;
+        };
         if latency.is_zero() {
             let mut r = row(format!("{name}: wall, 0 ms per call"), ms(m));
             if let Some(warm) = warm {
@@ -765,6 +767,11 @@ struct Measured {
 }
 
 impl Measured {
+    /// The median wall time of the runs at `latency`.
+    fn wall_median(&self, latency: Duration) -> Option<Duration> {
+        self.wall.get(&latency.as_millis()).and_then(|w| median(w))
+    }
+
     /// One run at `latency`: its upstream calls (`log`), their depth, its wall time and the
     /// connections it opened.
     fn record(
@@ -856,12 +863,9 @@ impl Measured {
         rows.push(depth_row);
         rows.extend(self.connections_row(name));
         for latency in LATENCIES {
-            let walls = self
-                .wall
-                .get(&latency.as_millis())
-                .cloned()
-                .unwrap_or_default();
-            let Some(m) = median(&walls) else { continue };
+            let Some(m) = self.wall_median(latency) else {
+                continue;
+            };
             let label = if latency.is_zero() {
                 format!("{name}: wall, 0 ms per call")
             } else {
@@ -984,12 +988,7 @@ async fn direct<S: Bench>(
                 medians.insert(op.name(), m);
             }
         }
-        let pid = *world
-            .functions()
-            .pids()
-            .await
-            .first()
-            .context("no function process")?;
+        let pid = function_pid(&world).await?;
         cold_starts(&world, config, pid, rows, failures).await?;
         batch(&world, config, pid, rows, failures).await?;
         anyhow::Ok(medians)
