@@ -42,7 +42,7 @@ impl Provisioner {
         // are left for the removal that follows once it is done.
         let rows: Vec<i64> = snapshot.record.vars.values().map(|v| v.id).collect();
         let (taken, deleted, retired) = tokio::join!(
-            self.take_for_goal(job, &snapshot, claim),
+            self.take_for_goal(job, &snapshot.record, claim),
             self.balena.delete_var_rows(job.deadline, target, &rows),
             self.registry
                 .retire(job.deadline, &job.device_id, &snapshot.state),

@@ -9,6 +9,7 @@
 //!   and the report a GET answers;
 //! * `provision.rs`: POST, from the fast path for a device with nothing provisioned to repair
 //!   and rotation under the lock;
+//! * `rotate.rs`: POST `rotate`, the fast way (the lock taken beside the registry read);
 //! * `deprovision.rs`: DELETE;
 //! * `lock.rs`: the device lock, its tag values and the guards that end it;
 //! * `undo.rs`: the journal of this request's writes, unwound in one place when a step fails;
@@ -37,6 +38,7 @@ mod deprovision;
 mod lock;
 mod provision;
 mod read;
+mod rotate;
 mod snapshot;
 mod undo;
 mod warm;
@@ -263,7 +265,14 @@ impl Provisioner {
             mode,
         };
         let snapshot = match &caller {
-            Caller::BalenaKey(key) => self.read_as_caller(&job, key).await?,
+            Caller::BalenaKey(key) => {
+                let (record, target) = self.prove(&job, key).await?;
+                // A rotation takes the lock while it reads the registry (`rotate.rs`).
+                if self.rotates_early(&job, &record, target) {
+                    return self.rotate(&job, record, target, None).await;
+                }
+                self.read_registry(&job, record, target).await?
+            }
             // The operator (or, where allowed, a caller without credentials) needs no proof:
             // balenaCloud's state and the registry's do not depend on each other, one round
             // trip reads both.

@@ -28,6 +28,11 @@ impl Provisioner {
         }
         let free_at_first = self.lock_free(&snapshot, false);
         let was_new = snapshot.holds_nothing_of_ours();
+        if job.rotate && free_at_first && assessment.usable.is_some() {
+            return self
+                .rotate(job, snapshot.record, snapshot.target, Some(snapshot.state))
+                .await;
+        }
         if was_new
             && free_at_first
             && let Some(result) = self.first_provisioning(job, &snapshot).await
@@ -62,10 +67,11 @@ impl Provisioner {
         let goal = Goal::Key {
             key: material.material().public_key().fingerprint(),
             private: material.private_pem().is_some(),
+            sole: false,
         };
         let claim = self.claim(job, snapshot, Some(goal));
         let (taken, registered) = tokio::join!(
-            self.take_for_goal(job, snapshot, claim),
+            self.take_for_goal(job, &snapshot.record, claim),
             self.registry.register(
                 job.deadline,
                 job.device(),
@@ -98,7 +104,7 @@ impl Provisioner {
             // read it under a lock taken afresh.
             Err(e) if e.entry_changed() => {
                 lock.undo_and_release(self, job, journal).await;
-                return Some(self.provision_again(job).await);
+                return Some(self.provision_again(job, true).await);
             }
             Err(e) => {
                 lock.undo_and_release(self, job, journal).await;
@@ -127,7 +133,7 @@ impl Provisioner {
                 );
                 journal.keep_entry();
                 lock.undo_and_release(self, job, journal).await;
-                Some(self.provision_again(job).await)
+                Some(self.provision_again(job, true).await)
             }
             Err(FastPathError::Failed(e)) => {
                 lock.undo_and_release(self, job, journal).await;
@@ -195,11 +201,16 @@ impl Provisioner {
         }
     }
 
-    /// Provisioning under a lock taken afresh, after the fast path gave way: the device had
-    /// nothing provisioned when this request first read it, so a repair from here makes it.
-    async fn provision_again(&self, job: &Job<'_>) -> Result<Outcome, ProvisionError> {
+    /// Provisioning under a lock taken afresh, after a fast path gave way. `was_new`: the
+    /// device had nothing provisioned when this request first read it, so a repair from here
+    /// makes it.
+    pub(super) async fn provision_again(
+        &self,
+        job: &Job<'_>,
+        was_new: bool,
+    ) -> Result<Outcome, ProvisionError> {
         self.locked(job, Wait::default(), async |lock, snapshot| {
-            self.provision_locked(job, lock, snapshot, true).await
+            self.provision_locked(job, lock, snapshot, was_new).await
         })
         .await
     }
@@ -229,7 +240,7 @@ impl Provisioner {
     }
 
     /// A registry failure at `step` as provisioning under the lock reads it.
-    fn stop(&self, job: &Job<'_>, step: &'static str, e: RegistryError) -> Stop {
+    pub(super) fn stop(&self, job: &Job<'_>, step: &'static str, e: RegistryError) -> Stop {
         if e.entry_changed() {
             Stop::EntryChanged(e)
         } else {
@@ -275,7 +286,36 @@ impl Provisioner {
             .map_err(|e| self.stop(job, "registering the credential", e))?;
         let mut journal = Journal::new(snapshot.target);
         journal.registered(&registration);
-        let credential = &registration.credential;
+        let swapped = self
+            .swap(
+                job,
+                &snapshot,
+                assessment.named.as_ref(),
+                &material,
+                &registration.credential,
+                journal,
+            )
+            .await?;
+        Ok(Outcome {
+            variables: swapped.variables,
+            ..Outcome::plain(status, job)
+        })
+    }
+
+    /// Puts a registered `credential` in the place of what `snapshot` shows, the lock held:
+    /// activates it beside `kept` (the credential the variables name until they change) while
+    /// its variables are stored, then retires the function's other credentials. On failure the
+    /// `journal` (which holds the registration) is unwound: the variables back as they were,
+    /// the new credential dropped.
+    pub(super) async fn swap(
+        &self,
+        job: &Job<'_>,
+        snapshot: &Snapshot,
+        kept: Option<&RegisteredCredential>,
+        material: &NewMaterial<'_>,
+        credential: &RegisteredCredential,
+        mut journal: Journal,
+    ) -> Result<Swapped, Stop> {
         let vars = self
             .registry
             .variables(job.uuid(), credential, material.private_pem());
@@ -318,7 +358,7 @@ impl Provisioner {
                 job.deadline,
                 job.device(),
                 &snapshot.state,
-                assessment.named.as_ref(),
+                kept,
                 credential
             ),
             futures::future::join_all(writes),
@@ -352,7 +392,13 @@ impl Provisioner {
             .filter(|c| c.is_ours() && c.id != credential.id)
             .cloned()
             .collect();
-        if let Err(e) = self.revoke_all(job, &old).await {
+        let mut retired = true;
+        if !old.is_empty()
+            && let Err(e) = self
+                .registry
+                .retire_replaced(job.deadline, job.device(), kept, credential, &old)
+                .await
+        {
             // An old credential that still works must stay named by the variables: put them
             // back and drop the new one. One that no longer works is only litter, which the
             // next request clears; the device has what it needs.
@@ -361,20 +407,26 @@ impl Provisioner {
                 return Err(self.stop(job, "revoking an old credential", e));
             }
             tracing::warn!(error = %e, "an old credential is disabled but not yet deleted; the next request removes it");
+            retired = false;
         }
         let mut variables: Vec<String> = vars.iter().map(|(n, _)| n.to_string()).collect();
         if stored_private.is_some() {
             variables.push(private_name.to_string());
         }
-        Ok(Outcome {
-            variables,
-            ..Outcome::plain(status, job)
-        })
+        Ok(Swapped { variables, retired })
     }
 }
 
+/// What a swap came to.
+pub(super) struct Swapped {
+    /// The variables it wrote or deleted.
+    pub(super) variables: Vec<String>,
+    /// No old credential of the function's is left.
+    pub(super) retired: bool,
+}
+
 /// Why provisioning under the lock stopped short.
-enum Stop {
+pub(super) enum Stop {
     /// The registry entry changed under this request, which held the lock: made, changed or
     /// removed by a request that did not need the lock for it. Worth one more attempt.
     EntryChanged(RegistryError),
@@ -395,13 +447,13 @@ enum FastPathError {
 }
 
 /// The key material for a new credential: the device's CSR, or a key pair made here.
-enum NewMaterial<'a> {
+pub(super) enum NewMaterial<'a> {
     Csr(&'a DeviceCsr),
     Generated(DeviceKey),
 }
 
 impl<'a> NewMaterial<'a> {
-    fn new(mode: KeyMode<'a>, algorithm: KeyAlgorithm) -> Result<Self, ProvisionError> {
+    pub(super) fn new(mode: KeyMode<'a>, algorithm: KeyAlgorithm) -> Result<Self, ProvisionError> {
         match mode {
             KeyMode::Csr(csr) => Ok(NewMaterial::Csr(csr)),
             KeyMode::Generated | KeyMode::Either => DeviceKey::generate_with(algorithm)
@@ -410,7 +462,7 @@ impl<'a> NewMaterial<'a> {
         }
     }
 
-    fn material(&self) -> Material<'_> {
+    pub(super) fn material(&self) -> Material<'_> {
         match self {
             NewMaterial::Csr(csr) => Material::Csr(csr),
             NewMaterial::Generated(key) => Material::Generated(key),
@@ -418,7 +470,7 @@ impl<'a> NewMaterial<'a> {
     }
 
     /// The private key to store, when this function made it.
-    fn private_pem(&self) -> Option<&Secret> {
+    pub(super) fn private_pem(&self) -> Option<&Secret> {
         match self {
             NewMaterial::Csr(_) => None,
             NewMaterial::Generated(key) => Some(key.private_pem()),

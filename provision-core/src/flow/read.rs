@@ -36,24 +36,18 @@ impl Provisioner {
         }
     }
 
-    /// A caller with a balena key: its proof first, and the registry only once it holds. The
-    /// proof is balenaCloud's `whoami` beside the device read *with the caller's key* (one
-    /// round trip, two calls): `whoami` says whose key it is, the read what that key may see
-    /// (a device's own key sees its device, and nothing while balenaCloud has frozen it). A
-    /// refused caller is answered as soon as `whoami` refuses it, whatever the read finds, so
-    /// the answer's timing tells nothing about the device; it makes no registry call and no
-    /// write.
-    ///
-    /// Then the registry: a POST for a device balenaCloud shows nothing of ours on (no
-    /// variable, no lock held) skips reading it, and registers straight away as if it were
-    /// empty; a registry that finds an entry there refuses to create it, and the flow falls
-    /// back to reading it under the lock. So a new device keeps its depth (proof, register,
-    /// activate) and every other request reads the registry once proven.
-    pub(super) async fn read_as_caller(
+    /// A caller with a balena key: its proof first, and the registry only once it holds
+    /// ([`Provisioner::read_registry`]). The proof is balenaCloud's `whoami` beside the device
+    /// read *with the caller's key* (one round trip, two calls): `whoami` says whose key it is,
+    /// the read what that key may see (a device's own key sees its device, and nothing while
+    /// balenaCloud has frozen it). A refused caller is answered as soon as `whoami` refuses it,
+    /// whatever the read finds, so the answer's timing tells nothing about the device; it makes
+    /// no registry call and no write.
+    pub(super) async fn prove(
         &self,
         job: &Job<'_>,
         key: &Secret,
-    ) -> Result<Snapshot, ProvisionError> {
+    ) -> Result<(DeviceRecord, VarTarget), ProvisionError> {
         let uuid = job.uuid();
         let proof = self.balena.whoami(job.deadline, key);
         let read = self.read_balena(job, Some(key));
@@ -88,6 +82,22 @@ impl Provisioner {
             }) => return Err(ProvisionError::Forbidden(uuid.to_string())),
             Err(e) => return Err(e),
         };
+        Ok((record, target))
+    }
+
+    /// The registry's side of a snapshot, once the caller is proven ([`Provisioner::prove`]).
+    /// A POST for a device balenaCloud shows nothing of ours on (no variable, no lock held)
+    /// skips reading it, and registers straight away as if it were empty; a registry that finds
+    /// an entry there refuses to create it, and the flow falls back to reading it under the
+    /// lock. So a new device keeps its depth (proof, register, activate) and every other
+    /// request reads the registry once proven (a rotation while it takes the lock:
+    /// `rotate.rs`).
+    pub(super) async fn read_registry(
+        &self,
+        job: &Job<'_>,
+        record: DeviceRecord,
+        target: VarTarget,
+    ) -> Result<Snapshot, ProvisionError> {
         let unseen = matches!(job.request.operation, Operation::Provision { .. })
             && record.vars.is_empty()
             && record
@@ -160,7 +170,7 @@ impl Provisioner {
 
     /// A credential made elsewhere that the stored variables name is the device's own (one an
     /// earlier tool provisioned): it is the function's to replace and revoke.
-    fn owned(&self, mut state: RegistryState, record: &DeviceRecord) -> RegistryState {
+    pub(super) fn owned(&self, mut state: RegistryState, record: &DeviceRecord) -> RegistryState {
         let vars = record.values();
         for c in &mut state.credentials {
             if c.foreign == Some(Foreign::MadeElsewhere) && self.registry.is_named_by(&vars, c) {

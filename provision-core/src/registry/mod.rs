@@ -313,6 +313,23 @@ pub trait Registry: Send + Sync {
         credentials: &[RegisteredCredential],
     ) -> Result<(), RegistryError>;
 
+    /// The last step of replacing a credential: `old` (the function's credentials other than
+    /// `credential`, as `state` showed them) go, once `activate` has made `credential` usable
+    /// beside `kept` and the variables name it. By default, `revoke`. A registry whose
+    /// `activate` sets the entry's credentials all at once (IoT Hub, ClearBlade) knows from
+    /// that what the entry holds, and leaves `credential` alone on it in one call without
+    /// reading it again: the device's lock is held, so nothing else changes the entry.
+    async fn retire_replaced(
+        &self,
+        deadline: Deadline,
+        device: Device<'_>,
+        _kept: Option<&RegisteredCredential>,
+        _credential: &RegisteredCredential,
+        old: &[RegisteredCredential],
+    ) -> Result<(), RegistryError> {
+        self.revoke(deadline, device.id, old).await
+    }
+
     /// Removes the device's entry (after its credentials). Removing what is gone succeeds.
     async fn remove_entry(
         &self,

@@ -13,12 +13,17 @@ pub(in crate::flow) enum Goal {
     /// Nothing of the device left (a DELETE).
     Gone,
     /// The key with this fingerprint in use, named by the variables (a new device's POST),
-    /// with the private key stored beside them where `private` (the function made the key).
-    Key { key: String, private: bool },
+    /// with the private key stored beside them where `private` (the function made the key);
+    /// where `sole` (a rotation), also the only credential of the function's left.
+    Key {
+        key: String,
+        private: bool,
+        sole: bool,
+    },
 }
 
-/// A lock tag's value: `<holder> until <unix ms>[ goal gone| goal key <fingerprint>[ private]
-/// for <target>][ released]`, the target being `device` or `service-<install id>`. Written
+/// A lock tag's value: `<holder> until <unix ms>[ goal gone| goal key <fingerprint>[ private][
+/// sole] for <target>][ released]`, the target being `device` or `service-<install id>`. Written
 /// with `Display`, read with `FromStr`, and nowhere else.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(in crate::flow) struct LockValue {
@@ -35,9 +40,10 @@ impl fmt::Display for LockValue {
         match &self.goal {
             None => {}
             Some((Goal::Gone, target)) => write!(f, " goal gone for {target}")?,
-            Some((Goal::Key { key, private }, target)) => {
+            Some((Goal::Key { key, private, sole }, target)) => {
                 let private = if *private { " private" } else { "" };
-                write!(f, " goal key {key}{private} for {target}")?
+                let sole = if *sole { " sole" } else { "" };
+                write!(f, " goal key {key}{private}{sole} for {target}")?
             }
         }
         if self.released {
@@ -67,12 +73,16 @@ impl FromStr for LockValue {
         let until = after("until")
             .and_then(|u| u.parse().ok())
             .ok_or(Unreadable)?;
+        // The goal's own words, after the holder and its expiry.
+        let flagged = |flag: &str| words.iter().skip(3).any(|w| *w == flag);
         let goal = match after("goal") {
             None => None,
             Some("gone") => Some(Goal::Gone),
+            // An earlier version reads a `sole` goal as a plain key goal (it ignores the word).
             Some("key") => Some(Goal::Key {
                 key: after("key").ok_or(Unreadable)?.to_owned(),
-                private: words.contains(&"private"),
+                private: flagged("private"),
+                sole: flagged("sole"),
             }),
             Some(_) => return Err(Unreadable),
         };
@@ -146,10 +156,17 @@ mod tests {
         let key = Goal::Key {
             key: "0a1b".into(),
             private: true,
+            sole: false,
         };
         let public = Goal::Key {
             key: "ff".into(),
             private: false,
+            sole: false,
+        };
+        let rotated = Goal::Key {
+            key: "77".into(),
+            private: true,
+            sole: true,
         };
         for v in [
             value(None, false),
@@ -158,6 +175,7 @@ mod tests {
             value(Some((Goal::Gone, "service-12")), true),
             value(Some((key, "device")), true),
             value(Some((public, "service-3")), false),
+            value(Some((rotated, "device")), false),
         ] {
             assert_eq!(v.to_string().parse::<LockValue>(), Ok(v.clone()), "{v}");
         }
@@ -173,7 +191,8 @@ mod tests {
             Some((
                 Goal::Key {
                     key: "0a1b".into(),
-                    private: true
+                    private: true,
+                    sole: false,
                 },
                 "device".into()
             ))

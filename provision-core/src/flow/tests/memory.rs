@@ -74,6 +74,21 @@ impl MemoryRegistry {
         self.held.lock().unwrap().entry
     }
 
+    /// Puts a credential on the entry as it was (one a request has yet to retire).
+    pub(super) fn put_back(&self, credential: RegisteredCredential) {
+        self.held.lock().unwrap().credentials.push(credential);
+    }
+
+    /// Removes a credential from the entry (another request retiring it).
+    pub(super) fn take_away(&self, id: &str) {
+        self.held.lock().unwrap().credentials.retain(|c| c.id != id);
+    }
+
+    /// How many times `inspect` was called.
+    pub(super) fn reads(&self) -> usize {
+        self.inspected.lock().unwrap().len()
+    }
+
     pub(super) fn credentials(&self) -> Vec<RegisteredCredential> {
         self.held.lock().unwrap().credentials.clone()
     }
@@ -208,6 +223,26 @@ impl Registry for MemoryRegistry {
         let mut held = self.held.lock().unwrap();
         held.credentials
             .retain(|c| !credentials.iter().any(|r| r.id == c.id));
+        Ok(())
+    }
+
+    /// As IoT Hub: the entry is set to hold `credential` alone, whatever else it holds now.
+    async fn retire_replaced(
+        &self,
+        deadline: Deadline,
+        device: Device<'_>,
+        kept: Option<&RegisteredCredential>,
+        credential: &RegisteredCredential,
+        old: &[RegisteredCredential],
+    ) -> Result<(), RegistryError> {
+        if kept.is_none() || old.is_empty() {
+            return self.revoke(deadline, device.id, old).await;
+        }
+        self.step(Step::Revoke)?;
+        let mut held = self.held.lock().unwrap();
+        if held.entry {
+            held.credentials.retain(|c| c.id == credential.id);
+        }
         Ok(())
     }
 

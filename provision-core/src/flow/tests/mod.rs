@@ -79,6 +79,14 @@ impl Bench {
         .await
     }
 
+    async fn rotate(&self) -> Result<Outcome, ProvisionError> {
+        self.send(Operation::Provision {
+            rotate: true,
+            csr: None,
+        })
+        .await
+    }
+
     async fn status(&self) -> Status {
         self.send(Operation::Status).await.expect("GET").status
     }
@@ -289,6 +297,142 @@ async fn rotation_replaces_the_credential_and_revokes_the_old_one_last() {
     assert_eq!(outcome.status, Status::Rotated);
     bench.assert_provisioned();
     assert_ne!(bench.registry.credentials()[0].id, old);
+}
+
+/// The latest lock's value, read as the flow reads it.
+fn latest_lock(bench: &Bench) -> lock::LockValue {
+    lock::LockValue::read(bench.locks().last().expect("a lock"))
+}
+
+#[tokio::test]
+async fn a_rotation_takes_its_lock_beside_the_registry_read_and_needs_no_release() {
+    let bench = Bench::start().await;
+    bench.post().await.unwrap();
+    for round in 0..2 {
+        let old = bench.registry.credentials()[0].id.clone();
+        let locks = bench.locks().len();
+        let reads = bench.registry.reads();
+        let outcome = bench.rotate().await.unwrap();
+        assert_eq!(outcome.status, Status::Rotated, "round {round}");
+        bench.assert_provisioned();
+        assert_ne!(bench.registry.credentials()[0].id, old, "a new credential");
+        assert_eq!(bench.locks().len(), locks + 1, "one lock taken");
+        assert_eq!(bench.registry.reads(), reads + 1, "the registry read once");
+        let lock = latest_lock(&bench);
+        assert!(!lock.released, "no release: its goal says when it is done");
+        let new_key = bench.registry.credentials()[0]
+            .public_key
+            .as_ref()
+            .unwrap()
+            .fingerprint();
+        assert_eq!(
+            lock.goal,
+            Some((
+                lock::Goal::Key {
+                    key: new_key,
+                    private: true,
+                    sole: true
+                },
+                "device".into()
+            )),
+            "round {round}"
+        );
+    }
+    assert_eq!(
+        bench.post().await.unwrap().status,
+        Status::AlreadyProvisioned
+    );
+}
+
+#[tokio::test]
+async fn a_rotation_waits_for_the_previous_one_to_retire_its_old_credential() {
+    let bench = Bench::start().await;
+    bench.post().await.unwrap();
+    let first = bench.registry.credentials()[0].clone();
+    bench.rotate().await.unwrap();
+    // As if that rotation had not yet retired the first credential: its lock is not done.
+    bench.registry.put_back(first.clone());
+    let reads = bench.registry.reads();
+    let waiting = bench.rotate();
+    let retiring = async {
+        // Once the rotation has read the registry beside its take, and once more waiting, the
+        // previous holder retires the old credential.
+        while bench.registry.reads() < reads + 2 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        bench.registry.take_away(&first.id);
+    };
+    tokio::pin!(waiting);
+    let outcome = tokio::select! {
+        outcome = &mut waiting => outcome,
+        () = retiring => waiting.await,
+    };
+    assert_eq!(outcome.unwrap().status, Status::Rotated);
+    assert!(bench.registry.reads() >= reads + 2, "it waited");
+    bench.assert_provisioned();
+    assert!(!latest_lock(&bench).released);
+}
+
+#[tokio::test]
+async fn a_rotation_whose_predecessor_never_finishes_is_busy_and_leaves_everything() {
+    let bench = Bench::start().await;
+    bench.post().await.unwrap();
+    let first = bench.registry.credentials()[0].clone();
+    bench.rotate().await.unwrap();
+    bench.registry.put_back(first);
+    let before = bench.vars();
+    let ids = |bench: &Bench| -> Vec<String> {
+        bench
+            .registry
+            .credentials()
+            .into_iter()
+            .map(|c| c.id)
+            .collect()
+    };
+    let credentials = ids(&bench);
+    let e = bench.rotate().await.expect_err("busy");
+    assert!(matches!(e, ProvisionError::Busy(_)), "{e}");
+    assert_eq!(bench.vars(), before, "the variables as they were");
+    assert_eq!(ids(&bench), credentials, "no credential added or removed");
+    assert!(latest_lock(&bench).released, "its own lock released");
+}
+
+#[tokio::test]
+async fn concurrent_posts_rotations_and_deletes_end_consistent() {
+    let bench = Bench::start().await;
+    bench.balena.set_latency(Duration::from_millis(3));
+    let bench = &bench;
+    for round in 0..6 {
+        let requests = (0..9).map(|n| async move {
+            match n % 3 {
+                0 => bench.post().await,
+                1 => bench.rotate().await,
+                _ => bench.send(Operation::Deprovision).await,
+            }
+        });
+        for result in futures::future::join_all(requests).await {
+            if let Err(e) = result {
+                assert!(matches!(e, ProvisionError::Busy(_)), "round {round}: {e}");
+            }
+        }
+        if bench.vars().is_empty() {
+            bench.assert_nothing();
+        } else {
+            bench.assert_provisioned();
+        }
+        // Nothing left held: the next requests go straight through.
+        let status = bench.rotate().await.unwrap().status;
+        assert!(
+            matches!(status, Status::Rotated | Status::Created),
+            "round {round}: {status:?}"
+        );
+        bench.assert_provisioned();
+    }
+    assert_eq!(
+        bench.send(Operation::Deprovision).await.unwrap().status,
+        Status::Deleted
+    );
+    bench.assert_nothing();
 }
 
 #[tokio::test]

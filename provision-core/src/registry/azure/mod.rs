@@ -458,6 +458,32 @@ impl Registry for IotHubRegistry {
         }
     }
 
+    /// `activate` left the entry holding `kept` and `credential`: `credential` alone now, in
+    /// one PUT (no read first).
+    async fn retire_replaced(
+        &self,
+        deadline: Deadline,
+        device: Device<'_>,
+        kept: Option<&RegisteredCredential>,
+        credential: &RegisteredCredential,
+        old: &[RegisteredCredential],
+    ) -> Result<(), RegistryError> {
+        match kept {
+            // `activate` left it alone already (no credential to keep beside it).
+            None => Ok(()),
+            Some(kept) if kept.id == credential.id || old.is_empty() => Ok(()),
+            Some(_) => self
+                .put(
+                    deadline,
+                    device.id.as_str(),
+                    (credential.id.as_str(), None),
+                    Some("*"),
+                )
+                .await
+                .map_err(hub_error),
+        }
+    }
+
     async fn remove_entry(
         &self,
         deadline: Deadline,

@@ -382,6 +382,30 @@ impl Registry for ClearBladeRegistry {
             .map_err(google_error)
     }
 
+    /// `activate` left the device holding `kept` and `credential`: `credential` alone now, in
+    /// one PATCH (no read first).
+    async fn retire_replaced(
+        &self,
+        deadline: Deadline,
+        device: Device<'_>,
+        kept: Option<&RegisteredCredential>,
+        credential: &RegisteredCredential,
+        old: &[RegisteredCredential],
+    ) -> Result<(), RegistryError> {
+        let Some(key) = credential.handle.get::<PublicKeyPem>() else {
+            return self.revoke(deadline, device.id, old).await;
+        };
+        match kept {
+            // `activate` left it alone already (no credential to keep beside it).
+            None => Ok(()),
+            Some(kept) if kept.id == credential.id || old.is_empty() => Ok(()),
+            Some(_) => self
+                .set_credentials(deadline, device.id.as_str(), &[credential_json(key)])
+                .await
+                .map_err(google_error),
+        }
+    }
+
     async fn remove_entry(
         &self,
         deadline: Deadline,
