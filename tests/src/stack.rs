@@ -40,6 +40,8 @@ pub trait Stack: Sized + Deref<Target = Fleet> {
     /// The variables written when the device sends a CSR (sorted), i.e. all but the key.
     const CSR_VARS: &'static [&'static str];
     const KEY_VAR: &'static str;
+    /// Its balenaCloud is the real API server (open-balena-api), not the emulator.
+    const REAL_BALENA: bool = false;
 
     /// Every variable written for a generated key, sorted (as answers list them).
     fn all_variables() -> Vec<&'static str> {
@@ -633,6 +635,7 @@ impl<W: Stack> Stack for OnOpenBalena<W> {
     const CLOUD: Cloud = W::CLOUD;
     const CSR_VARS: &'static [&'static str] = W::CSR_VARS;
     const KEY_VAR: &'static str = W::KEY_VAR;
+    const REAL_BALENA: bool = true;
 
     async fn start_with(options: Options) -> anyhow::Result<Self> {
         Ok(OnOpenBalena(
