@@ -1,4 +1,5 @@
-//! Revoking a certificate: deactivated, detached from the thing and the policy, deleted.
+//! Revoking a certificate: deactivated while detached from the thing, then deleted with its
+//! policy attachment.
 
 use super::*;
 
@@ -9,42 +10,69 @@ impl AwsIotRegistry {
         thing: &str,
         credential: &RegisteredCredential,
     ) -> Result<(), RegistryError> {
+        let arn = certificate(credential)?.arn.as_str();
+        self.unusable(deadline, thing, credential, arn).await?;
+        if !credential.is_ours() {
+            // Not the function's: it only leaves this thing.
+            return Ok(());
+        }
+        // No longer authenticating: a forced delete removes it with its policy attachment.
+        self.delete_certificate(deadline, &credential.id).await
+    }
+
+    /// Deactivates a certificate (not one that is not the function's) while detaching it from
+    /// the thing. Should the deactivation fail, the certificate is attached again: left exactly
+    /// as it was (still active, still found on the thing, still named by the variables, which
+    /// the caller then keeps).
+    pub(super) async fn unusable(
+        &self,
+        deadline: Deadline,
+        thing: &str,
+        credential: &RegisteredCredential,
+        arn: &str,
+    ) -> Result<(), RegistryError> {
         let id = credential.id.as_str();
-        let arn = certificate(credential)?.arn.clone();
-        let detach = || async {
+        let deactivate = async {
+            if !credential.is_ours() {
+                return Ok(());
+            }
             ok_if_gone(
                 call(
                     deadline,
                     self.client
-                        .detach_thing_principal()
-                        .thing_name(thing)
-                        .principal(&arn)
+                        .update_certificate()
+                        .certificate_id(id)
+                        .new_status(CertificateStatus::Inactive)
                         .send(),
                 )
                 .await,
             )
         };
-        if !credential.is_ours() {
-            // Not the function's: it only leaves this thing.
-            return detach().await;
-        }
-        // Deactivate first, alone: if that fails the certificate is exactly as it was (still
-        // attached, still named by the variables, which the caller then keeps); once it has
-        // succeeded the certificate no longer authenticates, and what follows is tidying. A
-        // forced delete then removes it with its policy attachment.
-        ok_if_gone(
-            call(
+        let detach = call(
+            deadline,
+            self.client
+                .detach_thing_principal()
+                .thing_name(thing)
+                .principal(arn)
+                .send(),
+        );
+        let (inactive, detached) = tokio::join!(deactivate, detach);
+        let detached = ok_if_gone(detached);
+        if inactive.is_err()
+            && detached.is_ok()
+            && let Err(f) = call(
                 deadline,
                 self.client
-                    .update_certificate()
-                    .certificate_id(id)
-                    .new_status(CertificateStatus::Inactive)
+                    .attach_thing_principal()
+                    .thing_name(thing)
+                    .principal(arn)
                     .send(),
             )
-            .await,
-        )?;
-        detach().await?;
-        self.delete_certificate(deadline, id).await
+            .await
+        {
+            tracing::error!(certificate = %id, error = %f.failure, "could not attach again a certificate that is still active");
+        }
+        inactive.and(detached)
     }
 
     /// Deletes an inactive, detached certificate (forced: its policy attachment goes with it).

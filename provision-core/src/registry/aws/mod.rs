@@ -370,23 +370,9 @@ impl Registry for AwsIotRegistry {
         state: &RegistryState,
     ) -> Result<(), RegistryError> {
         let thing = thing.as_str();
-        let steps = state.credentials.iter().filter_map(|c| Some((c.id.as_str(), certificate(c).ok()?.arn.as_str(), !c.is_ours()))).map(|(id, arn, hands_off)| async move {
-            let deactivate = async {
-                if hands_off {
-                    return Ok(());
-                }
-                ok_if_gone(call(deadline, self.client.update_certificate().certificate_id(id).new_status(CertificateStatus::Inactive).send()).await)
-            };
-            let (inactive, detached) = tokio::join!(
-                deactivate,
-                call(deadline, self.client.detach_thing_principal().thing_name(thing).principal(arn).send()),
-            );
-            let detached = ok_if_gone(detached);
-            if inactive.is_err() && detached.is_ok()
-                && let Err(f) = call(deadline, self.client.attach_thing_principal().thing_name(thing).principal(arn).send()).await {
-                    tracing::error!(certificate = %id, error = %f.failure, "could not attach again a certificate that is still active");
-                }
-            inactive.and(detached)
+        let steps = state.credentials.iter().filter_map(|c| {
+            let arn = certificate(c).ok()?.arn.as_str();
+            Some(self.unusable(deadline, thing, c, arn))
         });
         let results = futures::future::join_all(steps).await;
         results
