@@ -9,6 +9,7 @@ use provision_emulators::clearblade::ClearBladeEmulator;
 use provision_emulators::fault_proxy::{FaultProxy, Flavour, Traffic};
 use provision_emulators::iothub::{IotHubEmulator, Policy};
 use provision_emulators::lambda_runtime::{InvocationOutcome, LambdaRuntimeEmulator};
+use provision_emulators::tls_front::{TestCa, TlsFront};
 use tokio::process::Command;
 
 use crate::aws::{self, Moto};
@@ -58,6 +59,10 @@ pub struct Options {
     pub cloudrun: bool,
     /// Put fault proxies in front of balenaCloud and the registry (the world's `faults`).
     pub faults: bool,
+    /// With `faults`: reach the proxies over TLS, as the real services' endpoints are reached
+    /// (a TLS front before each proxy; the function trusts the front's test CA through
+    /// `SSL_CERT_FILE`), so handshakes can be counted.
+    pub tls: bool,
     /// The emulator, or the real balenaCloud API server.
     pub balena: Backend,
     /// The IoT Hub's host name (Azure worlds). A device connecting to the hub's MQTT stand-in
@@ -74,6 +79,7 @@ impl Default for Options {
             startup_fails: false,
             cloudrun: false,
             faults: false,
+            tls: false,
             balena: Backend::Emulator,
             hub_host: HUB_HOST,
         }
@@ -85,6 +91,36 @@ pub struct Faults {
     pub traffic: Traffic,
     pub balena: FaultProxy,
     pub registry: FaultProxy,
+    /// TLS fronts before the proxies, when the world asked for them.
+    tls: Option<Fronts>,
+}
+
+/// The TLS fronts of a world's proxies, and the file holding their CA for the function.
+struct Fronts {
+    ca_file: CaFile,
+    balena: TlsFront,
+    registry: TlsFront,
+}
+
+/// A CA certificate in a file of its own, removed when dropped.
+struct CaFile(std::path::PathBuf);
+
+impl CaFile {
+    fn write(pem: &str) -> anyhow::Result<CaFile> {
+        let path = std::env::temp_dir().join(format!(
+            "provision-test-ca-{}-{}.pem",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(&path, pem)?;
+        Ok(CaFile(path))
+    }
+}
+
+impl Drop for CaFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 impl Faults {
@@ -107,13 +143,62 @@ impl Faults {
             traffic.clone(),
         )
         .await?;
-        let registry =
+        let registry_proxy =
             FaultProxy::start(registry, port_of(registry_url)?, flavour, traffic.clone()).await?;
+        let tls = match options.tls {
+            false => None,
+            true => {
+                let ca = TestCa::new()?;
+                let ca_file = CaFile::write(ca.ca_pem())?;
+                Some(Fronts {
+                    balena: TlsFront::start(
+                        "balena",
+                        port_of(&balena.url())?,
+                        &ca,
+                        traffic.clone(),
+                    )
+                    .await?,
+                    registry: TlsFront::start(
+                        registry,
+                        port_of(&registry_proxy.url())?,
+                        &ca,
+                        traffic.clone(),
+                    )
+                    .await?,
+                    ca_file,
+                })
+            }
+        };
         Ok(Some(Faults {
             traffic,
             balena,
-            registry,
+            registry: registry_proxy,
+            tls,
         }))
+    }
+
+    /// Where the function reaches balenaCloud: the proxy, or its TLS front.
+    pub fn balena_url(&self) -> String {
+        self.tls
+            .as_ref()
+            .map_or_else(|| self.balena.url(), |t| t.balena.url())
+    }
+
+    /// Where the function reaches the registry: the proxy, or its TLS front.
+    pub fn registry_url(&self) -> String {
+        self.tls
+            .as_ref()
+            .map_or_else(|| self.registry.url(), |t| t.registry.url())
+    }
+
+    /// The function's setting that makes it trust the TLS fronts' CA (none without fronts).
+    fn trust_env(&self) -> Option<(String, String)> {
+        self.tls.as_ref().map(|t| {
+            (
+                "SSL_CERT_FILE".to_string(),
+                t.ca_file.0.display().to_string(),
+            )
+        })
     }
 }
 
@@ -286,7 +371,7 @@ impl Fleet {
                 "BALENA_API_URL",
                 faults
                     .as_ref()
-                    .map_or_else(|| self.balena.url(), |f| f.balena.url()),
+                    .map_or_else(|| self.balena.url(), Faults::balena_url),
             ),
             ("BALENA_API_KEY", self.secrets.function_key.clone()),
             (
@@ -301,6 +386,7 @@ impl Fleet {
         ]
         .map(|(k, v)| (k.to_string(), v))
         .into_iter()
+        .chain(faults.as_ref().and_then(Faults::trust_env))
         .collect()
     }
 }
@@ -575,7 +661,7 @@ impl AwsWorld {
             "AWS_ENDPOINT_URL".into(),
             faults
                 .as_ref()
-                .map_or_else(|| aws_proxy.endpoint(), |f| f.registry.url()),
+                .map_or_else(|| aws_proxy.endpoint(), Faults::registry_url),
         ));
         env.extend(fleet.function_env(&options, &faults));
         env.push(("AWS_IOT_POLICY".into(), aws::POLICY.to_string()));
@@ -725,7 +811,7 @@ impl AzureWorld {
                 "AZURE_IOTHUB_ENDPOINT".to_string(),
                 faults
                     .as_ref()
-                    .map_or_else(|| hub.url(), |f| f.registry.url()),
+                    .map_or_else(|| hub.url(), Faults::registry_url),
             ),
         ]);
         let (http, functions) = if options.cloudrun {
@@ -832,7 +918,8 @@ impl GcpWorld {
             None => clearblade.service_account_base64(),
             Some(f) => {
                 let mut account = clearblade.service_account_json();
-                account["url"] = serde_json::Value::String(f.registry.url());
+                account["url"] = serde_json::Value::String(f.registry_url());
+                clearblade.set_behind_tls_proxy(options.tls);
                 base64::Engine::encode(
                     &base64::engine::general_purpose::STANDARD,
                     account.to_string(),

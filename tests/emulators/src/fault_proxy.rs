@@ -97,6 +97,9 @@ struct State {
     /// Connections the client opened to each proxy (by its upstream's name) since the log was
     /// last cleared.
     connections: BTreeMap<&'static str, usize>,
+    /// TLS handshakes the client completed with each proxy's TLS front (see
+    /// [`crate::tls_front`]) since the log was last cleared.
+    handshakes: BTreeMap<&'static str, usize>,
     /// The proxies keep the client's connection open even when the upstream closes its own
     /// after an answer (moto answers every request `Connection: close`), as the real services
     /// do: the client's new connections are then its own doing.
@@ -133,6 +136,7 @@ impl Traffic {
         state.seen.clear();
         state.log.clear();
         state.connections.clear();
+        state.handshakes.clear();
         state.epoch = Some(Instant::now());
     }
 
@@ -145,6 +149,7 @@ impl Traffic {
         state.seen.clear();
         state.log.clear();
         state.connections.clear();
+        state.handshakes.clear();
         state.epoch = Some(Instant::now());
     }
 
@@ -175,6 +180,16 @@ impl Traffic {
 
     fn connected(&self, upstream: &'static str) {
         *self.lock().connections.entry(upstream).or_default() += 1;
+    }
+
+    /// The TLS handshakes the client completed with each proxy's TLS front since the log was
+    /// last cleared, by the proxy's upstream name.
+    pub fn handshakes(&self) -> BTreeMap<&'static str, usize> {
+        self.lock().handshakes.clone()
+    }
+
+    pub(crate) fn handshaken(&self, upstream: &'static str) {
+        *self.lock().handshakes.entry(upstream).or_default() += 1;
     }
 
     /// How many requests the plan has failed so far.

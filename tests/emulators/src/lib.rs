@@ -13,3 +13,4 @@ pub mod fault_proxy;
 pub mod iothub;
 pub mod lambda_runtime;
 pub mod mqtt;
+pub mod tls_front;

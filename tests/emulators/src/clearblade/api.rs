@@ -331,7 +331,8 @@ fn serve(
             if req.method != Method::POST {
                 return Err(method_not_allowed(&req.method, "getRegistryCredentials"));
             }
-            registry_credentials(config, tls, req.host.as_deref(), body)
+            let scheme = if state.behind_tls { "https" } else { "http" };
+            registry_credentials(config, tls, scheme, req.host.as_deref(), body)
         }
         Route::Webhook {
             system_key,
@@ -374,6 +375,7 @@ fn method_not_allowed(method: &Method, what: &str) -> ApiError {
 fn registry_credentials(
     config: &Config,
     tls: bool,
+    scheme: &str,
     host: Option<&str>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
@@ -406,7 +408,7 @@ fn registry_credentials(
             // Over plain HTTP, the address the caller used: a proxy in front of the emulator
             // (tests that inject faults) then sees the device calls too.
             "url": match host {
-                Some(host) if !tls => format!("http://{host}"),
+                Some(host) if !tls => format!("{scheme}://{host}"),
                 _ => config.url(tls),
             },
         }),

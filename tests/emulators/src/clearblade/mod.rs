@@ -164,6 +164,9 @@ struct State {
     devices: Vec<BTreeMap<String, Device>>,
     num_ids: HashSet<u64>,
     hooks: Hooks<RecordedRequest>,
+    /// Callers reach the plain-HTTP port through a TLS-terminating proxy: the registry
+    /// credentials name `https://{Host header}`.
+    behind_tls: bool,
 }
 
 impl State {
@@ -326,6 +329,12 @@ impl ClearBladeEmulator {
 
     pub fn tls_port(&self) -> u16 {
         self.config.tls_addr.port()
+    }
+
+    /// Callers reach the plain-HTTP port through a proxy that terminates TLS for them: the
+    /// registry credentials then name `https://` and the address they used.
+    pub fn set_behind_tls_proxy(&self, behind: bool) {
+        lock(&self.shared).behind_tls = behind;
     }
 
     /// The PEM of the CA that signed the HTTPS certificate (trust it to talk HTTPS).
