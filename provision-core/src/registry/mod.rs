@@ -175,6 +175,18 @@ impl Material<'_> {
     }
 }
 
+/// Whether `activate`, on a registry that sets an entry's credentials all at once, already left
+/// `credential` alone there: it kept nothing beside it, or there was nothing old to retire
+/// (see [`Registry::retire_replaced`]).
+#[cfg(any(feature = "azure", feature = "gcp"))]
+pub(crate) fn alone_after_activate(
+    kept: Option<&RegisteredCredential>,
+    credential: &RegisteredCredential,
+    old: &[RegisteredCredential],
+) -> bool {
+    kept.is_none_or(|k| k.id == credential.id) || old.is_empty()
+}
+
 /// The device [`Registry::warm`] looks up: balena makes UUIDs at random, and none is all zeros.
 const WARM_UP_UUID: &str = "00000000000000000000000000000000";
 

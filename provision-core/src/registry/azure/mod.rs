@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::{
     Cloud, Device, Handle, Material, RegisteredCredential, Registration, Registry, RegistryError,
-    RegistryState,
+    RegistryState, alone_after_activate,
 };
 use crate::codec::{base64_decode, base64_encode};
 use crate::config::ConfigError;
@@ -468,20 +468,17 @@ impl Registry for IotHubRegistry {
         credential: &RegisteredCredential,
         old: &[RegisteredCredential],
     ) -> Result<(), RegistryError> {
-        match kept {
-            // `activate` left it alone already (no credential to keep beside it).
-            None => Ok(()),
-            Some(kept) if kept.id == credential.id || old.is_empty() => Ok(()),
-            Some(_) => self
-                .put(
-                    deadline,
-                    device.id.as_str(),
-                    (credential.id.as_str(), None),
-                    Some("*"),
-                )
-                .await
-                .map_err(hub_error),
+        if alone_after_activate(kept, credential, old) {
+            return Ok(());
         }
+        self.put(
+            deadline,
+            device.id.as_str(),
+            (credential.id.as_str(), None),
+            Some("*"),
+        )
+        .await
+        .map_err(hub_error)
     }
 
     async fn remove_entry(

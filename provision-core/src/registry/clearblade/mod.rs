@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::{
     Cloud, Device, Handle, Material, RegisteredCredential, Registration, Registry, RegistryError,
-    RegistryState,
+    RegistryState, alone_after_activate,
 };
 use crate::codec::{base64_decode, base64_encode};
 use crate::config::ConfigError;
@@ -395,15 +395,12 @@ impl Registry for ClearBladeRegistry {
         let Some(key) = credential.handle.get::<PublicKeyPem>() else {
             return self.revoke(deadline, device.id, old).await;
         };
-        match kept {
-            // `activate` left it alone already (no credential to keep beside it).
-            None => Ok(()),
-            Some(kept) if kept.id == credential.id || old.is_empty() => Ok(()),
-            Some(_) => self
-                .set_credentials(deadline, device.id.as_str(), &[credential_json(key)])
-                .await
-                .map_err(google_error),
+        if alone_after_activate(kept, credential, old) {
+            return Ok(());
         }
+        self.set_credentials(deadline, device.id.as_str(), &[credential_json(key)])
+            .await
+            .map_err(google_error)
     }
 
     async fn remove_entry(
