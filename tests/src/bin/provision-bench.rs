@@ -1421,6 +1421,7 @@ async fn batch<S: Bench>(
         traffic.clear();
     }
     let before = cpu_ticks(pid)?;
+    let switches_before = context_switches(pid);
     let started = Instant::now();
     let answers: Vec<anyhow::Result<Answer>> = futures::stream::iter(devices.iter())
         .map(|d| world.call(post(d)))
@@ -1429,6 +1430,9 @@ async fn batch<S: Bench>(
         .await;
     let wall = started.elapsed();
     let after = cpu_ticks(pid)?;
+    let switches = context_switches(pid)
+        .zip(switches_before)
+        .map(|(a, b)| a - b);
     let created = answers
         .iter()
         .filter(|a| {
@@ -1478,11 +1482,15 @@ async fn batch<S: Bench>(
             front.name()
         ),
         format!(
-            "{} ({} ±{} in all, {:.1} s wall{opened})",
+            "{} ({} ±{} in all, {:.1} s wall; {} context switches per device{opened})",
             ms(per_device),
             ms(cpu),
             ms(Duration::from_secs_f64(1.0 / hz as f64)),
-            wall.as_secs_f64()
+            wall.as_secs_f64(),
+            switches.map_or_else(
+                || "?".to_string(),
+                |n| format!("{:.0}", n as f64 / devices.len().max(1) as f64)
+            ),
         ),
     ));
     if let Front::KeepAlive(_) = front {
@@ -1673,6 +1681,21 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
             .context("unreadable /proc/<pid>/stat")
     };
     Ok(field(14)? + field(15)?)
+}
+
+/// Context switches (voluntary and not) of all a process's threads: each is the process put to
+/// sleep or set aside and woken again.
+fn context_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+        total += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
 }
 
 fn clock_ticks_per_second() -> u64 {
