@@ -1390,7 +1390,7 @@ impl Front<'_> {
     fn name(self) -> &'static str {
         match self {
             Front::Direct => {
-                "direct to the emulators (moto closes every connection: a new one per AWS call)"
+                "direct to the emulators (AWS's, moto, closes every connection: a new one per call)"
             }
             Front::KeepAlive(_) => {
                 "through keep-alive proxies (connections kept, as the real services do)"
