@@ -241,7 +241,7 @@ impl Relay {
 
     fn spawn(&mut self, env: &[(String, String)]) -> anyhow::Result<()> {
         let binary = paths::binary("cloud-relay")?;
-        let mut command = Command::new(binary);
+        let mut command = paths::command("cloud-relay", &binary);
         command.args(&self.args).env_clear().env("RUST_LOG", "info");
         if let Some(path) = std::env::var_os("PATH") {
             command.env("PATH", path);

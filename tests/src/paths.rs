@@ -1,6 +1,6 @@
 //! Where things are: the repository, its virtual environment, the compiled binaries.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// Where `binary` takes every workspace binary from, when set (see `use_binaries_from`).
@@ -43,9 +43,7 @@ fn target_dir() -> PathBuf {
 /// `PROVISION_BIN_DIR` names, else built in the same profile as the running executable. Fails
 /// with a message that says how to build it.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    if let Some(explicit) =
-        std::env::var_os(format!("{}_BIN", name.to_uppercase().replace('-', "_")))
-    {
+    if let Some(explicit) = std::env::var_os(variable(name, "BIN")) {
         return Ok(PathBuf::from(explicit));
     }
     // A directory chosen by `use_binaries_from` or `PROVISION_BIN_DIR`: only there.
@@ -73,4 +71,34 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
         anyhow::anyhow!("binary '{name}' is not built: run `cargo build --bins` first")
     })
+}
+
+/// `<NAME>_<suffix>` for workspace binary `name`: `cloud-relay`, `BIN` -> `CLOUD_RELAY_BIN`.
+fn variable(name: &str, suffix: &str) -> String {
+    format!("{}_{suffix}", name.to_uppercase().replace('-', "_"))
+}
+
+/// The runner `<NAME>_RUNNER` names for workspace binary `name`, if any: a command line that
+/// runs the binary given as its last argument, e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`
+/// for an arm64 build on this x86_64 machine (scripts/bench deployed).
+pub fn runner(name: &str) -> Option<String> {
+    std::env::var(variable(name, "RUNNER"))
+        .ok()
+        .filter(|r| !r.trim().is_empty())
+}
+
+/// The command that runs `binary`, a build of workspace binary `name`: the binary itself, or
+/// its runner (see [`runner`], split on whitespace) with the binary as the last argument. Under
+/// qemu-user the process (its pid, its `/proc` figures) is the emulator running the binary.
+pub fn command(name: &str, binary: &Path) -> tokio::process::Command {
+    let runner = runner(name).unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        None => tokio::process::Command::new(binary),
+        Some(program) => {
+            let mut command = tokio::process::Command::new(program);
+            command.args(words).arg(binary);
+            command
+        }
+    }
 }

@@ -440,18 +440,20 @@ impl Functions {
     }
 }
 
-/// Starts a function binary with exactly this environment (and PATH).
+/// Starts `binary`, a build of the function binary `name` (its runner, if one is set: see
+/// `paths::command`), with exactly this environment (and PATH).
 fn spawn_function(
-    binary: &std::path::Path,
     name: &str,
+    binary: &std::path::Path,
+    label: &str,
     env: &[(String, String)],
     logs: &LogBook,
 ) -> anyhow::Result<Process> {
-    Process::spawn(name, function_command(binary, env), logs)
+    Process::spawn(label, function_command(name, binary, env), logs)
 }
 
-fn function_command(binary: &std::path::Path, env: &[(String, String)]) -> Command {
-    let mut command = Command::new(binary);
+fn function_command(name: &str, binary: &std::path::Path, env: &[(String, String)]) -> Command {
+    let mut command = paths::command(name, binary);
     command.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
     if let Some(path) = std::env::var_os("PATH") {
         command.env("PATH", path);
@@ -494,14 +496,17 @@ impl HttpFunctions {
             let name = format!("{binary}#{n}");
             let (port, process) = if options.startup_fails {
                 let port = crate::process::free_port()?;
-                (port, spawn_function(&path, &name, &env_on(port), logs)?)
+                (
+                    port,
+                    spawn_function(binary, &path, &name, &env_on(port), logs)?,
+                )
             } else {
                 // Served once its own /healthz answers (not some other server that took the
                 // port meanwhile).
                 crate::process::spawn_server(
                     &name,
                     logs,
-                    |port| function_command(&path, &env_on(port)),
+                    |port| function_command(binary, &path, &env_on(port)),
                     &format!("{prefix}/healthz"),
                     |status, body| status == 200 && body.contains("\"status\""),
                 )
@@ -676,6 +681,7 @@ impl AwsWorld {
             let mut functions = Vec::new();
             for n in 0..options.instances.max(1) {
                 functions.push(spawn_function(
+                    "provision-lambda",
                     &binary,
                     &format!("provision-lambda#{n}"),
                     &env,

@@ -34,6 +34,11 @@ Usage: relay-bench [options]
   --relay PATH         the cloud-relay binary (default: CLOUD_RELAY_BIN, else the `device`
                        profile's build beside this profile's, else this profile's;
                        scripts/bench relay passes the static musl build the block deploys)
+  --relay-runner CMD   run the relay under CMD, a command line given the binary as its last
+                       argument (the same as CLOUD_RELAY_RUNNER): a build for another CPU under
+                       qemu-user, e.g. `--relay-runner qemu-arm` (scripts/bench deployed); the
+                       process measured is then the emulator, so its RSS is qemu's and its
+                       throughput is emulated, neither a figure of the device
   --node-relay DIR     measure the published Node cloud-relay instead (DIR holds its index.js,
                        lib/ and node_modules; never part of this repository): its AWS path, with
                        mosquitto on 127.0.0.1:1883 and the stand-in on 8883, the ports it cannot
@@ -95,6 +100,11 @@ fn parse_args() -> Result<Args, String> {
                 let path = it.next().ok_or("--relay needs a path")?;
                 // Before any thread starts: the harness reads it when it spawns the relay.
                 unsafe { std::env::set_var("CLOUD_RELAY_BIN", path) };
+            }
+            "--relay-runner" => {
+                let runner = it.next().ok_or("--relay-runner needs a command")?;
+                // Before any thread starts, as for --relay.
+                unsafe { std::env::set_var("CLOUD_RELAY_RUNNER", runner) };
             }
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
@@ -314,10 +324,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             let binary = provision_testkit::paths::binary("cloud-relay")?;
             let chain = Chain::start(Cloud::Aws).await?;
             let relay: Relay = chain.provisioned_relay(&[]).await?;
+            let runner = provision_testkit::paths::runner("cloud-relay")
+                .map(|r| format!(" under `{r}` (figures of the emulator)"))
+                .unwrap_or_default();
             (
                 chain,
                 Subject::Ours(relay),
-                format!("cloud-relay {}", binary.display()),
+                format!("cloud-relay {}{runner}", binary.display()),
             )
         }
     };
