@@ -151,20 +151,9 @@ impl Faults {
                 let ca = TestCa::new()?;
                 let ca_file = CaFile::write(ca.ca_pem())?;
                 Some(Fronts {
-                    balena: TlsFront::start(
-                        "balena",
-                        port_of(&balena.url())?,
-                        &ca,
-                        traffic.clone(),
-                    )
-                    .await?,
-                    registry: TlsFront::start(
-                        registry,
-                        port_of(&registry_proxy.url())?,
-                        &ca,
-                        traffic.clone(),
-                    )
-                    .await?,
+                    balena: TlsFront::start("balena", balena.port, &ca, traffic.clone()).await?,
+                    registry: TlsFront::start(registry, registry_proxy.port, &ca, traffic.clone())
+                        .await?,
                     ca_file,
                 })
             }

@@ -89,34 +89,31 @@ impl Provisioner {
                 return Err(lock_failure(job.uuid(), f));
             }
         };
-        let state = match state {
-            Ok(state) => self.owned(state, &record),
-            Err(e) => {
-                lock.undo_and_release(self, job, journal).await;
-                return Err(e.into_error("reading the registry", job.uuid()));
-            }
-        };
-        let mut snapshot = Snapshot {
-            record,
-            target,
-            state,
-        };
-        let own = registered.as_ref().ok().map(|r| r.credential.id.clone());
-        if !self.done_before(&snapshot, before, own.as_deref()) {
-            tracing::info!("the previous holder of the device lock is still finishing; waiting");
-            snapshot = match self.await_predecessor(job, before, own.as_deref()).await {
-                Ok(snapshot) => snapshot,
-                Err(e) => {
-                    lock.undo_and_release(self, job, journal).await;
-                    return Err(e);
-                }
+        // What the rotation stands on: the registry as read, the new credential registered, and
+        // the previous holder finished. Any failure here undoes this request's work alone.
+        let ready = async {
+            let state = state.map_err(|e| e.into_error("reading the registry", job.uuid()))?;
+            let registration =
+                registered.map_err(|e| e.into_error("registering the credential", job.uuid()))?;
+            let own = Some(registration.credential.id.as_str());
+            let mut snapshot = Snapshot {
+                state: self.owned(state, &record),
+                record,
+                target,
             };
-        }
-        let registration = match registered {
-            Ok(registration) => registration,
+            if !self.done_before(&snapshot, before, own) {
+                tracing::info!(
+                    "the previous holder of the device lock is still finishing; waiting"
+                );
+                snapshot = self.await_predecessor(job, before, own).await?;
+            }
+            Ok((snapshot, registration))
+        };
+        let (snapshot, registration) = match ready.await {
+            Ok(ready) => ready,
             Err(e) => {
                 lock.undo_and_release(self, job, journal).await;
-                return Err(e.into_error("registering the credential", job.uuid()));
+                return Err(e);
             }
         };
         let assessment = self.assess(job, &snapshot, job.mode);
