@@ -140,7 +140,8 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// answers `GET probe` there (`is_ours` judges status and body). A port found free can be taken
 /// by another server before the child binds it (tests start many at once): then the child exits
 /// (address in use) while the other server answers, and the server is started again on another
-/// port, at most five times.
+/// port, at most five times. Served means the probe answered as `is_ours` wants *and* the child
+/// holds the listening socket: two tests' servers of one kind answer the probe alike.
 pub async fn spawn_server(
     what: &str,
     logs: &LogBook,
@@ -162,7 +163,17 @@ pub async fn spawn_server(
                 let status = answer.status().as_u16();
                 let body = answer.text().await.unwrap_or_default();
                 if is_ours(status, &body) {
-                    serving = true;
+                    // Another test's server of the same kind answers alike: it is this one
+                    // only if this child holds the listening socket.
+                    if process
+                        .child
+                        .id()
+                        .is_some_and(|pid| holds_listener(pid, port))
+                    {
+                        serving = true;
+                    } else {
+                        last = format!("another server took port {port} before {what} did");
+                    }
                     break;
                 }
             }
@@ -183,6 +194,37 @@ pub async fn spawn_server(
     anyhow::bail!("{last} (five ports tried)")
 }
 
+/// Whether process `pid` holds the socket listening on TCP `port` (Linux: the listening
+/// socket's inode, from /proc/net/tcp and tcp6, among the process's open files).
+fn holds_listener(pid: u32, port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    let sockets: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = fields.get(1)?.rsplit_once(':')?.1;
+                    let listening = *fields.get(3)? == LISTEN
+                        && u16::from_str_radix(local_port, 16).ok()? == port;
+                    let inode = fields.get(9)?;
+                    listening.then(|| format!("socket:[{inode}]"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
+    })
+}
+
 /// Waits until something accepts TCP connections on the port, or the child exits.
 pub async fn wait_for_port(port: u16, process: &mut Process, what: &str) -> anyhow::Result<()> {
     for _ in 0..600 {
@@ -198,4 +240,26 @@ pub async fn wait_for_port(port: u16, process: &mut Process, what: &str) -> anyh
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     anyhow::bail!("{what} did not listen on port {port} within 30 s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_listener;
+
+    #[test]
+    fn a_listener_is_told_apart_by_the_process_holding_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(holds_listener(std::process::id(), port), "this process");
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let held_by_other = holds_listener(other.id(), port);
+        other.kill().unwrap();
+        other.wait().unwrap();
+        assert!(!held_by_other, "another process");
+        drop(listener);
+        assert!(!holds_listener(std::process::id(), port), "closed");
+    }
 }
