@@ -78,52 +78,23 @@ fn measure(url: &str, calls: u32) -> Result<(), Box<dyn std::error::Error>> {
             "call_cost: {calls} calls per figure, one after another on one kept-alive connection; CPU = utime+stime of this process (the server is another)"
         );
         println!("{:<58} {:>16} {:>12}", "client and call", "CPU per call", "wall per call");
-        let thing = || async {
-            iot.create_thing()
-                .thing_name("device")
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        };
+        let thing = || async { done(iot.create_thing().thing_name("device").send().await) };
         report("aws-sdk-iot CreateThing (POST, JSON body, SigV4)", calls, thing).await?;
         let principals = || async {
-            iot.list_thing_principals()
-                .thing_name("device")
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            done(iot.list_thing_principals().thing_name("device").send().await)
         };
         report("aws-sdk-iot ListThingPrincipals (GET, SigV4)", calls, principals).await?;
-        let post = || async {
-            let answer = http
-                .post(format!("{url}/v7/device_tag"))
-                .bearer_auth("call-cost-token")
-                .json(&serde_json::json!({"device": 1, "tag_key": "k", "value": "v"}))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            answer
-                .json::<serde_json::Value>()
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+        let json = |request: reqwest::RequestBuilder| async move {
+            let answer = request.bearer_auth("call-cost-token").send().await;
+            done(answer.map_err(|e| e.to_string())?.json::<serde_json::Value>().await)
+        };
+        let post = || {
+            json(http.post(format!("{url}/v7/device_tag")).json(
+                &serde_json::json!({"device": 1, "tag_key": "k", "value": "v"}),
+            ))
         };
         report("reqwest POST, JSON body and answer (bearer token)", calls, post).await?;
-        let get = || async {
-            let answer = http
-                .get(format!("{url}/v7/device?$filter=uuid%20eq%20'device'"))
-                .bearer_auth("call-cost-token")
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            answer
-                .json::<serde_json::Value>()
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        };
+        let get = || json(http.get(format!("{url}/v7/device?$filter=uuid%20eq%20'device'")));
         report("reqwest GET, JSON answer (bearer token)", calls, get).await?;
         Ok(())
     })
@@ -150,6 +121,11 @@ where
         wall.as_secs_f64() * 1e6 / f64::from(calls)
     );
     Ok(())
+}
+
+/// A call's outcome without its value, its error as text.
+fn done<T, E: std::fmt::Display>(result: Result<T, E>) -> Result<(), String> {
+    result.map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// utime + stime of this process, from /proc/self/stat (in clock ticks of 10 ms).
