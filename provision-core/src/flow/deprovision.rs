@@ -3,6 +3,7 @@
 //! left without its variables.
 
 use crate::error::ProvisionError;
+use crate::registry::RegistryError;
 
 use super::lock::{Goal, Held, Taken, Wait};
 use super::snapshot::Snapshot;
@@ -173,12 +174,47 @@ impl Provisioner {
             return Err(e);
         }
         if snapshot.state.entry && !entry_is_revocation {
-            self.remove_entry(job).await?;
+            self.remove_revoked_entry(job).await?;
         }
         Ok(Outcome {
             variables: present,
             ..Outcome::plain(Status::Deleted, job)
         })
+    }
+
+    /// Removes the entry once the credentials read are revoked. An entry that gained one since
+    /// (AWS: a certificate attached by the request that held the lock before this one, still
+    /// finishing its activation when this one read the registry) is read again, what it holds
+    /// revoked, and removed once more.
+    async fn remove_revoked_entry(&self, job: &Job<'_>) -> Result<(), ProvisionError> {
+        let mut again = 2;
+        loop {
+            match self
+                .registry
+                .remove_entry(job.deadline, &job.device_id)
+                .await
+            {
+                Err(RegistryError::Changed(detail)) if again > 0 => {
+                    again -= 1;
+                    tracing::info!(
+                        detail,
+                        "the registry entry changed since it was read; revoking what it holds now"
+                    );
+                    let state = self
+                        .registry
+                        .inspect(job.deadline, &job.device_id)
+                        .await
+                        .map_err(|e| e.into_error("reading the registry", job.uuid()))?;
+                    self.revoke_all(job, &state.credentials)
+                        .await
+                        .map_err(|e| e.into_error("revoking the credentials", job.uuid()))?;
+                }
+                result => {
+                    return result
+                        .map_err(|e| e.into_error("deleting the registry entry", job.uuid()));
+                }
+            }
+        }
     }
 
     async fn remove_entry(&self, job: &Job<'_>) -> Result<(), ProvisionError> {

@@ -347,16 +347,12 @@ impl Registry for AwsIotRegistry {
         deadline: Deadline,
         thing: &RegistryDeviceId,
     ) -> Result<(), RegistryError> {
-        let thing = thing.as_str();
-        match call(
-            deadline,
-            self.client.delete_thing().thing_name(thing).send(),
-        )
-        .await
-        {
-            Ok(_) => Ok(()),
-            Err(f) if f.is(NOT_FOUND) => Ok(()),
-            Err(f) => Err(f.into()),
+        match self.delete_thing(deadline, thing.as_str()).await? {
+            true => Ok(()),
+            false => Err(RegistryError::Changed(format!(
+                "thing {} gained a principal since it was read",
+                thing.as_str()
+            ))),
         }
     }
 
@@ -455,36 +451,43 @@ impl Registry for AwsIotRegistry {
             .filter(|c| c.is_ours())
             .map(|c| self.delete_certificate(deadline, &c.id));
         let remove_thing = async {
-            if !state.entry {
-                return Ok(true);
-            }
-            // A thing that still has a principal cannot be deleted: right after a detach that is
-            // AWS's asynchronous propagation (worth a few short retries); after those, a
-            // certificate attached since the thing was read.
-            let mut wait = Duration::from_millis(100);
-            loop {
-                match call(
-                    deadline,
-                    self.client.delete_thing().thing_name(thing).send(),
-                )
-                .await
-                {
-                    Ok(_) => return Ok(true),
-                    Err(f) if f.is(NOT_FOUND) => return Ok(true),
-                    Err(f) if f.is("InvalidRequestException") && still_attached(&f) => {
-                        if wait > Duration::from_millis(400) || wait >= deadline.remaining() {
-                            return Ok(false);
-                        }
-                        tokio::time::sleep(wait).await;
-                        wait *= 2;
-                    }
-                    Err(f) => return Err(f.into()),
-                }
+            match state.entry {
+                true => self.delete_thing(deadline, thing).await,
+                false => Ok(true),
             }
         };
         let (deleted, removed) =
             tokio::join!(futures::future::join_all(certificates), remove_thing);
         deleted.into_iter().collect::<Result<Vec<()>, _>>()?;
         removed
+    }
+}
+
+impl AwsIotRegistry {
+    /// Deletes the thing: `true` once it is gone, `false` if it still has a principal after a
+    /// few short retries. Right after a detach that is AWS's asynchronous propagation; after
+    /// the retries, a certificate attached since the thing was read (a request finishing
+    /// meanwhile), which the caller must remove too.
+    async fn delete_thing(&self, deadline: Deadline, thing: &str) -> Result<bool, RegistryError> {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match call(
+                deadline,
+                self.client.delete_thing().thing_name(thing).send(),
+            )
+            .await
+            {
+                Ok(_) => return Ok(true),
+                Err(f) if f.is(NOT_FOUND) => return Ok(true),
+                Err(f) if f.is("InvalidRequestException") && still_attached(&f) => {
+                    if wait > Duration::from_millis(400) || wait >= deadline.remaining() {
+                        return Ok(false);
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(f) => return Err(f.into()),
+            }
+        }
     }
 }
