@@ -29,9 +29,6 @@ pub enum FaultKind {
     Hang,
     /// The connection is reset (RST) as soon as the request has been read.
     Reset,
-    /// The request is relayed and answered as usual, `millis` later (a slow call among fast
-    /// ones, unlike the latency every call gets).
-    Slow { millis: u64 },
 }
 
 impl FaultKind {
@@ -42,7 +39,6 @@ impl FaultKind {
             FaultKind::Throttled { .. } => "429",
             FaultKind::Hang => "hang",
             FaultKind::Reset => "reset",
-            FaultKind::Slow { .. } => "slow",
         }
     }
 }
@@ -104,9 +100,6 @@ struct State {
     /// TLS handshakes the client completed with each proxy's TLS front (see
     /// [`crate::tls_front`]) since the log was last cleared.
     handshakes: BTreeMap<&'static str, usize>,
-    /// Connections the client closed (or broke) since the log was last cleared, by the
-    /// proxy's upstream name: between messages, or before an answer was delivered.
-    closed: BTreeMap<&'static str, usize>,
     /// The proxies keep the client's connection open even when the upstream closes its own
     /// after an answer (moto answers every request `Connection: close`), as the real services
     /// do: the client's new connections are then its own doing.
@@ -144,7 +137,6 @@ impl Traffic {
         state.log.clear();
         state.connections.clear();
         state.handshakes.clear();
-        state.closed.clear();
         state.epoch = Some(Instant::now());
     }
 
@@ -158,7 +150,6 @@ impl Traffic {
         state.log.clear();
         state.connections.clear();
         state.handshakes.clear();
-        state.closed.clear();
         state.epoch = Some(Instant::now());
     }
 
@@ -189,16 +180,6 @@ impl Traffic {
 
     fn connected(&self, upstream: &'static str) {
         *self.lock().connections.entry(upstream).or_default() += 1;
-    }
-
-    /// The connections the client closed since the log was last cleared, by the proxy's
-    /// upstream name (a client that keeps its connections closes none while it runs).
-    pub fn closed(&self) -> BTreeMap<&'static str, usize> {
-        self.lock().closed.clone()
-    }
-
-    fn client_closed(&self, upstream: &'static str) {
-        *self.lock().closed.entry(upstream).or_default() += 1;
     }
 
     /// The TLS handshakes the client completed with each proxy's TLS front since the log was
@@ -480,12 +461,8 @@ async fn relay(
     let mut inbound = Conn::new(inbound);
     let mut outbound: Option<Conn> = None;
     loop {
-        let head = match inbound.head().await {
-            Ok(Some(head)) => head,
-            ended => {
-                traffic.client_closed(upstream);
-                return ended.map(|_| ());
-            }
+        let Some(head) = inbound.head().await? else {
+            return Ok(());
         };
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut request = httparse::Request::new(&mut headers);
@@ -509,9 +486,6 @@ async fn relay(
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        if let Some(FaultKind::Slow { millis }) = fault {
-            tokio::time::sleep(Duration::from_millis(millis)).await;
-        }
         match fault {
             Some(FaultKind::Reset) => {
                 let stream = inbound.stream;
@@ -534,7 +508,7 @@ async fn relay(
                 inbound.stream.write_all(&answer.0).await?;
                 traffic.finish(index, Some(answer.1));
             }
-            None | Some(FaultKind::Slow { .. }) => {
+            None => {
                 // An upstream closes a connection that sat idle (Node's keep-alive timeout):
                 // a transparent proxy opens a new one rather than failing the request the
                 // client sent on its own still-open connection.
@@ -584,15 +558,8 @@ async fn relay(
                         true => without_connection_header(&response_head),
                         false => response_head,
                     };
-                    let delivered = async {
-                        inbound.stream.write_all(&response_head).await?;
-                        inbound.stream.write_all(&body).await
-                    };
-                    if let Err(e) = delivered.await {
-                        traffic.finish(index, None);
-                        traffic.client_closed(upstream);
-                        return Err(e);
-                    }
+                    inbound.stream.write_all(&response_head).await?;
+                    inbound.stream.write_all(&body).await?;
                     if !(100..200).contains(&status) {
                         break (status, close && !reconnect, reconnect);
                     }
