@@ -822,8 +822,9 @@ impl Measured {
         self.connections.push(connections);
     }
 
-    /// New connections per upstream: the first run's, and the most any later run opened (a
-    /// warm process reuses its connections: the target is none after the first).
+    /// New connections per upstream: the first run's, and the most any later run opened, with
+    /// the later runs' total (a warm process reuses its connections: the target is none after
+    /// the first).
     fn connections_row(&self, name: &str) -> Option<Row> {
         let (first, later) = self.connections.split_first()?;
         let upstreams: std::collections::BTreeSet<&str> = self
@@ -835,7 +836,12 @@ impl Measured {
         let text: Vec<String> = upstreams
             .iter()
             .map(|u| match most_later(u) {
-                Some(n) => format!("{u} {} then ≤ {n}", first.get(u).unwrap_or(&0)),
+                Some(n) => format!(
+                    "{u} {} then ≤ {n} ({} in {} later runs)",
+                    first.get(u).unwrap_or(&0),
+                    later.iter().filter_map(|c| c.get(u)).sum::<usize>(),
+                    later.len()
+                ),
                 None => format!("{u} {}", first.get(u).unwrap_or(&0)),
             })
             .collect();
