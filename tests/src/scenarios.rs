@@ -140,6 +140,7 @@ use crate::Fault;
 use crate::checks::{Target, balena_variable_writes, decode, vars};
 use crate::stack::Stack;
 use crate::world::{CallerRole, Options};
+use provision_emulators::fault_proxy::{Exchange, FaultKind, PlannedFault, Traffic};
 
 /// No fleet or registry secret in anything the function printed (after it stopped, so nothing
 /// is still buffered).
@@ -1449,8 +1450,89 @@ pub async fn a_frozen_device_changes_nothing<S: Stack>() {
     world.stop().await;
 }
 
+/// A refused caller's answer does not cut off the device read made beside its proof: the read
+/// ends, and its connection stays open for the next request (each new connection to
+/// balenaCloud is a TLS handshake). The read is made slow, so the refusal comes first.
+pub async fn a_refused_caller_closes_no_connection<S: Stack>() {
+    let world = S::start_with(Options {
+        faults: true,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let traffic = world.faults().expect("fault proxies").traffic.clone();
+    traffic.set_keep_alive(true);
+    let device = world.add_device().await;
+    // A new unknown key each time: a refused key is remembered and then costs no call.
+    let refused = |n: usize| {
+        Call::post(json!({"uuid": device.uuid})).bearer(&format!("not-a-key-balena-knows-{n}"))
+    };
+    let is_read = |e: &Exchange| e.target.starts_with("/v7/device?");
+    let first = world.call(refused(1)).await.unwrap();
+    assert_eq!(first.status, 401, "{}", first.raw_body);
+    let read = settled(&traffic, |log| log.iter().any(is_read))
+        .await
+        .into_iter()
+        .find(is_read)
+        .expect("the device read beside the proof")
+        .label;
+    traffic.plan(PlannedFault {
+        label: read.clone(),
+        occurrence: 1,
+        kind: FaultKind::Slow { millis: 500 },
+        attempts: 1,
+    });
+    let second = world.call(refused(2)).await.unwrap();
+    assert_eq!(second.status, 401, "{}", second.raw_body);
+    let log = settled(&traffic, |log| {
+        log.iter().any(|e| e.label == read && e.fault.is_some())
+    })
+    .await;
+    let slowed = log
+        .iter()
+        .find(|e| e.label == read && e.fault.is_some())
+        .expect("the slowed read");
+    assert!(
+        slowed.status.is_some(),
+        "the slowed read was answered: {log:?}"
+    );
+    let third = world.call(refused(3)).await.unwrap();
+    assert_eq!(third.status, 401, "{}", third.raw_body);
+    settled(&traffic, |log| {
+        log.iter().filter(|e| is_read(e)).count() >= 2
+    })
+    .await;
+    assert_eq!(
+        traffic.closed().get("balena"),
+        None,
+        "the function closed a connection to balenaCloud: the refused caller's device read \
+         was dropped mid-answer"
+    );
+    world.stop().await;
+}
+
+/// The proxies' log once `ready` holds and every balenaCloud exchange in it has been answered
+/// (or failed).
+async fn settled(traffic: &Traffic, ready: impl Fn(&[Exchange]) -> bool) -> Vec<Exchange> {
+    for _ in 0..3000 {
+        let log = traffic.log();
+        let balena_answered = log
+            .iter()
+            .filter(|e| e.label.starts_with("balena "))
+            .all(|e| e.finished.is_some());
+        if ready(&log) && balena_answered {
+            return log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the proxies' log did not settle in 30 s: {:?}",
+        traffic.log()
+    );
+}
+
 /// A POST for a device balenaCloud shows nothing of ours on registers without reading the
-/// registry first (see `Provisioner::read_as_caller`); a registry entry it did not know of (an
+/// registry first (see `Provisioner::prove`); a registry entry it did not know of (an
 /// operator's, or one an older version left) is found when creating it fails, read under the
 /// lock, and used: the device ends provisioned with one credential, as from an empty registry.
 pub async fn an_entry_the_function_did_not_know_is_read_before_use<S: Stack>() {
@@ -1634,6 +1716,10 @@ macro_rules! scenarios_on_any_balena {
         #[tokio::test]
         async fn a_refused_caller_is_cheap() {
             $crate::scenarios::a_refused_caller_is_cheap::<$world>().await;
+        }
+        #[tokio::test]
+        async fn a_refused_caller_closes_no_connection() {
+            $crate::scenarios::a_refused_caller_closes_no_connection::<$world>().await;
         }
         #[tokio::test]
         async fn an_entry_the_function_did_not_know_is_read_before_use() {

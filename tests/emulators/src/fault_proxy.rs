@@ -29,6 +29,9 @@ pub enum FaultKind {
     Hang,
     /// The connection is reset (RST) as soon as the request has been read.
     Reset,
+    /// The request is relayed and answered as usual, `millis` later (a slow call among fast
+    /// ones, unlike the latency every call gets).
+    Slow { millis: u64 },
 }
 
 impl FaultKind {
@@ -39,6 +42,7 @@ impl FaultKind {
             FaultKind::Throttled { .. } => "429",
             FaultKind::Hang => "hang",
             FaultKind::Reset => "reset",
+            FaultKind::Slow { .. } => "slow",
         }
     }
 }
@@ -100,6 +104,9 @@ struct State {
     /// TLS handshakes the client completed with each proxy's TLS front (see
     /// [`crate::tls_front`]) since the log was last cleared.
     handshakes: BTreeMap<&'static str, usize>,
+    /// Connections the client closed (or broke) since the log was last cleared, by the
+    /// proxy's upstream name: between messages, or before an answer was delivered.
+    closed: BTreeMap<&'static str, usize>,
     /// The proxies keep the client's connection open even when the upstream closes its own
     /// after an answer (moto answers every request `Connection: close`), as the real services
     /// do: the client's new connections are then its own doing.
@@ -137,6 +144,7 @@ impl Traffic {
         state.log.clear();
         state.connections.clear();
         state.handshakes.clear();
+        state.closed.clear();
         state.epoch = Some(Instant::now());
     }
 
@@ -150,6 +158,7 @@ impl Traffic {
         state.log.clear();
         state.connections.clear();
         state.handshakes.clear();
+        state.closed.clear();
         state.epoch = Some(Instant::now());
     }
 
@@ -180,6 +189,16 @@ impl Traffic {
 
     fn connected(&self, upstream: &'static str) {
         *self.lock().connections.entry(upstream).or_default() += 1;
+    }
+
+    /// The connections the client closed since the log was last cleared, by the proxy's
+    /// upstream name (a client that keeps its connections closes none while it runs).
+    pub fn closed(&self) -> BTreeMap<&'static str, usize> {
+        self.lock().closed.clone()
+    }
+
+    fn client_closed(&self, upstream: &'static str) {
+        *self.lock().closed.entry(upstream).or_default() += 1;
     }
 
     /// The TLS handshakes the client completed with each proxy's TLS front since the log was
@@ -461,8 +480,12 @@ async fn relay(
     let mut inbound = Conn::new(inbound);
     let mut outbound: Option<Conn> = None;
     loop {
-        let Some(head) = inbound.head().await? else {
-            return Ok(());
+        let head = match inbound.head().await {
+            Ok(Some(head)) => head,
+            ended => {
+                traffic.client_closed(upstream);
+                return ended.map(|_| ());
+            }
         };
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut request = httparse::Request::new(&mut headers);
@@ -486,6 +509,9 @@ async fn relay(
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
+        if let Some(FaultKind::Slow { millis }) = fault {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+        }
         match fault {
             Some(FaultKind::Reset) => {
                 let stream = inbound.stream;
@@ -508,7 +534,7 @@ async fn relay(
                 inbound.stream.write_all(&answer.0).await?;
                 traffic.finish(index, Some(answer.1));
             }
-            None => {
+            None | Some(FaultKind::Slow { .. }) => {
                 // An upstream closes a connection that sat idle (Node's keep-alive timeout):
                 // a transparent proxy opens a new one rather than failing the request the
                 // client sent on its own still-open connection.
@@ -558,8 +584,15 @@ async fn relay(
                         true => without_connection_header(&response_head),
                         false => response_head,
                     };
-                    inbound.stream.write_all(&response_head).await?;
-                    inbound.stream.write_all(&body).await?;
+                    let delivered = async {
+                        inbound.stream.write_all(&response_head).await?;
+                        inbound.stream.write_all(&body).await
+                    };
+                    if let Err(e) = delivered.await {
+                        traffic.finish(index, None);
+                        traffic.client_closed(upstream);
+                        return Err(e);
+                    }
                     if !(100..200).contains(&status) {
                         break (status, close && !reconnect, reconnect);
                     }
