@@ -1452,7 +1452,7 @@ pub async fn a_frozen_device_changes_nothing<S: Stack>() {
 
 /// A refused caller's answer does not cut off the device read made beside its proof: the read
 /// ends, and its connection stays open for the next request (each new connection to
-/// balenaCloud is a TLS handshake). The read is made slow, so the refusal comes first.
+/// balenaCloud is a TLS handshake). The read is made slow, so the refusal is known first.
 pub async fn a_refused_caller_closes_no_connection<S: Stack>() {
     let world = S::start_with(Options {
         faults: true,
@@ -1494,19 +1494,12 @@ pub async fn a_refused_caller_closes_no_connection<S: Stack>() {
         .expect("the slowed read");
     assert!(
         slowed.status.is_some(),
-        "the slowed read was answered: {log:?}"
+        "the slowed read was given up mid-answer: {log:?}"
     );
-    let third = world.call(refused(3)).await.unwrap();
-    assert_eq!(third.status, 401, "{}", third.raw_body);
-    settled(&traffic, |log| {
-        log.iter().filter(|e| is_read(e)).count() >= 2
-    })
-    .await;
     assert_eq!(
         traffic.closed().get("balena"),
         None,
-        "the function closed a connection to balenaCloud: the refused caller's device read \
-         was dropped mid-answer"
+        "the function closed a connection to balenaCloud: {log:?}"
     );
     world.stop().await;
 }

@@ -319,7 +319,9 @@ impl BalenaClient {
             expression(&format!("uuid eq {}", literal(uuid.as_str()))),
             expression(&expand)
         );
-        let answer = self.get_detached(deadline, url, key).await?;
+        let answer = self
+            .send(deadline, reqwest::Method::GET, &url, key, None)
+            .await?;
         if !answer.status.is_success() {
             return Err(refused(&answer));
         }
@@ -410,33 +412,6 @@ impl BalenaClient {
             }
         })
         .await
-    }
-
-    /// A GET in a task of its own, for a read whose caller may stop waiting for it (the device
-    /// read beside a caller's proof is dropped once the proof fails): the exchange still ends
-    /// cleanly, so its connection goes back to the pool instead of being closed mid-answer,
-    /// which would cost a later request a new connection (and, to balenaCloud, a TLS
-    /// handshake). It stops at the deadline like any call.
-    async fn get_detached(
-        &self,
-        deadline: Deadline,
-        url: String,
-        key: &Secret,
-    ) -> Result<Answer, UpstreamFailure> {
-        let (http, retry, key) = (self.http.clone(), self.retry.clone(), key.clone());
-        let exchange = tokio::spawn(async move {
-            upstream::send(&retry, deadline, || {
-                http.get(url.as_str()).bearer_auth(key.expose())
-            })
-            .await
-        });
-        match exchange.await {
-            Ok(answer) => answer,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(UpstreamFailure::Unavailable {
-                detail: "the read was cancelled".into(),
-            }),
-        }
     }
 }
 

@@ -40,29 +40,23 @@ impl Provisioner {
     /// ([`Provisioner::read_registry`]). The proof is balenaCloud's `whoami` beside the device
     /// read *with the caller's key* (one round trip, two calls): `whoami` says whose key it is,
     /// the read what that key may see (a device's own key sees its device, and nothing while
-    /// balenaCloud has frozen it). A refused caller is answered as soon as `whoami` refuses it,
-    /// whatever the read finds, so the answer's timing tells nothing about the device; it makes
-    /// no registry call and no write.
+    /// balenaCloud has frozen it). A refused caller makes no registry call and no write. Its
+    /// answer waits for both calls, the read included: a read given up mid-answer closes its
+    /// connection (the next request then pays a new one, and a TLS handshake), and no call
+    /// outlives the request that made it (Lambda freezes, and Cloud Run throttles, a process
+    /// between requests). The wait tells the caller nothing new: the read is made with its own
+    /// key, and answers what that key may read anyway.
     pub(super) async fn prove(
         &self,
         job: &Job<'_>,
         key: &Secret,
     ) -> Result<(DeviceRecord, VarTarget), ProvisionError> {
         let uuid = job.uuid();
-        let proof = self.balena.whoami(job.deadline, key);
-        let read = self.read_balena(job, Some(key));
-        tokio::pin!(proof, read);
-        let (actor, record) = tokio::select! {
-            biased;
-            actor = &mut proof => {
-                let actor = self.judge(key, uuid, actor)?;
-                (actor, read.await)
-            }
-            record = &mut read => {
-                let actor = self.judge(key, uuid, proof.await)?;
-                (actor, record)
-            }
-        };
+        let (actor, record) = tokio::join!(
+            self.balena.whoami(job.deadline, key),
+            self.read_balena(job, Some(key))
+        );
+        let actor = self.judge(key, uuid, actor)?;
         let (record, target) = match record {
             Ok(found) => found,
             Err(ProvisionError::DeviceNotFound(_)) => {

@@ -346,6 +346,14 @@ impl Conn {
         !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
+    /// Whether the peer closes (or breaks) the connection within `wait`, which is waited out
+    /// otherwise; anything it sends meanwhile is kept for the next message.
+    async fn closes_within(&mut self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, async { while let Ok(true) = self.fill().await {} })
+            .await
+            .is_ok()
+    }
+
     /// Reads more bytes into the buffer; `false` at end of stream.
     async fn fill(&mut self) -> std::io::Result<bool> {
         let mut chunk = [0u8; 16 * 1024];
@@ -509,9 +517,15 @@ async fn relay(
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        if let Some(FaultKind::Slow { millis }) = fault {
-            tokio::time::sleep(Duration::from_millis(millis)).await;
-        }
+        // A client may give up on a slow call (a future dropped mid-call closes its
+        // connection): that is seen while it waits, not left to a write that a closed socket
+        // may still take. The upstream still gets the request, as a real one would.
+        let gave_up = match fault {
+            Some(FaultKind::Slow { millis }) => {
+                inbound.closes_within(Duration::from_millis(millis)).await
+            }
+            _ => false,
+        };
         match fault {
             Some(FaultKind::Reset) => {
                 let stream = inbound.stream;
@@ -585,6 +599,9 @@ async fn relay(
                         false => response_head,
                     };
                     let delivered = async {
+                        if gave_up {
+                            return Err(std::io::ErrorKind::BrokenPipe.into());
+                        }
                         inbound.stream.write_all(&response_head).await?;
                         inbound.stream.write_all(&body).await
                     };
