@@ -897,7 +897,7 @@ impl Measured {
                 let most = if S::CLOUD == Cloud::Aws { 5 } else { 4 };
                 depth_row.target(format!("≤ {most}"), deepest <= most)
             }
-            // The proof (whoami) answers it; the reads started beside it are not waited for.
+            // The proof (whoami) and the device read beside it, at once, answer it.
             Op::Refused => depth_row.target("≤ 1", deepest <= 1),
         };
         rows.push(depth_row);
