@@ -174,7 +174,7 @@ impl Provisioner {
             return Err(e);
         }
         if snapshot.state.entry && !entry_is_revocation {
-            self.remove_revoked_entry(job).await?;
+            self.remove_entry(job).await?;
         }
         Ok(Outcome {
             variables: present,
@@ -182,11 +182,12 @@ impl Provisioner {
         })
     }
 
-    /// Removes the entry once the credentials read are revoked. An entry that gained one since
-    /// (AWS: a certificate attached by the request that held the lock before this one, still
-    /// finishing its activation when this one read the registry) is read again, what it holds
-    /// revoked, and removed once more.
-    async fn remove_revoked_entry(&self, job: &Job<'_>) -> Result<(), ProvisionError> {
+    /// Removes the registry entry: the revocation itself where the entry holds the
+    /// credentials, else once the credentials read are revoked. An entry that gained a
+    /// credential since (AWS: a certificate attached by the request that held the lock before
+    /// this one, still finishing its activation when this one read the registry) is read
+    /// again, what it holds revoked, and removed once more.
+    async fn remove_entry(&self, job: &Job<'_>) -> Result<(), ProvisionError> {
         let mut again = 2;
         loop {
             match self
@@ -215,13 +216,6 @@ impl Provisioner {
                 }
             }
         }
-    }
-
-    async fn remove_entry(&self, job: &Job<'_>) -> Result<(), ProvisionError> {
-        self.registry
-            .remove_entry(job.deadline, &job.device_id)
-            .await
-            .map_err(|e| e.into_error("deleting the registry entry", job.uuid()))
     }
 }
 

@@ -46,9 +46,28 @@ pub(super) struct MemoryRegistry {
     pub(super) calls: Mutex<Vec<Step>>,
     /// The registry ids `inspect` was asked about, in order.
     pub(super) inspected: Mutex<Vec<RegistryDeviceId>>,
+    /// As AWS IoT: the entry (a thing) does not hold the credentials, and is not removed while
+    /// one is still attached to it.
+    separate: bool,
+    /// A credential attached just before the next removal of the entry (the request that held
+    /// the lock before finishing its work).
+    late: Mutex<Option<RegisteredCredential>>,
 }
 
 impl MemoryRegistry {
+    /// A registry whose entry does not hold the credentials, as AWS IoT's things.
+    pub(super) fn separate() -> MemoryRegistry {
+        MemoryRegistry {
+            separate: true,
+            ..MemoryRegistry::default()
+        }
+    }
+
+    /// Attaches `credential` to the entry just before the next removal of it is looked at.
+    pub(super) fn attach_before_next_removal(&self, credential: RegisteredCredential) {
+        *self.late.lock().unwrap() = Some(credential);
+    }
+
     pub(super) fn fail(&self, step: Step, times: usize) {
         self.faults
             .lock()
@@ -126,7 +145,7 @@ impl Registry for MemoryRegistry {
     }
 
     fn entry_holds_credentials(&self) -> bool {
-        true
+        !self.separate
     }
 
     fn variables(
@@ -253,9 +272,36 @@ impl Registry for MemoryRegistry {
     ) -> Result<(), RegistryError> {
         self.step(Step::RemoveEntry)?;
         let mut held = self.held.lock().unwrap();
+        if let Some(late) = self.late.lock().unwrap().take() {
+            held.credentials.push(late);
+        }
+        if self.separate && !held.credentials.is_empty() {
+            // As AWS IoT: a thing with a principal attached is not deleted.
+            return Err(RegistryError::Changed(
+                "the entry still holds a credential".into(),
+            ));
+        }
         held.entry = false;
         held.credentials.clear();
         Ok(())
+    }
+
+    /// As AWS: the entry goes once the credentials `state` named are revoked, unless it
+    /// gained one since.
+    async fn purge(
+        &self,
+        deadline: Deadline,
+        device_id: &RegistryDeviceId,
+        _state: &RegistryState,
+    ) -> Result<bool, RegistryError> {
+        if !self.separate {
+            return Ok(true);
+        }
+        match self.remove_entry(deadline, device_id).await {
+            Ok(()) => Ok(true),
+            Err(RegistryError::Changed(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     async fn unretire(

@@ -33,6 +33,10 @@ struct Bench {
 
 impl Bench {
     async fn start() -> Bench {
+        Bench::with_registry(MemoryRegistry::default()).await
+    }
+
+    async fn with_registry(registry: MemoryRegistry) -> Bench {
         let balena = BalenaEmulator::start().await.expect("the emulator starts");
         balena.add_user_key("function-key");
         let fleet = balena.add_application("fleet");
@@ -48,7 +52,7 @@ impl Bench {
                 ..RetryPolicy::with_attempt_timeout(Duration::from_secs(2))
             },
         );
-        let registry = Arc::new(MemoryRegistry::default());
+        let registry = Arc::new(registry);
         let flow = Provisioner::new(client, registry.clone(), Duration::from_secs(8));
         Bench {
             balena,
@@ -558,6 +562,51 @@ async fn delete_under_the_lock_puts_the_variables_back_when_revocation_fails() {
     assert_eq!(bench.vars(), before);
     bench.assert_provisioned();
     assert!(bench.locks().last().unwrap().ends_with("released"));
+}
+
+/// Where the entry does not hold the credentials (AWS IoT: a thing, certificates attached to
+/// it), a DELETE under the lock that finds a credential attached after it read the registry (the
+/// request that held the lock before it, finishing) reads the entry again, revokes that one too,
+/// and removes the entry.
+#[tokio::test]
+async fn a_delete_revokes_a_credential_attached_after_its_read() {
+    let bench = Bench::with_registry(MemoryRegistry::separate()).await;
+    bench.post().await.unwrap();
+    let late = RegisteredCredential {
+        id: "attached-late".into(),
+        public_key: None,
+        handle: crate::registry::Handle::new(String::new()),
+        active: true,
+        complete: true,
+        foreign: None,
+    };
+    bench.registry.attach_before_next_removal(late);
+    // Another request's lock, held for a moment more: DELETE waits for it and works under a
+    // lock of its own.
+    let until = lock::now_ms() + 300;
+    bench.balena.set_device_tag(
+        bench.device,
+        "provision-lock-2",
+        &format!("other-holder until {until}"),
+    );
+    let before = bench.registry.calls.lock().unwrap().len();
+    let outcome = bench
+        .send(Operation::Deprovision)
+        .await
+        .expect("the DELETE removes the late credential too");
+    assert_eq!(outcome.status, Status::Deleted);
+    bench.assert_nothing();
+    assert_eq!(
+        bench.registry.calls.lock().unwrap()[before..],
+        [
+            Step::Revoke,
+            Step::RemoveEntry,
+            Step::Revoke,
+            Step::RemoveEntry
+        ],
+        "the credential read revoked, the removal refused, the late one revoked, removed"
+    );
+    assert!(bench.lock_free());
 }
 
 #[tokio::test]
